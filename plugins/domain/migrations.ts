@@ -1,0 +1,226 @@
+import { readdir, readFile } from 'node:fs/promises'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import { grantTenantRoleSql } from './tenant-sql.ts'
+
+export interface Migration {
+  version: number
+  name: string
+  sql: string
+}
+
+export type MigrationSet = 'public' | 'tenant'
+
+/** `migrations/` beside the sources, and beside the compiled files in `dist/` (the build copies it). */
+export const MIGRATIONS_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../migrations')
+
+const loaded = new Map<string, Promise<Migration[]>>()
+
+/** Reads `NNNN_name.sql` files in version order. Read once per process. */
+export function loadMigrations(set: MigrationSet, root = MIGRATIONS_ROOT): Promise<Migration[]> {
+  const dir = path.join(root, set)
+  let migrations = loaded.get(dir)
+  if (!migrations) {
+    migrations = readMigrationDir(dir)
+    loaded.set(dir, migrations)
+  }
+  return migrations
+}
+
+async function readMigrationDir(dir: string): Promise<Migration[]> {
+  const files = (await readdir(dir)).filter((file) => file.endsWith('.sql')).sort()
+  const migrations: Migration[] = []
+  for (const file of files) {
+    const match = /^(\d+)_([\w-]+)\.sql$/.exec(file)
+    if (!match) throw new Error(`Migration file name must look like 0001_name.sql: ${path.join(dir, file)}`)
+    const version = Number(match[1])
+    if (migrations.some((m) => m.version === version)) throw new Error(`Duplicate migration version ${version} in ${dir}`)
+    migrations.push({ version, name: match[2], sql: await readFile(path.join(dir, file), 'utf8') })
+  }
+  return migrations
+}
+
+export const latestVersion = (migrations: Migration[]) => migrations.at(-1)?.version ?? 0
+
+// Two-key advisory locks: the first key says what is locked, the second which one.
+const LOCK_CONTROL_PLANE = 0x7e4a_0001
+const LOCK_TENANT_SCHEMA = 0x7e4a_0002
+
+/**
+ * Brings `public` up to date. Serialised across instances by an advisory lock, each migration in
+ * its own transaction together with its bookkeeping row.
+ */
+export async function migrateControlPlane(pool: pg.Pool, migrations?: Migration[]): Promise<number[]> {
+  migrations ??= await loadMigrations('public')
+  const client = await pool.connect()
+  const applied: number[] = []
+  try {
+    await client.query('SELECT pg_advisory_lock($1, 0)', [LOCK_CONTROL_PLANE])
+    await client.query(`CREATE TABLE IF NOT EXISTS public.schema_migrations (
+      version integer PRIMARY KEY,
+      name text NOT NULL,
+      applied_at timestamptz NOT NULL DEFAULT now()
+    )`)
+    const { rows } = await client.query<{ version: number }>('SELECT version FROM public.schema_migrations')
+    const done = new Set(rows.map((row) => row.version))
+    for (const migration of migrations) {
+      if (done.has(migration.version)) continue
+      try {
+        await client.query('BEGIN')
+        await client.query(migration.sql)
+        await client.query('INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)', [
+          migration.version,
+          migration.name
+        ])
+        await client.query('COMMIT')
+      } catch (error) {
+        await client.query('ROLLBACK')
+        throw new Error(`Control-plane migration ${migration.version}_${migration.name} failed: ${(error as Error).message}`, {
+          cause: error
+        })
+      }
+      applied.push(migration.version)
+    }
+    await client.query('SELECT pg_advisory_unlock($1, 0)', [LOCK_CONTROL_PLANE])
+    client.release()
+  } catch (error) {
+    // The session may still hold the advisory lock: never hand it back to the pool.
+    client.release(true)
+    throw error
+  }
+  return applied
+}
+
+/** The control plane's applied version, or 0 before the first migration. */
+export async function controlPlaneVersion(pool: pg.Pool): Promise<number> {
+  const { rows } = await pool.query<{ version: number | null }>(
+    `SELECT CASE WHEN to_regclass('public.schema_migrations') IS NULL THEN 0
+            ELSE (SELECT coalesce(max(version), 0) FROM public.schema_migrations) END AS version`
+  )
+  return rows[0]?.version ?? 0
+}
+
+export interface TenantToMigrate {
+  id: string
+  schema: string
+  role: string
+}
+
+/**
+ * Applies the pending tenant migrations to one schema, in one transaction that also records the new
+ * version, so a tenant is either wholly at the new version or untouched. An advisory lock keeps two
+ * migrators off the same schema; the second one finds the work done and applies nothing.
+ */
+export async function migrateTenantSchema(
+  client: pg.PoolClient,
+  tenant: TenantToMigrate,
+  migrations: Migration[]
+): Promise<{ from: number; to: number }> {
+  await client.query('BEGIN')
+  try {
+    await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [LOCK_TENANT_SCHEMA, tenant.schema])
+    const { rows } = await client.query<{ schema_version: number }>(
+      'SELECT schema_version FROM public.tenants WHERE id = $1',
+      [tenant.id]
+    )
+    if (rows.length === 0) throw new Error(`Tenant ${tenant.id} no longer exists`)
+    const from = rows[0].schema_version
+    const pending = migrations.filter((migration) => migration.version > from)
+    const to = latestVersion(migrations)
+    if (pending.length > 0) {
+      await client.query(`SET LOCAL search_path TO ${pg.escapeIdentifier(tenant.schema)}`)
+      for (const migration of pending) await client.query(migration.sql)
+    }
+    // Grants are re-applied every time, so the tenant role always covers every table.
+    await client.query(grantTenantRoleSql(tenant))
+    await client.query(
+      `UPDATE public.tenants SET schema_version = greatest(schema_version, $2), migration_status = 'ok', migration_error = NULL
+        WHERE id = $1`,
+      [tenant.id, to]
+    )
+    await client.query('COMMIT')
+    return { from, to: Math.max(from, to) }
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined)
+    throw error
+  }
+}
+
+export interface MigrationProgress {
+  total: number
+  done: number
+  failed: number
+  tenant: string
+}
+
+export interface MigrationSummary {
+  controlPlaneApplied: number[]
+  total: number
+  migrated: number
+  upToDate: number
+  failed: { tenant: string; error: string }[]
+  latestVersion: number
+  durationMs: number
+}
+
+/**
+ * Migrates the control plane, then every tenant schema, `concurrency` at a time. A tenant that
+ * fails is recorded (`migration_status = 'failed'`) and reported; the others carry on. Running it
+ * again resumes: tenants already at the latest version only have their grants re-checked.
+ */
+export async function migrateAll(
+  pool: pg.Pool,
+  options: { concurrency?: number; onProgress?: (progress: MigrationProgress) => void; tenantMigrations?: Migration[] } = {}
+): Promise<MigrationSummary> {
+  const started = performance.now()
+  const controlPlaneApplied = await migrateControlPlane(pool)
+  const migrations = options.tenantMigrations ?? (await loadMigrations('tenant'))
+  const { rows: tenants } = await pool.query<TenantToMigrate>('SELECT id, schema, role FROM public.tenants ORDER BY id')
+
+  const summary: MigrationSummary = {
+    controlPlaneApplied,
+    total: tenants.length,
+    migrated: 0,
+    upToDate: 0,
+    failed: [],
+    latestVersion: latestVersion(migrations),
+    durationMs: 0
+  }
+  let next = 0
+  let done = 0
+  const worker = async () => {
+    const client = await pool.connect()
+    let broken = false
+    try {
+      while (next < tenants.length) {
+        const tenant = tenants[next++]
+        try {
+          const { from, to } = await migrateTenantSchema(client, tenant, migrations)
+          if (to > from) summary.migrated++
+          else summary.upToDate++
+        } catch (error) {
+          const message = (error as Error).message
+          summary.failed.push({ tenant: tenant.id, error: message })
+          await client
+            .query(`UPDATE public.tenants SET migration_status = 'failed', migration_error = $2 WHERE id = $1`, [
+              tenant.id,
+              message
+            ])
+            .catch(() => undefined)
+        }
+        done++
+        options.onProgress?.({ total: tenants.length, done, failed: summary.failed.length, tenant: tenant.id })
+      }
+    } catch (error) {
+      broken = true
+      throw error
+    } finally {
+      client.release(broken)
+    }
+  }
+  const concurrency = Math.max(1, Math.min(options.concurrency ?? 4, tenants.length || 1))
+  await Promise.all(Array.from({ length: concurrency }, worker))
+  summary.durationMs = Math.round(performance.now() - started)
+  return summary
+}

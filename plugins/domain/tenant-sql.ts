@@ -1,0 +1,65 @@
+import { createHash } from 'node:crypto'
+import pg from 'pg'
+
+/**
+ * Everything that turns a tenant id into SQL text lives here. Identifiers go through
+ * `pg.escapeIdentifier` and literals through `pg.escapeLiteral`, never through string building of
+ * any other kind (DESIGN §4).
+ */
+
+/** Names no tenant may take: PostgreSQL's own schemas and those of extensions we run beside. */
+const RESERVED_SCHEMAS = new Set(['public', 'information_schema', 'citus', 'citus_internal', 'columnar', 'columnar_internal'])
+
+export const TENANT_ID_REGEX = /^[a-z][a-z0-9-]{1,61}[a-z0-9]$/
+
+export type TenantIdProblem = 'invalid' | 'reserved'
+
+export function checkTenantId(id: string): TenantIdProblem | null {
+  if (!TENANT_ID_REGEX.test(id)) return 'invalid'
+  if (RESERVED_SCHEMAS.has(id) || id.startsWith('pg_') || id.startsWith('pg-')) return 'reserved'
+  return null
+}
+
+const MAX_IDENTIFIER_BYTES = 63
+
+/**
+ * The tenant's role name. PostgreSQL silently truncates identifiers past 63 bytes, which would let
+ * two long tenant ids share one role, so long names keep a readable head plus a hash of the full id.
+ */
+export function tenantRoleName(prefix: string, tenantId: string): string {
+  const full = prefix + tenantId
+  if (full.length <= MAX_IDENTIFIER_BYTES) return full
+  const hash = createHash('sha256').update(tenantId).digest('hex').slice(0, 10)
+  return `${full.slice(0, MAX_IDENTIFIER_BYTES - hash.length - 1)}_${hash}`
+}
+
+export interface TenantIdentity {
+  schema: string
+  role: string
+}
+
+/**
+ * The statement that opens a request's transaction and scopes it, sent as one simple-protocol
+ * message so that it costs no round trip of its own. Built once per tenant and cached.
+ * set_config(…, true) is SET LOCAL: COMMIT or ROLLBACK wipes it, so a pooled connection never
+ * carries a tenant's context to the next request.
+ */
+export function beginScopedSql(tenant: TenantIdentity, readOnly: boolean, statementTimeoutMs: number): string {
+  return (
+    `${readOnly ? 'BEGIN READ ONLY' : 'BEGIN'}; ` +
+    `SELECT set_config('search_path', ${pg.escapeLiteral(pg.escapeIdentifier(tenant.schema))}, true), ` +
+    `set_config('role', ${pg.escapeLiteral(tenant.role)}, true), ` +
+    `set_config('statement_timeout', '${Math.trunc(statementTimeoutMs)}', true)`
+  )
+}
+
+/** Rights of the tenant role: its own schema's rows, nothing else. Idempotent. */
+export function grantTenantRoleSql(tenant: TenantIdentity): string {
+  const schema = pg.escapeIdentifier(tenant.schema)
+  const role = pg.escapeIdentifier(tenant.role)
+  return [
+    `GRANT USAGE ON SCHEMA ${schema} TO ${role}`,
+    `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ${schema} TO ${role}`,
+    `GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA ${schema} TO ${role}`
+  ].join('; ')
+}

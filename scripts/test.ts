@@ -1,0 +1,92 @@
+/**
+ * `npm test`: finds a PostgreSQL for the suite, runs tap, and prints `N passed, M failed`.
+ *
+ * The cluster is, in order: TEST_DATABASE_URL when set; the machine's server at 127.0.0.1:5432
+ * when it answers (TEST_PG_PROBE_URL overrides where to look); otherwise a throwaway embedded
+ * PostgreSQL, so the suite passes on a machine with no server at all. TEST_PG=embedded forces the
+ * embedded one. Each test file then creates and drops its own database on that cluster.
+ */
+import { spawn } from 'node:child_process'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import pg from 'pg'
+import { Parser } from 'tap-parser'
+import { startEmbeddedPostgres } from '../plugins/embedded/postgres.ts'
+
+const RESULTS_DIR = '.tap/test-results'
+
+async function answers(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
+  try {
+    await client.connect()
+    await client.query('SELECT 1')
+    return true
+  } catch {
+    return false
+  } finally {
+    await client.end().catch(() => undefined)
+  }
+}
+
+async function chooseCluster(): Promise<{ url: string; label: string; stop?: () => Promise<void> }> {
+  if (process.env.TEST_DATABASE_URL) return { url: process.env.TEST_DATABASE_URL, label: 'TEST_DATABASE_URL' }
+  const probe = process.env.TEST_PG_PROBE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+  if (process.env.TEST_PG !== 'embedded' && (await answers(probe))) return { url: probe, label: `the server at ${new URL(probe).host}` }
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'tenant-service-test-pg-'))
+  const cluster = await startEmbeddedPostgres({ dataDir, persistent: false })
+  return {
+    url: cluster.adminUrl,
+    label: `an embedded PostgreSQL on port ${cluster.port}`,
+    stop: async () => {
+      await cluster.stop()
+      await rm(dataDir, { recursive: true, force: true })
+    }
+  }
+}
+
+/** Counts every assertion in tap's saved per-file results, nested subtests included. */
+async function countResults(): Promise<{ passed: number; failed: number }> {
+  const totals = { passed: 0, failed: 0 }
+  let files: string[] = []
+  try {
+    files = (await readdir(RESULTS_DIR, { recursive: true })).filter((file) => file.endsWith('.tap'))
+  } catch {
+    return totals
+  }
+  for (const file of files) {
+    const parser = new Parser()
+    const watch = (p: Parser) => {
+      p.on('assert', (result: { ok: boolean; skip?: unknown; todo?: unknown }) => {
+        if (result.skip || result.todo) return
+        if (result.ok) totals.passed++
+        else totals.failed++
+      })
+      p.on('child', watch)
+    }
+    watch(parser)
+    const done = new Promise<void>((resolve) => parser.on('complete', () => resolve()))
+    parser.end(await readFile(path.join(RESULTS_DIR, file), 'utf8'))
+    await done
+  }
+  return totals
+}
+
+const cluster = await chooseCluster()
+console.log(`tests run against ${cluster.label}`)
+await rm(RESULTS_DIR, { recursive: true, force: true })
+
+const tapBin = path.resolve('node_modules/tap/dist/esm/run.mjs')
+const code = await new Promise<number>((resolve) => {
+  const child = spawn(process.execPath, [tapBin, ...process.argv.slice(2)], {
+    stdio: 'inherit',
+    env: { ...process.env, TEST_DATABASE_URL: cluster.url }
+  })
+  child.on('exit', (exitCode, signal) => resolve(exitCode ?? (signal ? 1 : 0)))
+})
+await cluster.stop?.()
+
+const { passed, failed } = await countResults()
+if (process.env.TEST_SUMMARY_FILE) await writeFile(process.env.TEST_SUMMARY_FILE, JSON.stringify({ passed, failed, exitCode: code }))
+console.log(`${passed} passed, ${failed} failed`)
+process.exit(code !== 0 && failed === 0 ? code : failed > 0 ? 1 : 0)
