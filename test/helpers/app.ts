@@ -14,7 +14,24 @@ interface Teardown {
   teardown(fn: () => unknown): void
 }
 
+/**
+ * Request headers that authenticate a caller. Every test request goes through these, so the tests
+ * say who is calling, not how credentials are made.
+ */
+export interface TestAuth {
+  /** An administrator of the whole service. */
+  admin(): Record<string, string>
+  /** A user of `tenant`, with X-Tenant-ID set to it. */
+  tenantUser(tenant: string): Record<string, string>
+}
+
+const headerOnlyAuth: TestAuth = {
+  admin: () => ({}),
+  tenantUser: (tenant) => ({ 'x-tenant-id': tenant })
+}
+
 export interface TestContext {
+  auth: TestAuth
   app: FastifyInstance
   config: Config
   database: TestDatabase
@@ -58,11 +75,16 @@ export async function setupApp(t: Teardown, env: Record<string, string> = {}): P
   await migrateControlPlane(admin)
   const config = testConfig(database, env)
   fastify = await buildApp(config)
-  return { app: fastify, config, database, admin }
+  return { app: fastify, config, database, admin, auth: headerOnlyAuth }
 }
 
 /** Creates a tenant through the API and fails loudly if that did not work. */
-export async function createTenant(fastify: FastifyInstance, id: string, name = id): Promise<void> {
-  const response = await fastify.inject({ method: 'POST', url: '/auth/tenants', payload: { id, name } })
+export async function createTenant(context: Pick<TestContext, 'app' | 'auth'>, id: string, name = id): Promise<void> {
+  const response = await context.app.inject({
+    method: 'POST',
+    url: '/auth/tenants',
+    headers: context.auth.admin(),
+    payload: { id, name }
+  })
   if (response.statusCode !== 201) throw new Error(`creating tenant ${id}: ${response.statusCode} ${response.body}`)
 }
