@@ -32,7 +32,6 @@ export default fp(
   async function tenantContext(fastify: FastifyInstance) {
     const pool = fastify.pg.pool
     const cache = createTenantCache(pool, {
-      statementTimeoutMs: fastify.config.PG_STATEMENT_TIMEOUT_MS,
       ttlMs: fastify.config.TENANT_CACHE_TTL_MS,
       log: fastify.log
     })

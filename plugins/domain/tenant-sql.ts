@@ -42,14 +42,14 @@ export interface TenantIdentity {
  * The statement that opens a request's transaction and scopes it, sent as one simple-protocol
  * message so that it costs no round trip of its own. Built once per tenant and cached.
  * set_config(…, true) is SET LOCAL: COMMIT or ROLLBACK wipes it, so a pooled connection never
- * carries a tenant's context to the next request.
+ * carries a tenant's context to the next request. (The statement timeout is a property of every
+ * pooled connection, set when it opens, so it costs nothing per request.)
  */
-export function beginScopedSql(tenant: TenantIdentity, readOnly: boolean, statementTimeoutMs: number): string {
+export function beginScopedSql(tenant: TenantIdentity, readOnly: boolean): string {
   return (
     `${readOnly ? 'BEGIN READ ONLY' : 'BEGIN'}; ` +
     `SELECT set_config('search_path', ${pg.escapeLiteral(pg.escapeIdentifier(tenant.schema))}, true), ` +
-    `set_config('role', ${pg.escapeLiteral(tenant.role)}, true), ` +
-    `set_config('statement_timeout', '${Math.trunc(statementTimeoutMs)}', true)`
+    `set_config('role', ${pg.escapeLiteral(tenant.role)}, true)`
   )
 }
 
