@@ -107,10 +107,22 @@ export interface TenantToMigrate {
   role: string
 }
 
+/** The tenant's registry row disappeared (deleted) before its schema could be migrated. */
+export class TenantGoneError extends Error {
+  constructor(readonly tenant: string) {
+    super(`Tenant ${tenant} no longer exists`)
+    this.name = 'TenantGoneError'
+  }
+}
+
+const migrationLabel = (migration: Migration) => `${String(migration.version).padStart(4, '0')}_${migration.name}`
+
 /**
  * Applies the pending tenant migrations to one schema, in one transaction that also records the new
  * version, so a tenant is either wholly at the new version or untouched. An advisory lock keeps two
- * migrators off the same schema; the second one finds the work done and applies nothing.
+ * migrators off the same schema; the second one finds the work done and applies nothing. The
+ * registry row is locked too, so a concurrent deletion of the tenant waits for the migration (or
+ * the migration finds the tenant gone), never drops the schema under it.
  */
 export async function migrateTenantSchema(
   client: pg.PoolClient,
@@ -121,22 +133,28 @@ export async function migrateTenantSchema(
   try {
     await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [LOCK_TENANT_SCHEMA, tenant.schema])
     const { rows } = await client.query<{ schema_version: number }>(
-      'SELECT schema_version FROM public.tenants WHERE id = $1',
+      'SELECT schema_version FROM public.tenants WHERE id = $1 FOR UPDATE',
       [tenant.id]
     )
-    if (rows.length === 0) throw new Error(`Tenant ${tenant.id} no longer exists`)
+    if (rows.length === 0) throw new TenantGoneError(tenant.id)
     const from = rows[0].schema_version
     const pending = migrations.filter((migration) => migration.version > from)
     const to = latestVersion(migrations)
     if (pending.length > 0) {
       await client.query(`SET LOCAL search_path TO ${pg.escapeIdentifier(tenant.schema)}`)
-      for (const migration of pending) await client.query(migration.sql)
+      for (const migration of pending) {
+        try {
+          await client.query(migration.sql)
+        } catch (error) {
+          throw new Error(`migration ${migrationLabel(migration)}: ${(error as Error).message}`, { cause: error })
+        }
+      }
     }
     // Grants are re-applied every time, so the tenant role always covers every table.
     await client.query(grantTenantRoleSql(tenant))
     await client.query(
       `UPDATE public.tenants SET schema_version = greatest(schema_version, $2), migration_status = 'ok', migration_error = NULL
-        WHERE id = $1`,
+        WHERE id = $1 AND (schema_version < $2 OR migration_status <> 'ok')`,
       [tenant.id, to]
     )
     await client.query('COMMIT')
@@ -159,23 +177,38 @@ export interface MigrationSummary {
   total: number
   migrated: number
   upToDate: number
+  /** Tenants deleted while the run was under way. */
+  gone: number
   failed: { tenant: string; error: string }[]
+  /** Tenants not attempted because the run was aborted. */
+  skipped: number
+  interrupted: boolean
   latestVersion: number
   durationMs: number
 }
 
+export interface MigrateAllOptions {
+  /** Connections used at once, the control plane's included (default 4). */
+  concurrency?: number
+  onProgress?: (progress: MigrationProgress) => void
+  /** Where `public/` and `tenant/` are read from (default: the migrations shipped with the service). */
+  migrationsRoot?: string
+  tenantMigrations?: Migration[]
+  /** When aborted, no further tenant is started; those under way finish, and the summary says so. */
+  signal?: AbortSignal
+}
+
 /**
  * Migrates the control plane, then every tenant schema, `concurrency` at a time. A tenant that
- * fails is recorded (`migration_status = 'failed'`) and reported; the others carry on. Running it
- * again resumes: tenants already at the latest version only have their grants re-checked.
+ * fails is recorded (`migration_status = 'failed'`, with the error) and reported; the others carry
+ * on. Running it again resumes: only versions above each tenant's `schema_version` are applied, and
+ * tenants already at the latest version only have their grants re-checked.
  */
-export async function migrateAll(
-  pool: pg.Pool,
-  options: { concurrency?: number; onProgress?: (progress: MigrationProgress) => void; tenantMigrations?: Migration[] } = {}
-): Promise<MigrationSummary> {
+export async function migrateAll(pool: pg.Pool, options: MigrateAllOptions = {}): Promise<MigrationSummary> {
   const started = performance.now()
-  const controlPlaneApplied = await migrateControlPlane(pool)
-  const migrations = options.tenantMigrations ?? (await loadMigrations('tenant'))
+  const root = options.migrationsRoot ?? MIGRATIONS_ROOT
+  const controlPlaneApplied = await migrateControlPlane(pool, await loadMigrations('public', root))
+  const migrations = options.tenantMigrations ?? (await loadMigrations('tenant', root))
   const { rows: tenants } = await pool.query<TenantToMigrate>('SELECT id, schema, role FROM public.tenants ORDER BY id')
 
   const summary: MigrationSummary = {
@@ -183,44 +216,58 @@ export async function migrateAll(
     total: tenants.length,
     migrated: 0,
     upToDate: 0,
+    gone: 0,
     failed: [],
+    skipped: 0,
+    interrupted: false,
     latestVersion: latestVersion(migrations),
     durationMs: 0
   }
   let next = 0
   let done = 0
+  let fatal: { error: unknown } | null = null
+  const stopping = () => fatal !== null || options.signal?.aborted === true
+
   const worker = async () => {
-    const client = await pool.connect()
-    let broken = false
+    let client: pg.PoolClient | null = null
     try {
-      while (next < tenants.length) {
+      while (next < tenants.length && !stopping()) {
         const tenant = tenants[next++]
+        client ??= await pool.connect()
         try {
           const { from, to } = await migrateTenantSchema(client, tenant, migrations)
           if (to > from) summary.migrated++
           else summary.upToDate++
         } catch (error) {
-          const message = (error as Error).message
-          summary.failed.push({ tenant: tenant.id, error: message })
-          await client
-            .query(`UPDATE public.tenants SET migration_status = 'failed', migration_error = $2 WHERE id = $1`, [
-              tenant.id,
-              message
-            ])
-            .catch(() => undefined)
+          // After a failure the connection's state is not worth trusting: the next tenant gets a new one.
+          client.release(true)
+          client = null
+          if (error instanceof TenantGoneError) {
+            summary.gone++
+          } else {
+            const message = (error as Error).message
+            summary.failed.push({ tenant: tenant.id, error: message })
+            await pool
+              .query(`UPDATE public.tenants SET migration_status = 'failed', migration_error = $2 WHERE id = $1`, [tenant.id, message])
+              .catch(() => undefined)
+          }
         }
         done++
         options.onProgress?.({ total: tenants.length, done, failed: summary.failed.length, tenant: tenant.id })
       }
     } catch (error) {
-      broken = true
-      throw error
+      // No connection could be had: the database is gone, so stop every worker rather than fail each tenant.
+      fatal ??= { error }
     } finally {
-      client.release(broken)
+      client?.release()
     }
   }
   const concurrency = Math.max(1, Math.min(options.concurrency ?? 4, tenants.length || 1))
   await Promise.all(Array.from({ length: concurrency }, worker))
+  if (fatal) throw (fatal as { error: unknown }).error
+  summary.skipped = tenants.length - done
+  summary.interrupted = summary.skipped > 0
+  summary.failed.sort((a, b) => a.tenant.localeCompare(b.tenant))
   summary.durationMs = Math.round(performance.now() - started)
   return summary
 }

@@ -20,6 +20,7 @@ interface Entry {
 }
 
 export interface TenantCacheOptions {
+  statementTimeoutMs: number
   /** Trust for entries while change notifications are not arriving (listener down). */
   ttlMs: number
   maxEntries?: number
@@ -59,8 +60,8 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
           schema: row.schema,
           role: row.role,
           status: row.status,
-          beginReadOnly: beginScopedSql(row, true),
-          beginReadWrite: beginScopedSql(row, false)
+          beginReadOnly: beginScopedSql(row, true, options.statementTimeoutMs),
+          beginReadWrite: beginScopedSql(row, false, options.statementTimeoutMs)
         }
       : null
     if (entries.size >= maxEntries) entries.delete(entries.keys().next().value as string)

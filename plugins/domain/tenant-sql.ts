@@ -14,9 +14,13 @@ export const TENANT_ID_REGEX = /^[a-z][a-z0-9-]{1,61}[a-z0-9]$/
 
 export type TenantIdProblem = 'invalid' | 'reserved'
 
+/**
+ * Reserved names are recognised before the format, so `information_schema` or `pg_catalog` is
+ * answered as reserved rather than as malformed (their underscore alone would make them invalid).
+ */
 export function checkTenantId(id: string): TenantIdProblem | null {
-  if (!TENANT_ID_REGEX.test(id)) return 'invalid'
   if (RESERVED_SCHEMAS.has(id) || id.startsWith('pg_') || id.startsWith('pg-')) return 'reserved'
+  if (!TENANT_ID_REGEX.test(id)) return 'invalid'
   return null
 }
 
@@ -42,14 +46,16 @@ export interface TenantIdentity {
  * The statement that opens a request's transaction and scopes it, sent as one simple-protocol
  * message so that it costs no round trip of its own. Built once per tenant and cached.
  * set_config(…, true) is SET LOCAL: COMMIT or ROLLBACK wipes it, so a pooled connection never
- * carries a tenant's context to the next request. (The statement timeout is a property of every
- * pooled connection, set when it opens, so it costs nothing per request.)
+ * carries a tenant's context to the next request. The statement timeout rides along for the same
+ * reason: set per transaction it needs no connection startup parameter, which PgBouncer in
+ * transaction mode would refuse or drop.
  */
-export function beginScopedSql(tenant: TenantIdentity, readOnly: boolean): string {
+export function beginScopedSql(tenant: TenantIdentity, readOnly: boolean, statementTimeoutMs: number): string {
   return (
     `${readOnly ? 'BEGIN READ ONLY' : 'BEGIN'}; ` +
     `SELECT set_config('search_path', ${pg.escapeLiteral(pg.escapeIdentifier(tenant.schema))}, true), ` +
-    `set_config('role', ${pg.escapeLiteral(tenant.role)}, true)`
+    `set_config('role', ${pg.escapeLiteral(tenant.role)}, true), ` +
+    `set_config('statement_timeout', '${Math.trunc(statementTimeoutMs)}', true)`
   )
 }
 

@@ -16,8 +16,6 @@ export function poolOptions(fastify: FastifyInstance): PostgresPluginOptions {
     idleTimeoutMillis: 30_000,
     // Pipelining lets the tenant context ride in the same round trip as the first query (DESIGN §3).
     pipeline: true,
-    // Every statement on a pooled connection is bounded, so a runaway query cannot hold one forever.
-    statement_timeout: config.PG_STATEMENT_TIMEOUT_MS,
     application_name: 'tenant-service'
   } as PostgresPluginOptions
 }
