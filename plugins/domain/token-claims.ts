@@ -1,0 +1,170 @@
+import { ApiError, serviceUnavailable } from '../../schemas/error.ts'
+import { KeyLookupError } from './jwks.ts'
+
+/** Who is calling, as an accepted token says. */
+export interface Principal {
+  subject: string
+  username: string | null
+  tokenUse: 'access' | 'id'
+  /** The tenant the token is bound to (TENANT_CLAIM), null when it names none. */
+  tenant: string | null
+  /** `cognito:groups`, the only claim groups are read from. */
+  groups: readonly string[]
+  admin: boolean
+}
+
+export interface ClaimRules {
+  clientId: string
+  tokenUse: 'access' | 'id' | 'any'
+  tenantClaim: string
+  adminGroup: string
+}
+
+const REALM = 'tenant-service'
+
+/** RFC 6750: every 401 says which scheme to use and, when a token was sent, why it was refused. */
+const challenge = (error?: string, description?: string) =>
+  `Bearer realm="${REALM}"${error ? `, error="${error}"` : ''}${description ? `, error_description="${description}"` : ''}`
+
+export const tokenMissing = () =>
+  new ApiError(401, 'TOKEN_MISSING', 'Send a token in the Authorization header: Bearer <token>', {
+    'www-authenticate': challenge()
+  })
+
+export const tokenInvalid = (message: string) =>
+  new ApiError(401, 'TOKEN_INVALID', message, {
+    'www-authenticate': challenge('invalid_token', message.replace(/["\\]/g, ''))
+  })
+
+export const tokenExpired = () =>
+  new ApiError(401, 'TOKEN_EXPIRED', 'The token has expired', {
+    'www-authenticate': challenge('invalid_token', 'The token has expired')
+  })
+
+// A compact JWS: three base64url segments, the signature possibly empty (alg "none"; refused later
+// with a precise reason).
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
+const MAX_TOKEN_LENGTH = 8192
+
+/**
+ * The token from `Authorization: Bearer <token>`, the only place one is read from: never the
+ * query string, a cookie or the body.
+ */
+export function bearerToken(authorization: string | undefined): string {
+  if (authorization === undefined || !/^bearer(\s|$)/i.test(authorization)) throw tokenMissing()
+  const token = authorization.slice(6).trim()
+  if (token === '') throw tokenMissing()
+  if (token.length > MAX_TOKEN_LENGTH || !COMPACT_JWS.test(token)) throw tokenInvalid('The token is malformed')
+  return token
+}
+
+const KEY_REASONS: Record<KeyLookupError['reason'], string> = {
+  algorithm: 'Only RS256 tokens are accepted',
+  issuer: 'The token is not from the trusted issuer',
+  'unknown-key': 'The token is signed with a key the issuer does not publish',
+  unavailable: 'The signing keys of the issuer are not available yet'
+}
+
+/** fast-jwt's verdicts in the words of the API; the message never repeats the token. */
+const VERIFY_REASONS: Record<string, string> = {
+  FAST_JWT_MALFORMED: 'The token is malformed',
+  FAST_JWT_INVALID_PAYLOAD: 'The token is malformed',
+  FAST_JWT_INVALID_TYPE: 'The token is malformed',
+  FAST_JWT_INVALID_ALGORITHM: 'Only RS256 tokens are accepted',
+  FAST_JWT_MISSING_SIGNATURE: 'The token is not signed',
+  FAST_JWT_INVALID_SIGNATURE: 'The token signature is invalid',
+  FAST_JWT_INVALID_KEY: 'The token signature is invalid',
+  FAST_JWT_INACTIVE: 'The token is not valid yet',
+  FAST_JWT_INVALID_CLAIM_VALUE: 'The token is not from the trusted issuer',
+  FAST_JWT_INVALID_CLAIM_TYPE: 'The token has a claim of the wrong type',
+  FAST_JWT_MISSING_REQUIRED_CLAIM: 'The token lacks a required claim (iss, exp)',
+  FAST_JWT_INVALID_CRIT_HEADER: 'The token has a critical header this service does not understand'
+}
+
+/**
+ * Errors that depend only on the token's bytes, so remembering them for a repeated token is safe.
+ * A missing key or a not-yet-valid token may succeed later and is never remembered.
+ */
+export const DETERMINISTIC_TOKEN_ERRORS = new Set([
+  'FAST_JWT_INVALID_ALGORITHM',
+  'FAST_JWT_MISSING_SIGNATURE',
+  'FAST_JWT_INVALID_SIGNATURE',
+  'FAST_JWT_EXPIRED',
+  'FAST_JWT_INVALID_CLAIM_VALUE',
+  'FAST_JWT_INVALID_CLAIM_TYPE',
+  'FAST_JWT_MISSING_REQUIRED_CLAIM',
+  'FAST_JWT_INVALID_CRIT_HEADER'
+])
+
+/** The client-facing error for a failed verification; null when it is not a verification failure. */
+export function verificationError(error: unknown): ApiError | null {
+  const err = error as { code?: unknown; originalError?: unknown }
+  if (err?.code === 'FAST_JWT_EXPIRED') return tokenExpired()
+  if (err?.code === 'FAST_JWT_KEY_FETCHING_ERROR') {
+    const cause = err.originalError
+    if (cause instanceof KeyLookupError) {
+      if (cause.reason === 'unavailable') {
+        return serviceUnavailable('AUTH_UNAVAILABLE', 'Tokens cannot be verified right now: the signing keys of the issuer are not available', 5)
+      }
+      return tokenInvalid(KEY_REASONS[cause.reason])
+    }
+    return null
+  }
+  if (typeof err?.code === 'string' && err.code in VERIFY_REASONS) return tokenInvalid(VERIFY_REASONS[err.code])
+  return null
+}
+
+const isStringArray = (value: unknown): value is string[] =>
+  Array.isArray(value) && value.every((item) => typeof item === 'string')
+
+/**
+ * Turns a verified payload into the caller, applying the Cognito rules (DESIGN §5): an access token
+ * must carry `client_id` = JWT_CLIENT_ID, an ID token `aud` = JWT_CLIENT_ID, as JWT_TOKEN_USE
+ * allows; anything else (`refresh`, none) is refused. Admin comes from `cognito:groups` only.
+ *
+ * The verifier hands back the same payload object for a token it has already verified, so the
+ * verdict is remembered per payload and a repeated token costs a WeakMap lookup.
+ */
+export function createPrincipalReader(rules: ClaimRules) {
+  const verdicts = new WeakMap<object, Principal | ApiError>()
+
+  function read(payload: Record<string, unknown>): Principal | ApiError {
+    const tokenUse = payload.token_use
+    if (tokenUse === 'access') {
+      if (rules.tokenUse === 'id') return tokenInvalid('Only ID tokens are accepted')
+      if (payload.client_id !== rules.clientId) return tokenInvalid('The token was not issued to this app client')
+    } else if (tokenUse === 'id') {
+      if (rules.tokenUse === 'access') return tokenInvalid('Only access tokens are accepted')
+      const aud = payload.aud
+      if (!(aud === rules.clientId || (isStringArray(aud) && aud.includes(rules.clientId)))) {
+        return tokenInvalid('The token was not issued to this app client')
+      }
+    } else {
+      return tokenInvalid('Only access and ID tokens are accepted (token_use)')
+    }
+    if (typeof payload.sub !== 'string' || payload.sub === '') return tokenInvalid('The token names no subject (sub)')
+
+    const groupsClaim = payload['cognito:groups']
+    const groups = isStringArray(groupsClaim) ? Object.freeze([...groupsClaim]) : Object.freeze([] as string[])
+    const tenant = payload[rules.tenantClaim]
+    const username = payload.username ?? payload['cognito:username']
+    return Object.freeze({
+      subject: payload.sub,
+      username: typeof username === 'string' ? username : null,
+      tokenUse,
+      tenant: typeof tenant === 'string' && tenant !== '' ? tenant : null,
+      groups,
+      admin: groups.includes(rules.adminGroup)
+    })
+  }
+
+  return function principalOf(payload: Record<string, unknown>): Principal {
+    let verdict = verdicts.get(payload)
+    if (verdict === undefined) {
+      verdict = read(payload)
+      verdicts.set(payload, verdict)
+    }
+    if (verdict instanceof ApiError) throw verdict
+    return verdict
+  }
+}
