@@ -1,7 +1,11 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { TenantId, Timestamp } from './common.ts'
 
-export const TenantStatus = Type.Union([Type.Literal('active'), Type.Literal('suspended')])
+/** What PATCH may set. */
+export const SettableTenantStatus = Type.Union([Type.Literal('active'), Type.Literal('suspended')])
+
+/** `deleting`: its files are being removed and its schema is about to go; it refuses requests. */
+export const TenantStatus = Type.Union([Type.Literal('active'), Type.Literal('suspended'), Type.Literal('deleting')])
 export type TenantStatus = Static<typeof TenantStatus>
 
 export const Tenant = Type.Object(
@@ -24,7 +28,7 @@ export const CreateTenantBody = Type.Object({ id: TenantId, name: TenantName }, 
 export type CreateTenantBody = Static<typeof CreateTenantBody>
 
 export const UpdateTenantBody = Type.Object(
-  { name: Type.Optional(TenantName), status: Type.Optional(TenantStatus) },
+  { name: Type.Optional(TenantName), status: Type.Optional(SettableTenantStatus) },
   { additionalProperties: false, minProperties: 1 }
 )
 export type UpdateTenantBody = Static<typeof UpdateTenantBody>

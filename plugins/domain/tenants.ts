@@ -136,29 +136,57 @@ function mapProvisioningError(error: unknown, id: string): unknown {
 export async function updateTenant(
   pool: pg.Pool,
   id: string,
-  changes: { name?: string; status?: TenantStatus }
+  changes: { name?: string; status?: Exclude<TenantStatus, 'deleting'> }
 ): Promise<TenantRow> {
   if (checkTenantId(id) !== null) throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${id}" does not exist`)
+  // A tenant being deleted stays so: reactivating it would bring back a tenant with half its files.
   const { rows } = await pool.query<TenantRow>(
     `WITH updated AS (
        UPDATE public.tenants SET name = coalesce($2, name), status = coalesce($3, status), updated_at = now()
-        WHERE id = $1 RETURNING ${TENANT_COLUMNS}
+        WHERE id = $1 AND status <> 'deleting' RETURNING ${TENANT_COLUMNS}
      ), notified AS (
        SELECT pg_notify('${TENANT_CHANGED_CHANNEL}', id) FROM updated
      )
      SELECT updated.* FROM updated, notified`,
     [id, changes.name ?? null, changes.status ?? null]
   )
-  if (!rows[0]) throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${id}" does not exist`)
-  return rows[0]
+  if (rows[0]) return rows[0]
+  if (await findTenant(pool, id)) throw tenantDeleting(id)
+  throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${id}" does not exist`)
+}
+
+const tenantDeleting = (id: string) =>
+  new ApiError(409, 'TENANT_DELETING', `Tenant "${id}" is being deleted; repeat DELETE /auth/tenants/${id} to finish`)
+
+export interface DeleteTenantOptions {
+  /**
+   * Removes what the tenant has outside the database (its objects in storage). Runs once the
+   * tenant is marked `deleting` and before its schema is dropped; when it throws, the deletion
+   * stops there, the tenant stays `deleting`, and deleting it again repeats the step and finishes.
+   */
+  beforeDrop?: (tenant: TenantRow) => Promise<void>
 }
 
 /**
- * Drops the tenant's schema, role and registry row in one transaction. The row is locked first, so
- * two concurrent deletions cannot both proceed.
+ * Deletes a tenant in two steps. First it is marked `deleting` (and announced, so every instance
+ * refuses its requests from then on) and `beforeDrop` runs. Then its schema, role and registry row
+ * are dropped in one transaction, the row locked first so that of two concurrent deletions only
+ * one drops and the other finds nothing.
  */
-export async function deleteTenant(pool: pg.Pool, id: string): Promise<void> {
+export async function deleteTenant(pool: pg.Pool, id: string, options: DeleteTenantOptions = {}): Promise<void> {
   if (checkTenantId(id) !== null) throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${id}" does not exist`)
+  const { rows: marked } = await pool.query<TenantRow>(
+    `WITH marked AS (
+       UPDATE public.tenants SET status = 'deleting', updated_at = now() WHERE id = $1 RETURNING ${TENANT_COLUMNS}
+     ), notified AS (
+       SELECT pg_notify('${TENANT_CHANGED_CHANNEL}', id) FROM marked
+     )
+     SELECT marked.* FROM marked, notified`,
+    [id]
+  )
+  if (!marked[0]) throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${id}" does not exist`)
+  await options.beforeDrop?.(marked[0])
+
   const client = await pool.connect()
   try {
     await client.query('BEGIN')

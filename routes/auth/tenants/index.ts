@@ -3,6 +3,7 @@ import { Page, PageQuery, ref } from '../../../schemas/common.ts'
 import { errorResponses } from '../../../schemas/error.ts'
 import { CreateTenantBody, Tenant, TenantParams, UpdateTenantBody } from '../../../schemas/tenant.ts'
 import { deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../plugins/domain/tenants.ts'
+import { deleteTenantObjects } from '../../../plugins/domain/files.ts'
 
 /** Tenant lifecycle: the control plane. Each change is announced so every instance's cache drops the tenant. */
 const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -75,14 +76,23 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     {
       schema: {
         summary: 'Delete a tenant',
-        description: "Drops the tenant's schema with all its data, its role and its registry row.",
+        description:
+          "Deletes the tenant's files from object storage, then drops its schema with all its data, its role and its " +
+          'registry row. If the files cannot all be deleted the answer is 502/503, the tenant stays in status ' +
+          '`deleting` (refusing requests) and repeating the DELETE finishes the job.',
         tags: ['tenants'],
         params: TenantParams,
-        response: { 204: { type: 'null', description: 'Deleted' }, ...errorResponses(404, 503) }
+        response: { 204: { type: 'null', description: 'Deleted' }, ...errorResponses(404, 502, 503) }
       }
     },
     async (request, reply) => {
-      await deleteTenant(pool, request.params.id)
+      await deleteTenant(pool, request.params.id, {
+        beforeDrop: async (tenant) => {
+          // This instance refuses the tenant from now on; the others hear it from the announcement.
+          fastify.tenantCache.invalidate(tenant.id)
+          if (fastify.storage) await deleteTenantObjects(fastify.storage, tenant.id)
+        }
+      })
       fastify.tenantCache.invalidate(request.params.id)
       return reply.code(204).send()
     }

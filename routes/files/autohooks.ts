@@ -1,0 +1,11 @@
+import type { FastifyInstance } from 'fastify'
+
+/**
+ * Everything under /files is tenant-scoped: a token bound to the tenant in X-Tenant-ID (or an
+ * admin's) comes first, so an anonymous caller cannot probe which tenants exist; then the tenant.
+ */
+export default async function filesHooks(fastify: FastifyInstance) {
+  fastify.addHook('onRoute', fastify.declareBearerAuth)
+  fastify.addHook('onRequest', fastify.requireTenantAccess)
+  fastify.addHook('onRequest', fastify.resolveTenant)
+}

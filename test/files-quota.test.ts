@@ -1,0 +1,48 @@
+import t from 'tap'
+import { createTenant, setupApp } from './helpers/app.ts'
+
+const ctx = await setupApp(t, { TENANT_STORAGE_QUOTA_BYTES: '1000', MAX_UPLOAD_BYTES: '1000' }, { s3: true })
+const { app, auth, admin } = ctx
+const s3 = ctx.s3!
+await createTenant(ctx, 'acme')
+await createTenant(ctx, 'globex')
+await createTenant(ctx, 'initech')
+
+const startUpload = (tenant: string, size: number) =>
+  app.inject({ method: 'POST', url: '/files', headers: auth.tenantUser(tenant), payload: { filename: 'f.bin', contentType: 'application/octet-stream', size } })
+
+async function usage(tenant: string) {
+  const { rows } = await admin.query(`SELECT count(*)::int AS files, coalesce(sum(size), 0)::int AS bytes FROM "${tenant}".files`)
+  return rows[0] as { files: number; bytes: number }
+}
+
+t.test('an upload that would exceed the quota is refused and writes nothing', async (t) => {
+  const first = await startUpload('acme', 600)
+  t.equal(first.statusCode, 201)
+  const requests = s3.requests.length
+
+  const over = await startUpload('acme', 500)
+  t.equal(over.statusCode, 409)
+  t.match(over.json(), { statusCode: 409, code: 'QUOTA_EXCEEDED', message: /600 of 1000 bytes/ })
+  t.same(await usage('acme'), { files: 1, bytes: 600 }, 'no row for the refused upload')
+  t.equal(s3.requests.length, requests, 'nothing sent to the store')
+
+  t.equal((await startUpload('acme', 400)).statusCode, 201, 'up to the quota exactly is fine (pending files count)')
+  t.equal((await startUpload('acme', 1)).json().code, 'QUOTA_EXCEEDED')
+  t.same(await usage('acme'), { files: 2, bytes: 1000 })
+
+  const deleted = await app.inject({ method: 'DELETE', url: `/files/${first.json().file.id}`, headers: auth.tenantUser('acme') })
+  t.equal(deleted.statusCode, 204)
+  t.equal((await startUpload('acme', 600)).statusCode, 201, 'deleting a file frees its bytes')
+
+  t.equal((await startUpload('globex', 1000)).statusCode, 201, 'each tenant has its own quota')
+})
+
+t.test('concurrent uploads cannot together exceed the quota', async (t) => {
+  const answers = await Promise.all(Array.from({ length: 14 }, () => startUpload('initech', 100)))
+  const statuses = answers.map((answer) => answer.statusCode).sort()
+  t.equal(statuses.filter((status) => status === 201).length, 10, 'exactly as many as fit')
+  t.equal(statuses.filter((status) => status === 409).length, 4)
+  for (const answer of answers.filter((a) => a.statusCode === 409)) t.equal(answer.json().code, 'QUOTA_EXCEEDED')
+  t.same(await usage('initech'), { files: 10, bytes: 1000 })
+})
