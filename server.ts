@@ -22,6 +22,11 @@ export function loggerOptions(config: Config): FastifyServerOptions['logger'] {
   }
 }
 
+// A JWT (its header always encodes to "eyJ…") pasted into the URL, where tokens are never read
+// from, must not reach the logs either.
+const JWT_IN_URL = /eyJ[\w-]*\.[\w-]*\.[\w-]*/g
+const loggedUrl = (url: string) => (url.includes('eyJ') ? url.replace(JWT_IN_URL, '[redacted]') : url)
+
 /**
  * One line per request, at completion, carrying the request id (Fastify adds it) and the tenant.
  * The "incoming request" line is demoted to debug: at thousands of requests per second it doubles
@@ -29,14 +34,14 @@ export function loggerOptions(config: Config): FastifyServerOptions['logger'] {
  */
 class RequestLog extends LogController {
   incomingRequest(request: FastifyRequest) {
-    request.log.debug({ method: request.method, url: request.url }, 'incoming request')
+    request.log.debug({ method: request.method, url: loggedUrl(request.url) }, 'incoming request')
   }
 
   requestCompleted(error: Error | null, request: FastifyRequest, reply: FastifyReply) {
     const line = {
       tenant: request.tenant?.id ?? request.headers['x-tenant-id'],
       method: request.method,
-      url: request.url,
+      url: loggedUrl(request.url),
       statusCode: reply.statusCode,
       responseTime: Math.round(reply.elapsedTime * 100) / 100
     }
@@ -62,7 +67,8 @@ export function serverOptions(config: Config): FastifyServerOptions {
 
 /**
  * Outside production, what is not configured is started here: an embedded PostgreSQL in
- * .data/postgres. Each says so in the log, and each is stopped on shutdown.
+ * .data/postgres, a token issuer with its key in .data/issuer and an S3-compatible store in
+ * .data/s3. Each says so in the log, and each is stopped on shutdown.
  */
 async function startEmbeddedDefaults(config: Config, log: (message: string) => void) {
   const stops: (() => Promise<void>)[] = []
@@ -75,10 +81,40 @@ async function startEmbeddedDefaults(config: Config, log: (message: string) => v
     stops.push(postgres.stop)
     log(`embedded PostgreSQL started on 127.0.0.1:${postgres.port} with data in .data/postgres (set DATABASE_URL to use your own)`)
   }
+  if (!resolved.JWT_ISSUER) {
+    // Trusted through JWT_ISSUER and JWT_CLIENT_ID like any issuer: the same verification path as Cognito.
+    const { startEmbeddedIssuer } = await import('./plugins/embedded/issuer.ts')
+    const issuer = await startEmbeddedIssuer({ dataDir: path.join(DATA_DIR, 'issuer') })
+    resolved.JWT_ISSUER = issuer.issuer
+    resolved.JWT_CLIENT_ID = issuer.clientId
+    stops.push(issuer.stop)
+    log(`embedded token issuer started at ${issuer.issuer} with its key in .data/issuer (set JWT_ISSUER or COGNITO_REGION + COGNITO_USER_POOL_ID to use your own)`)
+    if (issuer.movedFrom) log(`the issuer's usual address ${issuer.movedFrom} was taken: tokens minted for it no longer verify`)
+    const adminToken = issuer.mint({ admin: true, expiresInSeconds: 12 * 3600, tenantClaim: resolved.TENANT_CLAIM, adminGroup: resolved.ADMIN_GROUP })
+    log(`admin token, valid 12 h: ${adminToken}`)
+    log('tenant tokens: npm run -s token -- --tenant <tenant id> [--admin] [--use access|id] [--expires 1h]')
+  }
+  if (!resolved.S3_BUCKET) {
+    const { startEmbeddedS3 } = await import('./plugins/embedded/s3.ts')
+    const s3 = await startEmbeddedS3({ dataDir: path.join(DATA_DIR, 's3') })
+    Object.assign(resolved, s3.config)
+    // The service reads credentials from the AWS default provider chain, which starts with these.
+    process.env.AWS_ACCESS_KEY_ID = s3.credentials.accessKeyId
+    process.env.AWS_SECRET_ACCESS_KEY = s3.credentials.secretAccessKey
+    delete process.env.AWS_SESSION_TOKEN
+    stops.push(s3.stop)
+    log(
+      `embedded S3 (s3rver) started at ${s3.endpoint} with data in .data/s3; bucket "${s3.bucket}" ` +
+        `${s3.createdBucket ? 'created' : 'already there'} (set S3_BUCKET to use your own)`
+    )
+  }
   return { config: resolved, stops }
 }
 
 export async function main() {
+  // Run from the sources (`node --import tsx server.ts`), @fastify/autoload cannot see the loader
+  // and would refuse the .ts plugins; this module being .ts is proof enough that one is present.
+  if (import.meta.url.endsWith('.ts')) process.env.FASTIFY_AUTOLOAD_TYPESCRIPT ??= '1'
   let config: Config
   try {
     config = loadConfig()

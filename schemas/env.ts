@@ -31,6 +31,38 @@ export const EnvSchema = Type.Object({
   /** Apply pending control-plane migrations at start (tenant schemas are migrated by `npm run migrate`). */
   MIGRATE_ON_START: Type.Boolean({ default: true }),
 
+  /** The token issuer, exactly as tokens carry it in `iss`; its keys are at `<issuer>/.well-known/jwks.json`. */
+  JWT_ISSUER: Type.Optional(Type.String({ pattern: '^https?://\\S+$', maxLength: 2048 })),
+  /** Alternative to JWT_ISSUER: the issuer becomes `https://cognito-idp.<region>.amazonaws.com/<pool id>`. */
+  COGNITO_REGION: Type.Optional(Type.String({ pattern: '^[a-z]{2}(-[a-z]+)+-[0-9]+$' })),
+  COGNITO_USER_POOL_ID: Type.Optional(Type.String({ pattern: '^[a-z]{2}(-[a-z]+)+-[0-9]+_[0-9A-Za-z]+$' })),
+  /** The app client tokens must be issued to: `client_id` of an access token, `aud` of an ID token. */
+  JWT_CLIENT_ID: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  JWT_TOKEN_USE: Type.Union([Type.Literal('access'), Type.Literal('id'), Type.Literal('any')], { default: 'any' }),
+  /** The claim naming the caller's tenant, and the `cognito:groups` group whose members act on every tenant. */
+  TENANT_CLAIM: Type.String({ default: 'custom:tenant_id', minLength: 1, maxLength: 256 }),
+  ADMIN_GROUP: Type.String({ default: 'admin', minLength: 1, maxLength: 256 }),
+  /** A token signed with a key the service does not know triggers at most one JWKS fetch per this interval. */
+  JWKS_REFETCH_INTERVAL_MS: Integer(5000, 100),
+  /** Leeway for `exp` and `nbf`, for clocks that disagree a little. */
+  JWT_CLOCK_TOLERANCE_MS: Integer(5000, 0, 300_000),
+
+  /**
+   * Object storage. One bucket, each tenant under `tenants/<id>/`. Credentials are never
+   * configured here: the AWS default provider chain supplies them (role, environment, profile).
+   */
+  S3_BUCKET: Type.Optional(Type.String({ pattern: '^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$' })),
+  S3_REGION: Type.String({ default: 'us-east-1', pattern: '^[a-z0-9-]{2,32}$' }),
+  /** An S3-compatible store (MinIO, Ceph, R2…); usually with S3_FORCE_PATH_STYLE=true. */
+  S3_ENDPOINT: Type.Optional(Type.String({ pattern: '^https?://[^\\s/?#]+/?$' })),
+  S3_FORCE_PATH_STYLE: Type.Boolean({ default: false }),
+  /** Largest file a client may declare; S3 takes at most 5 GiB in one PUT. */
+  MAX_UPLOAD_BYTES: Integer(100 * 1024 * 1024, 1, 5 * 1024 ** 3),
+  /** Lifetime of presigned upload and download URLs. */
+  PRESIGN_EXPIRES_SECONDS: Integer(900, 1, 3600),
+  /** Bytes one tenant may hold, pending uploads included; 0 means no quota. */
+  TENANT_STORAGE_QUOTA_BYTES: Integer(10 * 1024 ** 3, 0),
+
   /** Longest time a request may take end to end, and how long a SIGTERM drain may last. */
   REQUEST_TIMEOUT_MS: Integer(30_000, 0),
   SHUTDOWN_GRACE_MS: Integer(25_000, 0),
@@ -63,6 +95,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const name = error.path.replace(/^\//, '')
     problems.push(`${name}: ${error.message} (got ${JSON.stringify(raw[name] ?? null)})`)
   }
+  // Value.Convert reads numbers leniently ("1e3" becomes 1, "2.5" becomes 2): an integer must be written as one.
+  for (const [name, schema] of Object.entries(EnvSchema.properties)) {
+    const value = env[name]
+    const reported = problems.some((problem) => problem.startsWith(`${name}:`))
+    if ((schema as { type?: unknown }).type === 'integer' && value && !/^\s*-?\d+\s*$/.test(value) && !reported) {
+      problems.push(`${name}: Expected integer (got ${JSON.stringify(value)})`)
+    }
+  }
   const config = candidate as Config
 
   const databaseUrlRejected = problems.some((problem) => problem.startsWith('DATABASE_URL'))
@@ -72,9 +112,67 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (config.NODE_ENV === 'production' && config.DATABASE_URL === undefined) {
     problems.push('DATABASE_URL: required when NODE_ENV=production')
   }
+  if (config.NODE_ENV === 'production' && config.S3_BUCKET === undefined && !problems.some((problem) => problem.startsWith('S3_BUCKET'))) {
+    problems.push('S3_BUCKET: required when NODE_ENV=production')
+  }
+  checkIssuer(config, problems)
 
   if (problems.length > 0) throw new ConfigError(problems)
   return config
+}
+
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]'])
+
+/** The issuer Cognito puts in `iss` for a user pool. */
+export const cognitoIssuer = (region: string, userPoolId: string) => `https://cognito-idp.${region}.amazonaws.com/${userPoolId}`
+
+/**
+ * Resolves JWT_ISSUER (from COGNITO_REGION + COGNITO_USER_POOL_ID when it is not set) and reports
+ * what cannot work: half a Cognito pair, a pool id from another region, an issuer without the app
+ * client to check tokens against, and, in production, no issuer at all or one not on https.
+ */
+function checkIssuer(config: Config, problems: string[]): void {
+  const rejected = (name: string) => problems.some((problem) => problem.startsWith(`${name}:`))
+  const { COGNITO_REGION: region, COGNITO_USER_POOL_ID: pool } = config
+  if (region !== undefined && pool === undefined) problems.push('COGNITO_USER_POOL_ID: required with COGNITO_REGION')
+  if (pool !== undefined && region === undefined) problems.push('COGNITO_REGION: required with COGNITO_USER_POOL_ID')
+  if (region !== undefined && pool !== undefined && !rejected('COGNITO_REGION') && !rejected('COGNITO_USER_POOL_ID')) {
+    if (!pool.startsWith(`${region}_`)) {
+      problems.push(`COGNITO_USER_POOL_ID: a pool of region ${region} starts with "${region}_" (got ${JSON.stringify(pool)})`)
+    } else {
+      const derived = cognitoIssuer(region, pool)
+      if (config.JWT_ISSUER === undefined) config.JWT_ISSUER = derived
+      else if (config.JWT_ISSUER !== derived) {
+        problems.push(`JWT_ISSUER: set either JWT_ISSUER or COGNITO_REGION + COGNITO_USER_POOL_ID, not both (they name ${derived})`)
+      }
+    }
+  }
+
+  const issuer = config.JWT_ISSUER
+  if (issuer !== undefined && !rejected('JWT_ISSUER')) {
+    let url: URL | null = null
+    try {
+      url = new URL(issuer)
+    } catch {
+      problems.push(`JWT_ISSUER: not a valid URL (got ${JSON.stringify(issuer)})`)
+    }
+    if (url && (url.search || url.hash || url.username || url.password)) {
+      problems.push('JWT_ISSUER: must not carry credentials, a query or a fragment')
+    }
+    // Keys fetched over plain http could be swapped on the way; only loopback is spared that.
+    if (url && config.NODE_ENV === 'production' && url.protocol !== 'https:' && !LOOPBACK_HOSTS.has(url.hostname)) {
+      problems.push('JWT_ISSUER: must be an https:// URL when NODE_ENV=production')
+    }
+  }
+
+  const halfCognito = (region === undefined) !== (pool === undefined)
+  if (config.NODE_ENV === 'production' && issuer === undefined && !halfCognito && !rejected('JWT_ISSUER')) {
+    problems.push('JWT_ISSUER: required when NODE_ENV=production (or set COGNITO_REGION and COGNITO_USER_POOL_ID)')
+  }
+  if (config.JWT_CLIENT_ID === undefined && !rejected('JWT_CLIENT_ID')) {
+    if (config.NODE_ENV === 'production') problems.push('JWT_CLIENT_ID: required when NODE_ENV=production (tokens are checked against the app client)')
+    else if (issuer !== undefined || halfCognito) problems.push('JWT_CLIENT_ID: required with an issuer (tokens are checked against the app client)')
+  }
 }
 
 function isUsableDatabaseUrl(value: string): boolean {

@@ -12,7 +12,24 @@ export const TenantHealth = Type.Object({
 
 export const Liveness = Type.Object({ status: Type.Literal('ok') })
 
+const Version = Type.Integer({ minimum: 0 })
+
+export const MigrationReport = Type.Object({
+  controlPlane: Type.Object(
+    { version: Version, latest: Version },
+    { description: 'The control plane (public) schema: applied version and the latest this build ships. Behind fails readiness.' }
+  ),
+  tenants: Type.Object(
+    {
+      latest: Version,
+      behind: Type.Integer({ minimum: 0, description: 'Tenants whose schema_version is below latest' })
+    },
+    { description: 'Tenant schemas against the latest tenant migration. Reported only: it never fails readiness.' }
+  )
+})
+
 export const Readiness = Type.Object({
   status: Type.Union([Type.Literal('ready'), Type.Literal('unavailable')]),
-  checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), detail: Type.Optional(Type.String()) }))
+  checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), detail: Type.Optional(Type.String()) })),
+  migrations: Type.Optional(MigrationReport)
 })

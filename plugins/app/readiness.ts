@@ -1,5 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import type pg from 'pg'
+import type { TenantStatus } from '../../schemas/tenant.ts'
+import { controlPlaneVersion, latestVersion, loadMigrations } from '../domain/migrations.ts'
 
 type Check = () => Promise<string | void>
 
@@ -49,20 +52,96 @@ export function createReadiness() {
   }
 }
 
-declare module 'fastify' {
-  interface FastifyInstance {
-    readiness: ReturnType<typeof createReadiness>
+export interface MigrationState {
+  controlPlane: { version: number; latest: number }
+  tenants: { latest: number; behind: number; byStatus: Record<TenantStatus, number> }
+}
+
+/**
+ * Where the schemas stand against the migrations this build ships: the control plane's version,
+ * and how many tenants are behind the latest tenant migration (with the tenant counts by status,
+ * which come from the same query). Cached for `ttlMs` so probes and scrapes stay one cheap query
+ * per few seconds; a control plane found behind is not cached, so readiness returns the moment
+ * the migration lands.
+ */
+export function createMigrationState(pool: pg.Pool, options: { ttlMs?: number } = {}) {
+  const ttlMs = options.ttlMs ?? 5000
+  let cached: { state: MigrationState; at: number } | null = null
+  let inflight: Promise<MigrationState> | null = null
+
+  async function load(): Promise<MigrationState> {
+    const [publicMigrations, tenantMigrations] = await Promise.all([loadMigrations('public'), loadMigrations('tenant')])
+    const controlPlane = { version: await controlPlaneVersion(pool), latest: latestVersion(publicMigrations) }
+    const latest = latestVersion(tenantMigrations)
+    const byStatus: Record<TenantStatus, number> = { active: 0, suspended: 0, deleting: 0 }
+    let behind = 0
+    // Before the first control-plane migration there is no registry to count.
+    if (controlPlane.version > 0) {
+      const { rows } = await pool.query<{ status: TenantStatus; tenants: number; behind: number }>(
+        `SELECT status, count(*)::int AS tenants, (count(*) FILTER (WHERE schema_version < $1))::int AS behind
+           FROM public.tenants GROUP BY status`,
+        [latest]
+      )
+      for (const row of rows) {
+        byStatus[row.status] = row.tenants
+        behind += row.behind
+      }
+    }
+    const state = { controlPlane, tenants: { latest, behind, byStatus } }
+    cached = controlPlane.version >= controlPlane.latest ? { state, at: Date.now() } : null
+    return state
+  }
+
+  function get(): Promise<MigrationState> {
+    if (cached && Date.now() - cached.at < ttlMs) return Promise.resolve(cached.state)
+    inflight ??= load().finally(() => (inflight = null))
+    return inflight
+  }
+
+  return {
+    get,
+    /** For a probe's body: the state, or null when the database does not answer in time. Never rejects. */
+    async report(): Promise<MigrationState | null> {
+      let timer: NodeJS.Timeout | undefined
+      const late = new Promise<null>((resolve) => {
+        timer = setTimeout(() => resolve(null), CHECK_TIMEOUT_MS)
+      })
+      try {
+        return await Promise.race([get().catch(() => null), late])
+      } finally {
+        clearTimeout(timer)
+      }
+    }
   }
 }
 
-/** Readiness checks, starting with the database. */
+declare module 'fastify' {
+  interface FastifyInstance {
+    readiness: ReturnType<typeof createReadiness>
+    migrationState: ReturnType<typeof createMigrationState>
+  }
+}
+
+/**
+ * Readiness checks: the database, and a control plane at least as new as the code. Tenants behind
+ * the latest tenant migration are reported, not failed: `npm run migrate` brings them up while the
+ * service keeps serving.
+ */
 export default fp(
   async function readiness(fastify: FastifyInstance) {
     const state = createReadiness()
+    const migrations = createMigrationState(fastify.pg.pool)
     state.addCheck('database', async () => {
       await fastify.pg.pool.query('SELECT 1')
     })
+    state.addCheck('migrations', async () => {
+      const { controlPlane } = await migrations.get()
+      if (controlPlane.version < controlPlane.latest) {
+        throw new Error(`control plane schema is at version ${controlPlane.version}, the code needs ${controlPlane.latest}: run npm run migrate`)
+      }
+    })
     fastify.decorate('readiness', state)
+    fastify.decorate('migrationState', migrations)
   },
   { name: 'readiness', dependencies: ['postgres'] }
 )

@@ -26,12 +26,14 @@ const SAFE_METHODS = new Set(['GET', 'HEAD'])
  * transaction ends on every exit path:
  * - mutations commit in onSend, before the reply, so a failed commit becomes an error response;
  * - reads (GET, HEAD) run READ ONLY and commit in onResponse, after the reply is on its way;
- * - aborts and timeouts roll back; a handler error rolls back through its error response.
+ * - aborts (including a client gone before a mutation's commit) and timeouts roll back; a handler
+ *   error rolls back through its error response.
  */
 export default fp(
   async function tenantContext(fastify: FastifyInstance) {
     const pool = fastify.pg.pool
     const cache = createTenantCache(pool, {
+      statementTimeoutMs: fastify.config.PG_STATEMENT_TIMEOUT_MS,
       ttlMs: fastify.config.TENANT_CACHE_TTL_MS,
       log: fastify.log
     })
@@ -49,13 +51,19 @@ export default fp(
       const tenant = await cache.lookup(header)
       if (!tenant) throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${header}" does not exist`)
       if (tenant.status === 'suspended') throw new ApiError(403, 'TENANT_SUSPENDED', `Tenant "${header}" is suspended`)
+      if (tenant.status === 'deleting') throw new ApiError(403, 'TENANT_DELETING', `Tenant "${header}" is being deleted`)
       request.tenant = tenant
       request.db = new TenantScopedDb(pool, tenant, SAFE_METHODS.has(request.method))
     })
 
     fastify.addHook('onSend', async (request, reply, payload) => {
       const db = request.db
-      if (db && db.used && !db.readOnly && !db.finished) await db.finish(reply.statusCode < 400)
+      if (db && db.used && !db.readOnly && !db.finished) {
+        // A request whose body was read in full counts as complete to Node, so when its client
+        // goes away Fastify does not run onRequestAbort. The client will never hear of a commit:
+        // roll back instead, as for any other abort.
+        await db.finish(reply.statusCode < 400 && !reply.raw.destroyed)
+      }
       return payload
     })
 

@@ -3,6 +3,11 @@ import { ApiError } from '../../schemas/error.ts'
 import { toApiError } from './pg-errors.ts'
 import type { ResolvedTenant } from './tenant-cache.ts'
 
+/** Receives, in seconds, the time from acquiring a connection to the first query's result. */
+export type ContextSwitchObserver = (seconds: number) => void
+
+const contextSwitchObservers = new WeakMap<pg.Pool, ContextSwitchObserver>()
+
 /**
  * The request's database handle, bound to one tenant (DESIGN §3).
  *
@@ -17,6 +22,16 @@ import type { ResolvedTenant } from './tenant-cache.ts'
  * destroyed instead, because releasing it could hand a tenant's context to the next request.
  */
 export class TenantScopedDb {
+  /**
+   * Reports the context switch of every handle on `pool` (one observer per pool, so that several
+   * services in one process keep their own figures). Kept off the constructor: the request path
+   * stays as it is, and a handle pays for the clock only on its first query, only when observed.
+   */
+  static observeContextSwitch(pool: pg.Pool, observer: ContextSwitchObserver | null): void {
+    if (observer) contextSwitchObservers.set(pool, observer)
+    else contextSwitchObservers.delete(pool)
+  }
+
   readonly #pool: pg.Pool
   readonly #tenant: ResolvedTenant
   readonly #readOnly: boolean
@@ -25,6 +40,7 @@ export class TenantScopedDb {
   #contextError: unknown = null
   #failed = false
   #finished = false
+  #acquiredAt = 0
 
   constructor(pool: pg.Pool, tenant: ResolvedTenant, readOnly: boolean) {
     this.#pool = pool
@@ -53,8 +69,14 @@ export class TenantScopedDb {
     const client = this.#client ?? (await (this.#connecting ??= this.#connect()))
     if (this.#finished) throw new Error('The request has finished; its database handle is closed')
     try {
-      return await client.query<Row>(text as string, values)
+      const result = await client.query<Row>(text as string, values)
+      if (this.#acquiredAt !== 0) {
+        contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
+        this.#acquiredAt = 0
+      }
+      return result
     } catch (error) {
+      this.#acquiredAt = 0
       this.#failed = true
       // When the context statement failed, every later statement fails with "transaction aborted";
       // the first error is the one that explains.
@@ -70,6 +92,7 @@ export class TenantScopedDb {
       throw toApiError(error) ?? error
     }
     this.#client = client
+    if (contextSwitchObservers.has(this.#pool)) this.#acquiredAt = performance.now()
     client
       .query(this.#readOnly ? this.#tenant.beginReadOnly : this.#tenant.beginReadWrite)
       .catch((error: unknown) => {

@@ -15,8 +15,21 @@ export const swaggerOptions: FastifyDynamicSwaggerOptions = {
       { name: 'tenants', description: 'Tenant lifecycle (control plane)' },
       { name: 'users', description: 'Users of one tenant' },
       { name: 'health', description: 'Probes' }
-    ]
+    ],
+    components: {
+      securitySchemes: {
+        bearerAuth: {
+          type: 'http',
+          scheme: 'bearer',
+          bearerFormat: 'JWT',
+          description: 'An access or ID token of the configured issuer (Cognito user pool), RS256-signed.'
+        }
+      }
+    }
   },
+  // A folder's index route is registered as `/users/` as well as `/users`; the contract names the
+  // path without the slash, as the README and clients spell it.
+  transform: ({ schema, url }) => ({ schema, url: url.length > 1 ? url.replace(/\/+$/, '') : url }),
   refResolver: {
     // Shared schemas keep their $id as the component name.
     buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`)

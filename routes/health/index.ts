@@ -1,11 +1,12 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { errorResponses } from '../../schemas/error.ts'
 import { Liveness, Readiness } from '../../schemas/health.ts'
 
 /** Kubernetes probes: liveness never touches a dependency, readiness checks them all. */
 const health: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get(
     '/live',
-    { schema: { summary: 'Liveness probe', tags: ['health'], response: { 200: Liveness } } },
+    { schema: { summary: 'Liveness probe', tags: ['health'], response: { 200: Liveness, ...errorResponses(500) } } },
     async () => ({ status: 'ok' as const })
   )
 
@@ -14,15 +15,29 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     {
       schema: {
         summary: 'Readiness probe',
-        description: '503 while a dependency is unreachable or the service is shutting down.',
+        description:
+          '503 while a dependency is unreachable, the control-plane schema is older than the code, or the service is ' +
+          'shutting down. `migrations` reports the schema versions, tenants behind included, whenever the database answers.',
         tags: ['health'],
-        response: { 200: Readiness, 503: Readiness }
+        response: { 200: Readiness, 503: Readiness, ...errorResponses(500) }
       }
     },
     async (_request, reply) => {
-      const { ready, checks } = await fastify.readiness.evaluate()
+      const [{ ready, checks }, state] = await Promise.all([
+        fastify.readiness.evaluate(),
+        fastify.migrationState.report()
+      ])
       if (!ready) reply.code(503).header('retry-after', '1')
-      return { status: ready ? ('ready' as const) : ('unavailable' as const), checks }
+      return {
+        status: ready ? ('ready' as const) : ('unavailable' as const),
+        checks,
+        ...(state && {
+          migrations: {
+            controlPlane: state.controlPlane,
+            tenants: { latest: state.tenants.latest, behind: state.tenants.behind }
+          }
+        })
+      }
     }
   )
 }

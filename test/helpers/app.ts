@@ -7,8 +7,10 @@ import pg from 'pg'
 import app from '../../app.ts'
 import { migrateControlPlane } from '../../plugins/domain/migrations.ts'
 import { loadConfig, type Config } from '../../schemas/env.ts'
-import { serverOptions } from '../../server.ts'
+import { loggerOptions, serverOptions } from '../../server.ts'
 import { createTestDatabase, type TestDatabase } from './database.ts'
+import { startTestIssuer, type TestIssuer } from './issuer.ts'
+import { startTestS3, type TestS3 } from './s3.ts'
 
 interface Teardown {
   teardown(fn: () => unknown): void
@@ -25,9 +27,32 @@ export interface TestAuth {
   tenantUser(tenant: string): Record<string, string>
 }
 
-const headerOnlyAuth: TestAuth = {
-  admin: () => ({}),
-  tenantUser: (tenant) => ({ 'x-tenant-id': tenant })
+/** Tokens are reused for a while: signing costs a millisecond, and tests send many requests. */
+const TOKEN_REUSE_MS = 5 * 60_000
+
+/**
+ * Callers with real bearer tokens from `issuer`, shaped as `config` expects them: its tenant claim,
+ * its admin group, and ID tokens when only those are accepted.
+ */
+export function issuerAuth(issuer: TestIssuer, config: Config): TestAuth {
+  const use = config.JWT_TOKEN_USE === 'id' ? 'id' : 'access'
+  const minted = new Map<string, { token: string; at: number }>()
+  const bearer = (name: string, claims: Record<string, unknown>) => {
+    const cacheKey = `${issuer.key.kid}/${name}`
+    let entry = minted.get(cacheKey)
+    if (!entry || Date.now() - entry.at > TOKEN_REUSE_MS) {
+      entry = { token: issuer.token({ use, claims }), at: Date.now() }
+      minted.set(cacheKey, entry)
+    }
+    return `Bearer ${entry.token}`
+  }
+  return {
+    admin: () => ({ authorization: bearer('admin', { 'cognito:groups': [config.ADMIN_GROUP] }) }),
+    tenantUser: (tenant) => ({
+      authorization: bearer(`tenant:${tenant}`, { [config.TENANT_CLAIM]: tenant }),
+      'x-tenant-id': tenant
+    })
+  }
 }
 
 export interface TestContext {
@@ -37,6 +62,10 @@ export interface TestContext {
   database: TestDatabase
   /** A separate pool for assertions and set-up, outside the service's own pool. */
   admin: pg.Pool
+  /** The token issuer the service trusts (JWT_ISSUER), for minting and forging tokens. */
+  issuer: TestIssuer
+  /** The S3-compatible store the service uses, when setupApp was given `{ s3: true }`. */
+  s3?: TestS3
 }
 
 /** Configuration for a test instance: quiet, and pointed at the test database. */
@@ -50,32 +79,61 @@ export function testConfig(database: TestDatabase, env: Record<string, string> =
   })
 }
 
+export interface BuildOptions {
+  /**
+   * Runs after the service is registered and before `ready()`: the place for routes that exist
+   * only in a test (they see every decorator and hook of the service, and its error handler).
+   */
+  beforeReady?: (app: FastifyInstance) => unknown
+  /** Receives the service's log lines (JSON, redaction as in production) at the configured LOG_LEVEL. */
+  logStream?: { write(line: string): void }
+}
+
+export interface SetupOptions extends BuildOptions {
+  /** Start a local S3-compatible store (signatures verified) and point S3_* at it. */
+  s3?: boolean
+}
+
 /** Builds the service exactly as server.ts does, on a bare Fastify instance. */
-export async function buildApp(config: Config): Promise<FastifyInstance> {
-  const fastify = Fastify(serverOptions(config))
+export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const fastify = Fastify({
+    ...serverOptions(config),
+    ...(options.logStream && { logger: { ...(loggerOptions(config) as object), transport: undefined, stream: options.logStream } })
+  })
   await fastify.register(fp(app), { config })
+  await options.beforeReady?.(fastify)
   await fastify.ready()
   return fastify
 }
 
 /**
- * A fresh database with the control plane migrated, and the service built on it. Everything is
- * closed and dropped when the test ends.
+ * A fresh database with the control plane migrated, a token issuer, and the service built on them,
+ * trusting the issuer through JWT_ISSUER and JWT_CLIENT_ID as in production (`env` wins). Everything
+ * is closed and dropped when the test ends.
  */
-export async function setupApp(t: Teardown, env: Record<string, string> = {}): Promise<TestContext> {
+export async function setupApp(t: Teardown, env: Record<string, string> = {}, options: SetupOptions = {}): Promise<TestContext> {
   const database = await createTestDatabase()
   const admin = new pg.Pool({ connectionString: database.url, max: 4 })
+  // pool.end() resolves before its connections are gone; the drop's FORCE then terminates them,
+  // and the error that arrives on such a closing connection must not crash the test file.
+  admin.on('error', () => undefined)
   let fastify: FastifyInstance | undefined
+  let issuer: TestIssuer | undefined
+  let s3: TestS3 | undefined
   // One teardown, so the order is certain: the service lets go of the database before it is dropped.
   t.teardown(async () => {
     await fastify?.close()
+    await issuer?.close()
+    await s3?.stop()
     await admin.end()
     await database.drop()
   })
+  issuer = await startTestIssuer()
+  if (options.s3) s3 = await startTestS3()
   await migrateControlPlane(admin)
-  const config = testConfig(database, env)
-  fastify = await buildApp(config)
-  return { app: fastify, config, database, admin, auth: headerOnlyAuth }
+  const config = testConfig(database, { JWT_ISSUER: issuer.url, JWT_CLIENT_ID: issuer.clientId, ...s3?.env, ...env })
+  fastify = await buildApp(config, options)
+  return { app: fastify, config, database, admin, issuer, s3, auth: issuerAuth(issuer, config) }
 }
 
 /** Creates a tenant through the API and fails loudly if that did not work. */

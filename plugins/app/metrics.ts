@@ -1,0 +1,285 @@
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { TenantScopedDb } from '../domain/tenant-db.ts'
+
+/** The label value of every tenant outside the top N. No tenant id can take it (ids start with a letter). */
+export const OTHER_TENANTS = '_other'
+
+export interface TopTenantsOptions {
+  /** How many tenants get a series of their own. */
+  size?: number
+  /** Length of the window whose busiest tenants are featured in the next one. */
+  windowMs?: number
+  /** Distinct tenants counted per window; past it, newcomers are not counted until the next window. */
+  maxTracked?: number
+  /** Told which tenants lost their series, so their series can be removed. */
+  onDrop?: (tenants: string[]) => void
+  now?: () => number
+}
+
+/**
+ * Which tenants get a per-tenant request series: the `size` busiest of the previous window, plus
+ * newcomers while there is room. Everyone else is counted under OTHER_TENANTS, so the series
+ * count stays at most size + 1 however many tenants there are. A tenant that drops out of the top
+ * loses its series (through onDrop); if it comes back its counter starts again at zero, which
+ * PromQL's rate() reads as a counter reset.
+ */
+export function createTopTenants(options: TopTenantsOptions = {}) {
+  const size = options.size ?? 20
+  const windowMs = options.windowMs ?? 60_000
+  const maxTracked = options.maxTracked ?? 100_000
+  const now = options.now ?? Date.now
+  let featured = new Set<string>()
+  let counts = new Map<string, number>()
+  let windowEnds = now() + windowMs
+
+  function rotate(at: number) {
+    const busiest = [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, size)
+    const next = new Set(busiest.map(([tenant]) => tenant))
+    const dropped = [...featured].filter((tenant) => !next.has(tenant))
+    featured = next
+    counts = new Map()
+    windowEnds = at + windowMs
+    if (dropped.length > 0) options.onDrop?.(dropped)
+  }
+
+  return {
+    /** Counts one request of `tenant` and returns the label value it is exported under. */
+    record(tenant: string): string {
+      const at = now()
+      if (at >= windowEnds) rotate(at)
+      const count = counts.get(tenant)
+      if (count !== undefined) counts.set(tenant, count + 1)
+      else if (counts.size < maxTracked) counts.set(tenant, 1)
+      if (featured.has(tenant)) return tenant
+      if (featured.size < size) {
+        featured.add(tenant)
+        return tenant
+      }
+      return OTHER_TENANTS
+    },
+    featured(): ReadonlySet<string> {
+      return featured
+    }
+  }
+}
+
+/** Runs `fn` at most once per `ttlMs`, sharing the result (and an in-flight call) between callers. */
+function shared<T>(fn: () => Promise<T>, ttlMs: number): () => Promise<T> {
+  let last: { at: number; value: Promise<T> } | null = null
+  return () => {
+    const at = Date.now()
+    if (!last || at - last.at >= ttlMs) {
+      const value = fn()
+      last = { at, value }
+      // A failure is not remembered: the next scrape asks again.
+      value.catch(() => {
+        if (last?.value === value) last = null
+      })
+    }
+    return last.value
+  }
+}
+
+const HTTP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+const CONTEXT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
+
+/**
+ * The service's metrics on a registry of its own (several services in one process, as in the tests,
+ * must not share series). Figures that live elsewhere (the pool, the registry, readiness) are read
+ * when Prometheus scrapes, never on the request path.
+ */
+export function createMetrics(fastify: FastifyInstance) {
+  const registry = new Registry()
+  const registers = [registry]
+  collectDefaultMetrics({ register: registry })
+  const pool = fastify.pg.pool
+
+  const httpDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'Time from receiving a request to sending its response, by route pattern (unmatched for 404s), method and status',
+    labelNames: ['route', 'method', 'status_code'] as const,
+    buckets: HTTP_BUCKETS,
+    registers
+  })
+
+  const contextSwitch = new Histogram({
+    name: 'tenant_service_tenant_context_switch_seconds',
+    help: "Time from acquiring a pooled connection to the result of the request's first query, tenant context included",
+    buckets: CONTEXT_BUCKETS,
+    registers
+  })
+
+  const tenantRequests = new Counter({
+    name: 'tenant_service_tenant_requests_total',
+    help: `Requests per tenant, for the busiest tenants only; the rest are counted as tenant="${OTHER_TENANTS}"`,
+    labelNames: ['tenant'] as const,
+    registers
+  })
+  const topTenants = createTopTenants({
+    onDrop: (tenants) => {
+      for (const tenant of tenants) tenantRequests.remove({ tenant })
+    }
+  })
+
+  const jwksFetches = new Counter({
+    name: 'tenant_service_jwks_fetches_total',
+    help: "Fetches of the issuer's JWKS (signing keys)",
+    registers
+  })
+  const jwksFailures = new Counter({
+    name: 'tenant_service_jwks_fetch_failures_total',
+    help: "Fetches of the issuer's JWKS that failed",
+    registers
+  })
+
+  new Gauge({
+    name: 'tenant_service_db_pool_connections',
+    help: 'Open connections in the database pool, busy and idle',
+    registers,
+    collect() {
+      this.set(pool.totalCount)
+    }
+  })
+  new Gauge({
+    name: 'tenant_service_db_pool_idle_connections',
+    help: 'Idle connections in the database pool',
+    registers,
+    collect() {
+      this.set(pool.idleCount)
+    }
+  })
+  new Gauge({
+    name: 'tenant_service_db_pool_waiting_requests',
+    help: 'Callers waiting for a pooled connection',
+    registers,
+    collect() {
+      this.set(pool.waitingCount)
+    }
+  })
+  new Gauge({
+    name: 'tenant_service_db_pool_max_connections',
+    help: 'Configured size of the database pool (PG_POOL_MAX)',
+    registers,
+    collect() {
+      this.set(fastify.config.PG_POOL_MAX)
+    }
+  })
+
+  // One evaluation per scrape, however many gauges read it.
+  const readiness = shared(() => fastify.readiness.evaluate(), 1000)
+  new Gauge({
+    name: 'tenant_service_ready',
+    help: '1 when /health/ready answers 200, 0 when it answers 503',
+    registers,
+    async collect() {
+      this.set((await readiness()).ready ? 1 : 0)
+    }
+  })
+  new Gauge({
+    name: 'tenant_service_readiness_check',
+    help: 'Each readiness check: 1 passing, 0 failing',
+    labelNames: ['check'] as const,
+    registers,
+    async collect() {
+      this.reset()
+      for (const [check, result] of Object.entries((await readiness()).checks)) this.set({ check }, result.ok ? 1 : 0)
+    }
+  })
+
+  // From a query cached a few seconds; while the database is down the last values stand.
+  const state = () => fastify.migrationState.get().catch(() => null)
+  new Gauge({
+    name: 'tenant_service_tenants',
+    help: 'Tenants in the registry, by status',
+    labelNames: ['status'] as const,
+    registers,
+    async collect() {
+      const current = await state()
+      if (current) for (const [status, count] of Object.entries(current.tenants.byStatus)) this.set({ status }, count)
+    }
+  })
+  new Gauge({
+    name: 'tenant_service_tenants_behind_migrations',
+    help: 'Tenants whose schema_version is below the latest tenant migration (npm run migrate brings them up)',
+    registers,
+    async collect() {
+      const current = await state()
+      if (current) this.set(current.tenants.behind)
+    }
+  })
+  new Gauge({
+    name: 'tenant_service_tenant_schema_latest_version',
+    help: 'The latest tenant migration this build ships',
+    registers,
+    async collect() {
+      const current = await state()
+      if (current) this.set(current.tenants.latest)
+    }
+  })
+  new Gauge({
+    name: 'tenant_service_control_plane_schema_version',
+    help: 'The control-plane (public) migration applied in the database',
+    registers,
+    async collect() {
+      const current = await state()
+      if (current) this.set(current.controlPlane.version)
+    }
+  })
+  new Gauge({
+    name: 'tenant_service_control_plane_schema_latest_version',
+    help: 'The latest control-plane migration this build ships; above the applied one, readiness fails',
+    registers,
+    async collect() {
+      const current = await state()
+      if (current) this.set(current.controlPlane.latest)
+    }
+  })
+
+  return {
+    registry,
+    httpDuration,
+    contextSwitch,
+    tenantRequests,
+    topTenants,
+    /** Incremented by the authentication plugin on every JWKS fetch it makes. */
+    jwksFetches,
+    /** Incremented by the authentication plugin on every JWKS fetch that fails. */
+    jwksFailures
+  }
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: ReturnType<typeof createMetrics>
+  }
+}
+
+/** Prometheus metrics: request durations, the pool, the tenant context switch, tenants and migrations. */
+export default fp(
+  async function metrics(fastify: FastifyInstance) {
+    const metrics = createMetrics(fastify)
+    fastify.decorate('metrics', metrics)
+
+    const contextSwitch = metrics.contextSwitch
+    TenantScopedDb.observeContextSwitch(fastify.pg.pool, (seconds) => contextSwitch.observe(seconds))
+
+    // Callback style: on every request, no promise to allocate.
+    fastify.addHook('onResponse', (request, reply, done) => {
+      metrics.httpDuration.observe(
+        // The route pattern, never the URL: one series per route, whatever ids the URLs carry.
+        { route: request.routeOptions.url ?? 'unmatched', method: request.method, status_code: reply.statusCode },
+        reply.elapsedTime / 1000
+      )
+      if (request.tenant) metrics.tenantRequests.inc({ tenant: metrics.topTenants.record(request.tenant.id) })
+      done()
+    })
+
+    fastify.addHook('onClose', async () => {
+      TenantScopedDb.observeContextSwitch(fastify.pg.pool, null)
+      metrics.registry.clear()
+    })
+  },
+  { name: 'metrics', dependencies: ['postgres', 'readiness'] }
+)

@@ -1,0 +1,23 @@
+import { Type } from '@sinclair/typebox'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { errorResponses } from '../../schemas/error.ts'
+
+/** GET /metrics: the Prometheus scrape endpoint. Public, and kept out of the OpenAPI document. */
+const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.get(
+    '/',
+    {
+      schema: {
+        hide: true,
+        response: { 200: Type.String({ description: 'Prometheus text exposition format' }), ...errorResponses(500) }
+      }
+    },
+    async (_request, reply) => {
+      const { registry } = fastify.metrics
+      const body = await registry.metrics()
+      return reply.type(registry.contentType).send(body)
+    }
+  )
+}
+
+export default metrics
