@@ -72,11 +72,27 @@ async function countResults(): Promise<{ passed: number; failed: number }> {
   return totals
 }
 
+/**
+ * package.json drops tap's ts-node loader (it breaks with TypeScript 7; tsx loads the tests). tap
+ * notices a changed plugin list only after it has already started the first run's test processes
+ * with the old one, so a fresh install is rebuilt here, before tap runs.
+ */
+async function ensureTapBuiltWithoutTsNode(): Promise<void> {
+  const built = await readFile('node_modules/@tapjs/test/test-built/dist/esm/index.js', 'utf8').catch(() => '')
+  if (!built.includes('@tapjs/typescript')) return
+  console.log('rebuilding tap with the configured plugins')
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(process.execPath, [path.resolve('node_modules/tap/dist/esm/run.mjs'), 'build'], { stdio: 'inherit' })
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`tap build exited with ${code}`))))
+  })
+}
+
 const cluster = await chooseCluster()
 console.log(`tests run against ${cluster.label}`)
 await rm(RESULTS_DIR, { recursive: true, force: true })
 
 const tapBin = path.resolve('node_modules/tap/dist/esm/run.mjs')
+await ensureTapBuiltWithoutTsNode()
 const code = await new Promise<number>((resolve) => {
   const child = spawn(process.execPath, [tapBin, ...process.argv.slice(2)], {
     stdio: 'inherit',
