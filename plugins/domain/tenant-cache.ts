@@ -1,18 +1,22 @@
 import pg from 'pg'
 import type { TenantStatus } from '../../schemas/tenant.ts'
-import { beginScopedSql } from './tenant-sql.ts'
+import { contextValues } from './tenant-sql.ts'
 import { findTenant, TENANT_CHANGED_CHANNEL } from './tenants.ts'
 
-/** What a request needs to know of its tenant, with the context statements prebuilt. */
+/** What a request needs to know of its tenant, with its context statement's values prebuilt. */
 export interface ResolvedTenant {
   id: string
   name: string
   schema: string
   role: string
   status: TenantStatus
-  beginReadOnly: string
-  beginReadWrite: string
+  /** Values of the context statement: search_path, role, statement timeout. */
+  context: readonly string[]
+  /** Suffix of this tenant's prepared-statement names; unique within the process. */
+  statementTag: string
 }
+
+let statementTags = 0
 
 interface Entry {
   tenant: ResolvedTenant | null
@@ -60,8 +64,8 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
           schema: row.schema,
           role: row.role,
           status: row.status,
-          beginReadOnly: beginScopedSql(row, true, options.statementTimeoutMs),
-          beginReadWrite: beginScopedSql(row, false, options.statementTimeoutMs)
+          context: contextValues(row, options.statementTimeoutMs),
+          statementTag: (statementTags++).toString(36)
         }
       : null
     if (entries.size >= maxEntries) entries.delete(entries.keys().next().value as string)

@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import { ApiError } from '../../schemas/error.ts'
 import { toApiError } from './pg-errors.ts'
+import { runScoped, ScopedQuery } from './scoped-query.ts'
 import type { ResolvedTenant } from './tenant-cache.ts'
 
 /** Receives, in seconds, the time from acquiring a connection to the first query's result. */
@@ -12,14 +13,21 @@ const contextSwitchObservers = new WeakMap<pg.Pool, ContextSwitchObserver>()
  * The request's database handle, bound to one tenant (DESIGN §3).
  *
  * Lazy: a pooled connection is taken at the first query, so a request rejected by validation or
- * auth never holds one. The first query travels together with the statement that opens the
- * transaction and sets `search_path`, the tenant role and `statement_timeout` transaction-locally:
- * the pool runs in pipeline mode, so both are on the wire before the first reply comes back and
- * the context costs no round trip of its own.
+ * auth never holds one. Every query travels in one flight with the statement that scopes it to the
+ * tenant (search_path, tenant role and statement timeout, all transaction-local; see ScopedQuery),
+ * so the context costs no round trip of its own, and is prepared per tenant and connection, so it
+ * is not re-planned at every tenant switch.
  *
- * The whole request is one transaction. `finish()` commits or rolls back and returns the
- * connection; a connection whose state we cannot vouch for (a COMMIT or ROLLBACK that failed) is
- * destroyed instead, because releasing it could hand a tenant's context to the next request.
+ * - Reads (GET, HEAD): each query is its own read-only implicit transaction, ended by the Sync of
+ *   its flight. Under READ COMMITTED a read transaction spanning several statements would see
+ *   nothing more consistent, and there is no COMMIT to send or wait for: the connection goes back
+ *   to the pool as soon as the handler is done.
+ * - Mutations: the first flight opens the request's transaction with BEGIN; every query of the
+ *   request runs in it, and `finish()` commits or rolls it back, so a handler that fails has its
+ *   writes rolled back.
+ *
+ * A connection whose state we cannot vouch for (a COMMIT or ROLLBACK that failed) is destroyed
+ * rather than released, because releasing it could hand a tenant's context to the next request.
  */
 export class TenantScopedDb {
   /**
@@ -37,7 +45,10 @@ export class TenantScopedDb {
   readonly #readOnly: boolean
   #client: pg.PoolClient | null = null
   #connecting: Promise<pg.PoolClient> | null = null
-  #contextError: unknown = null
+  /** A mutation's transaction has been opened (its BEGIN is on the wire). */
+  #inTransaction = false
+  #inflight = 0
+  #released: (() => void) | null = null
   #failed = false
   #finished = false
   #acquiredAt = 0
@@ -48,7 +59,7 @@ export class TenantScopedDb {
     this.#readOnly = readOnly
   }
 
-  /** True once a connection was asked for: only then is there a transaction to end. */
+  /** True once a connection was asked for: only then is there anything to end. */
   get used(): boolean {
     return this.#connecting !== null
   }
@@ -68,8 +79,20 @@ export class TenantScopedDb {
     if (this.#finished) throw new Error('The request has finished; its database handle is closed')
     const client = this.#client ?? (await (this.#connecting ??= this.#connect()))
     if (this.#finished) throw new Error('The request has finished; its database handle is closed')
+
+    const config = typeof text === 'string' ? null : text
+    const opensTransaction = !this.#readOnly && !this.#inTransaction
+    const query = new ScopedQuery(config ? config.text : (text as string), config ? config.values : values, {
+      begin: opensTransaction ? 'BEGIN' : null,
+      context: this.#readOnly || opensTransaction ? this.#tenant.context : null,
+      readOnly: this.#readOnly,
+      tenantTag: this.#tenant.statementTag
+    })
+    if (opensTransaction) this.#inTransaction = true
+
+    this.#inflight++
     try {
-      const result = await client.query<Row>(text as string, values)
+      const result = await runScoped<Row>(client, query)
       if (this.#acquiredAt !== 0) {
         contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
         this.#acquiredAt = 0
@@ -78,9 +101,9 @@ export class TenantScopedDb {
     } catch (error) {
       this.#acquiredAt = 0
       this.#failed = true
-      // When the context statement failed, every later statement fails with "transaction aborted";
-      // the first error is the one that explains.
-      throw toApiError(this.#contextError ?? error) ?? this.#contextError ?? error
+      throw toApiError(error) ?? error
+    } finally {
+      if (--this.#inflight === 0 && this.#released) this.#released()
     }
   }
 
@@ -93,20 +116,22 @@ export class TenantScopedDb {
     }
     this.#client = client
     if (contextSwitchObservers.has(this.#pool)) this.#acquiredAt = performance.now()
-    client
-      .query(this.#readOnly ? this.#tenant.beginReadOnly : this.#tenant.beginReadWrite)
-      .catch((error: unknown) => {
-        this.#contextError = error
-        this.#failed = true
-      })
     return client
   }
 
+  /** Resolves once no query of this handle is in flight (an abort can come while one is). */
+  #settled(): Promise<void> | void {
+    if (this.#inflight === 0) return
+    return new Promise((resolve) => {
+      this.#released = resolve
+    })
+  }
+
   /**
-   * Ends the request's transaction: COMMIT when `commit` is true and no statement failed, ROLLBACK
-   * otherwise. Safe to call more than once and from any exit path; only the first call acts.
-   * Throws when a requested commit did not happen, so the caller can answer with an error instead
-   * of a success for data that was lost.
+   * Ends the request's use of the database: for a mutation, COMMIT when `commit` is true and no
+   * statement failed, ROLLBACK otherwise; then returns the connection. Safe to call more than once
+   * and from any exit path; only the first call acts. Throws when a requested commit did not
+   * happen, so the caller can answer with an error instead of a success for data that was lost.
    */
   async finish(commit: boolean): Promise<void> {
     if (this.#finished) return
@@ -118,6 +143,13 @@ export class TenantScopedDb {
     }
     if (!client) return
     this.#client = null
+
+    if (!this.#inTransaction) {
+      // Reads: every flight ended its own implicit transaction at its Sync.
+      await this.#settled()
+      client.release()
+      return
+    }
 
     if (commit && !this.#failed) {
       let result: pg.QueryResult
@@ -134,6 +166,7 @@ export class TenantScopedDb {
     }
 
     try {
+      // Queued behind whatever is still in flight: the pipeline keeps the order.
       await client.query('ROLLBACK')
       client.release()
     } catch {

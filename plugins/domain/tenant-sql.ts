@@ -43,20 +43,11 @@ export interface TenantIdentity {
 }
 
 /**
- * The statement that opens a request's transaction and scopes it, sent as one simple-protocol
- * message so that it costs no round trip of its own. Built once per tenant and cached.
- * set_config(…, true) is SET LOCAL: COMMIT or ROLLBACK wipes it, so a pooled connection never
- * carries a tenant's context to the next request. The statement timeout rides along for the same
- * reason: set per transaction it needs no connection startup parameter, which PgBouncer in
- * transaction mode would refuse or drop.
+ * The values of a tenant's context statement (see ScopedQuery): its schema as a search_path entry,
+ * its role, and the statement timeout. Built once per tenant and cached with it.
  */
-export function beginScopedSql(tenant: TenantIdentity, readOnly: boolean, statementTimeoutMs: number): string {
-  return (
-    `${readOnly ? 'BEGIN READ ONLY' : 'BEGIN'}; ` +
-    `SELECT set_config('search_path', ${pg.escapeLiteral(pg.escapeIdentifier(tenant.schema))}, true), ` +
-    `set_config('role', ${pg.escapeLiteral(tenant.role)}, true), ` +
-    `set_config('statement_timeout', '${Math.trunc(statementTimeoutMs)}', true)`
-  )
+export function contextValues(tenant: TenantIdentity, statementTimeoutMs: number): readonly string[] {
+  return [pg.escapeIdentifier(tenant.schema), tenant.role, String(Math.trunc(statementTimeoutMs))]
 }
 
 /** Rights of the tenant role: its own schema's rows, nothing else. Idempotent. */
