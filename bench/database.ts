@@ -1,0 +1,174 @@
+import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import pg from 'pg'
+import type { Migration } from '../plugins/domain/migrations.ts'
+import { provisionTenant } from '../plugins/domain/tenants.ts'
+
+const MACHINE_CLUSTER = 'postgres://postgres@127.0.0.1:5432/postgres'
+
+export interface Cluster {
+  /** The cluster's maintenance database, where the bench database is created and dropped. */
+  url: string
+  label: string
+  stop?: () => Promise<void>
+}
+
+async function answers(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
+  client.on('error', () => undefined)
+  try {
+    await client.connect()
+    await client.query('SELECT 1')
+    return true
+  } catch {
+    return false
+  } finally {
+    await client.end().catch(() => undefined)
+  }
+}
+
+/**
+ * BENCH_DATABASE_URL (a maintenance database, such as postgres://user@host:5432/postgres) when set;
+ * otherwise the machine's server at 127.0.0.1:5432; otherwise (or with BENCH_PG=embedded) a
+ * throwaway embedded PostgreSQL.
+ */
+export async function chooseCluster(log: (message: string) => void): Promise<Cluster> {
+  const configured = process.env.BENCH_DATABASE_URL
+  if (configured) {
+    if (!(await answers(configured))) throw new Error('BENCH_DATABASE_URL does not answer')
+    return { url: configured, label: `BENCH_DATABASE_URL (${new URL(configured).host})` }
+  }
+  const forceEmbedded = process.env.BENCH_PG === 'embedded'
+  if (!forceEmbedded && (await answers(MACHINE_CLUSTER))) return { url: MACHINE_CLUSTER, label: 'the server at 127.0.0.1:5432' }
+  log(forceEmbedded ? 'BENCH_PG=embedded: starting an embedded PostgreSQL' : 'no PostgreSQL at 127.0.0.1:5432: starting an embedded one')
+  const { startEmbeddedPostgres } = await import('../plugins/embedded/postgres.ts')
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'tenant-service-bench-pg-'))
+  const cluster = await startEmbeddedPostgres({ dataDir, persistent: false })
+  return {
+    url: cluster.adminUrl,
+    label: `an embedded PostgreSQL on port ${cluster.port}`,
+    stop: async () => {
+      await cluster.stop()
+      await rm(dataDir, { recursive: true, force: true })
+    }
+  }
+}
+
+export interface BenchDatabase {
+  name: string
+  url: string
+  /** Tenant roles are cluster-wide: a prefix of its own lets the bench drop exactly its roles. */
+  rolePrefix: string
+  drop(): Promise<void>
+}
+
+function withDatabase(url: string, database: string): string {
+  const parsed = new URL(url)
+  parsed.pathname = `/${database}`
+  return parsed.toString()
+}
+
+const ROLE_DROP_BATCH = 500
+
+export async function createBenchDatabase(cluster: Cluster): Promise<BenchDatabase> {
+  const suffix = randomBytes(5).toString('hex')
+  const name = `bench_${suffix}`
+  const rolePrefix = `b${suffix}_`
+  const admin = new pg.Client({ connectionString: cluster.url })
+  await admin.connect()
+  try {
+    await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`)
+  } finally {
+    await admin.end()
+  }
+  let dropped: Promise<void> | null = null
+  return {
+    name,
+    rolePrefix,
+    url: withDatabase(cluster.url, name),
+    drop() {
+      dropped ??= (async () => {
+        const client = new pg.Client({ connectionString: cluster.url })
+        client.on('error', () => undefined)
+        await client.connect()
+        try {
+          // FORCE ends the service's connections, and any provisioning still under way.
+          await client.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(name)} WITH (FORCE)`)
+          const { rows } = await client.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)', [
+            rolePrefix
+          ])
+          for (let i = 0; i < rows.length; i += ROLE_DROP_BATCH) {
+            const names = rows.slice(i, i + ROLE_DROP_BATCH).map(({ rolname }) => pg.escapeIdentifier(rolname))
+            await client.query(`DROP ROLE IF EXISTS ${names.join(', ')}`)
+          }
+        } finally {
+          await client.end()
+        }
+      })()
+      return dropped
+    }
+  }
+}
+
+/** A tenant as the load generator sees it: its id and the users it can ask for. */
+export interface BenchTenant {
+  id: string
+  userIds: string[]
+  token?: string
+}
+
+/** `tenant-00042`: sorted like the numbers, and a valid, unreserved tenant id. */
+export const benchTenantId = (index: number) => `tenant-${String(index).padStart(5, '0')}`
+
+/**
+ * `rows` users and `rows` files (metadata only: the bench never touches objects) straight into the
+ * tenant's tables; returns the users' ids.
+ */
+export async function insertTenantRows(pool: pg.Pool, tenantId: string, rows: number): Promise<string[]> {
+  const schema = pg.escapeIdentifier(tenantId)
+  const prefix = pg.escapeLiteral(`tenants/${tenantId}/`)
+  const { rows: users } = await pool.query<{ id: string }>(
+    `WITH files AS (
+       INSERT INTO ${schema}.files (id, key, filename, content_type, size, status)
+       SELECT f.id, ${prefix} || f.id || '/file-' || f.n || '.txt', 'file-' || f.n || '.txt', 'text/plain', 1024 + f.n, 'uploaded'
+         FROM (SELECT gen_random_uuid() AS id, n FROM generate_series(1, $1::int) AS n) AS f
+     )
+     INSERT INTO ${schema}.users (email, name)
+     SELECT 'user' || n || '@' || $2 || '.test', 'User ' || n FROM generate_series(1, $1::int) AS n
+     RETURNING id`,
+    [rows, tenantId]
+  )
+  return users.map((user) => user.id)
+}
+
+export interface ProvisionOptions {
+  rolePrefix: string
+  migrations: Migration[]
+  rows: number
+  concurrency: number
+  onProgress?: (done: number, total: number) => void
+  stopped?: () => boolean
+}
+
+/**
+ * Provisions tenants the way the service does (`provisionTenant`: registry row, role, schema,
+ * migrations, grants in one transaction), `concurrency` at a time, then fills their tables.
+ */
+export async function provisionTenants(pool: pg.Pool, ids: string[], options: ProvisionOptions): Promise<BenchTenant[]> {
+  const tenants: BenchTenant[] = new Array(ids.length)
+  let next = 0
+  let done = 0
+  const worker = async () => {
+    while (next < ids.length && !options.stopped?.()) {
+      const index = next++
+      const id = ids[index]
+      await provisionTenant(pool, { id, name: `Bench ${id}` }, { rolePrefix: options.rolePrefix, migrations: options.migrations })
+      tenants[index] = { id, userIds: await insertTenantRows(pool, id, options.rows) }
+      options.onProgress?.(++done, ids.length)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency, ids.length)) }, worker))
+  return tenants
+}
