@@ -115,6 +115,36 @@ export class TenantGoneError extends Error {
   }
 }
 
+/**
+ * Makes sure a tenant's role is as provisioning makes it: it exists, can log in (Citus opens worker
+ * connections as it) with no password (so nobody can authenticate as it), and the service's own
+ * role is a member, so requests can switch to it. Roles belong to the cluster, not the database:
+ * a database restored into another cluster has its tenants and none of their roles, and this is
+ * what brings them back. Touches the catalog only when something is missing.
+ */
+export async function ensureTenantRole(client: pg.PoolClient, role: string): Promise<void> {
+  const name = pg.escapeIdentifier(role)
+  const { rows } = await client.query<{ superuser: boolean; exists: boolean; login: boolean | null; member: boolean | null }>(
+    `SELECT current_setting('is_superuser') = 'on' AS superuser, r.oid IS NOT NULL AS exists, r.rolcanlogin AS login,
+            pg_has_role(current_user, r.oid, 'MEMBER') AS member
+       FROM (SELECT 1) AS one LEFT JOIN pg_catalog.pg_roles r ON r.rolname = $1`,
+    [role]
+  )
+  const state = rows[0]
+  if (!state.exists) {
+    await client.query(`CREATE ROLE ${name} LOGIN`)
+  } else {
+    if (!state.login) await client.query(`ALTER ROLE ${name} LOGIN`)
+    // Only a superuser may read passwords (pg_authid); anyone else trusts that roles were made here.
+    if (state.superuser) {
+      const { rows: password } = await client.query('SELECT 1 FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolpassword IS NOT NULL', [role])
+      if (password.length > 0) await client.query(`ALTER ROLE ${name} PASSWORD NULL`)
+    }
+  }
+  // A superuser may act as any role without being a member; anyone else needs the membership.
+  if (!state.exists || !state.member) await client.query(`GRANT ${name} TO CURRENT_USER`)
+}
+
 const migrationLabel = (migration: Migration) => `${String(migration.version).padStart(4, '0')}_${migration.name}`
 
 /**
@@ -150,6 +180,7 @@ export async function migrateTenantSchema(
         }
       }
     }
+    await ensureTenantRole(client, tenant.role)
     // Grants are re-applied every time, so the tenant role always covers every table.
     await client.query(grantTenantRoleSql(tenant))
     await client.query(
