@@ -6,13 +6,18 @@ import { Liveness, Readiness } from '../../schemas/health.ts'
 const health: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get(
     '/live',
-    { schema: { summary: 'Liveness probe', tags: ['health'], response: { 200: Liveness, ...errorResponses(500) } } },
+    {
+      // Probes are never rate limited: a limited probe would take a healthy instance out of service.
+      config: { rateLimit: false },
+      schema: { summary: 'Liveness probe', tags: ['health'], response: { 200: Liveness, ...errorResponses(500) } }
+    },
     async () => ({ status: 'ok' as const })
   )
 
   fastify.get(
     '/ready',
     {
+      config: { rateLimit: false },
       schema: {
         summary: 'Readiness probe',
         description:

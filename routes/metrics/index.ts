@@ -7,6 +7,8 @@ const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get(
     '/',
     {
+      // Scrapes are never rate limited: a gap in the series would look like an outage.
+      config: { rateLimit: false },
       schema: {
         hide: true,
         response: { 200: Type.String({ description: 'Prometheus text exposition format' }), ...errorResponses(500) }
