@@ -1,11 +1,23 @@
+import { randomUUID } from 'node:crypto'
+import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http'
+import type { Socket } from 'node:net'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
-import Fastify, { LogController, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import Fastify, {
+  LogController,
+  type FastifyError,
+  type FastifyHttpOptions,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerOptions
+} from 'fastify'
 import fp from 'fastify-plugin'
 import app from './app.ts'
 import { migrateControlPlane } from './plugins/domain/migrations.ts'
-import { ConfigError, loadConfig, type Config } from './schemas/env.ts'
+import { ConfigError, loadConfig, trustProxy, type Config } from './schemas/env.ts'
 import pg from 'pg'
 
 const projectRoot = path.dirname(fileURLToPath(import.meta.url)).replace(/[\\/]dist$/, '')
@@ -50,17 +62,87 @@ class RequestLog extends LogController {
   }
 }
 
-/** Fastify options for the process: timeouts so slow clients cannot hold a connection forever. */
-export function serverOptions(config: Config): FastifyServerOptions {
+/** Larger request headers are refused by Node's parser (431 HEADERS_TOO_LARGE); tokens are at most 8 KiB. */
+const MAX_HEADER_BYTES = 16 * 1024
+/** A client has this long to send its request headers (less when REQUEST_TIMEOUT_MS is shorter). */
+const HEADERS_TIMEOUT_MS = 10_000
+
+const CLIENT_ERRORS: Record<string, [number, string, string]> = {
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'REQUEST_TIMEOUT', 'The request was not received in time'],
+  HPE_HEADER_OVERFLOW: [431, 'HEADERS_TOO_LARGE', `The request headers exceed ${MAX_HEADER_BYTES} bytes`]
+}
+
+/**
+ * What Node's HTTP parser refuses before Fastify sees a request (malformed HTTP, oversized
+ * headers, a client too slow to send its request) is answered in the one error shape, and the
+ * connection is closed.
+ */
+function clientErrorHandler(this: FastifyInstance, error: Error & { code?: string }, socket: Socket) {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  const [statusCode, code, message] = CLIENT_ERRORS[error.code ?? ''] ?? [400, 'BAD_REQUEST', 'The request is not valid HTTP']
+  const reason = STATUS_CODES[statusCode] ?? 'Error'
+  const body = JSON.stringify({ statusCode, code, error: reason, message })
+  this.log.debug({ err: error, code }, 'client error')
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${statusCode} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+    )
+  }
+  socket.destroy(error)
+}
+
+const ROUTER_ERRORS: Record<string, [string, string]> = {
+  FST_ERR_BAD_URL: ['INVALID_URL', 'The URL is not valid: a path segment is not correctly percent-encoded'],
+  FST_ERR_MAX_PARAM_LENGTH: ['URI_TOO_LONG', 'A path parameter is longer than 100 characters']
+}
+
+/**
+ * What the router refuses before any route is chosen (a malformed URL, an overlong path
+ * parameter) bypasses the error handler; it is answered in the one error shape here.
+ */
+function frameworkErrors(error: FastifyError, request: FastifyRequest, reply: FastifyReply) {
+  const known = ROUTER_ERRORS[error.code]
+  const statusCode = known && typeof error.statusCode === 'number' ? error.statusCode : 500
+  if (statusCode >= 500) request.log.error({ err: error }, 'request failed in the router')
+  const [code, message] = known ?? ['INTERNAL_ERROR', 'Something went wrong on our side']
+  return reply
+    .code(statusCode)
+    .type('application/json; charset=utf-8')
+    .send({ statusCode, code, error: STATUS_CODES[statusCode] ?? 'Error', message })
+}
+
+// A client-chosen request id ends up in every log line of its request: only short, plain ones are kept.
+const REQUEST_ID = /^[\w.:-]{1,128}$/
+const requestId = (request: IncomingMessage) => {
+  const header = request.headers['x-request-id']
+  return typeof header === 'string' && REQUEST_ID.test(header) ? header : randomUUID()
+}
+
+/**
+ * Fastify options for the process: timeouts so slow clients cannot hold a connection forever
+ * (headers within HEADERS_TIMEOUT_MS, the whole request within REQUEST_TIMEOUT_MS, checked every
+ * second), bounded headers, and the client address as TRUST_PROXY says.
+ */
+export function serverOptions(config: Config): FastifyHttpOptions<Server> {
+  const headersTimeout = config.REQUEST_TIMEOUT_MS > 0 ? Math.min(config.REQUEST_TIMEOUT_MS, HEADERS_TIMEOUT_MS) : HEADERS_TIMEOUT_MS
   return {
     logger: loggerOptions(config),
     logController: new RequestLog(),
     requestTimeout: config.REQUEST_TIMEOUT_MS,
     connectionTimeout: config.REQUEST_TIMEOUT_MS,
-    keepAliveTimeout: 5_000,
+    keepAliveTimeout: config.KEEP_ALIVE_TIMEOUT_MS,
+    http: { maxHeaderSize: MAX_HEADER_BYTES, headersTimeout, connectionsCheckingInterval: Math.max(100, Math.min(1000, headersTimeout)) },
+    clientErrorHandler,
+    frameworkErrors,
+    trustProxy: trustProxy(config),
     bodyLimit: config.BODY_LIMIT_BYTES,
-    return503OnClosing: true,
-    requestIdHeader: 'x-request-id',
+    // Requests that reach a closing server (on a keep-alive connection opened before) are served
+    // and answered with `Connection: close`, rather than refused with a body outside the error
+    // shape: the client sees no failure, and its next request opens a connection elsewhere.
+    return503OnClosing: false,
+    requestIdHeader: false,
+    genReqId: requestId,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array' } }
   }
 }
@@ -133,11 +215,20 @@ export async function main() {
   }
   config = embedded.config
 
-  closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS }, async ({ signal, err }) => {
+  const graceful = {
+    delay: config.SHUTDOWN_GRACE_MS,
+    logger: { error: (message: unknown) => fastify.log.error(message) },
+    onSecondSignal: (signal: string) => fastify.log.error({ signal }, `second ${signal} while draining: exiting at once`),
+    onTimeout: (delay: number) => fastify.log.error(`the drain did not finish within SHUTDOWN_GRACE_MS (${delay} ms): exiting`)
+  }
+  closeWithGrace(graceful, async ({ signal, err }) => {
     if (err) fastify.log.error({ err }, 'shutting down after an error')
     else fastify.log.info({ signal }, 'shutting down: draining in-flight requests')
-    // Readiness goes 503 first, so load balancers stop sending while the drain runs.
+    // Readiness goes 503 first, so load balancers stop sending while the drain runs; the listener
+    // stays open SHUTDOWN_DELAY_MS longer for those that have not noticed yet.
     fastify.readiness?.markShuttingDown()
+    if (config.SHUTDOWN_DELAY_MS > 0 && !err) await sleep(config.SHUTDOWN_DELAY_MS)
+    fastify.log.info('closing the listener')
     await fastify.close()
     await stopEmbedded()
   })

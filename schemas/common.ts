@@ -16,6 +16,9 @@ export const TenantHeaders = Type.Object({
   'x-tenant-id': Type.String({ pattern: TENANT_ID_PATTERN, description: 'The tenant this request acts on', examples: ['acme-corp'] })
 })
 
+/** PostgreSQL text cannot hold the NUL character: a name carrying one is refused here, as a 400. */
+export const NO_NUL_PATTERN = '^[^\\u0000]*$'
+
 export const Uuid = Type.String({ format: 'uuid', examples: ['0b6c1c4e-3b8a-4d5e-9f7a-2d1c0e9b8a76'] })
 export const IdParams = Type.Object({ id: Uuid })
 export type IdParams = Static<typeof IdParams>

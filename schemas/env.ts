@@ -1,8 +1,26 @@
+import { isIP } from 'node:net'
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 
 const Integer = (defaultValue: number, minimum = 0, maximum?: number) =>
   Type.Integer({ default: defaultValue, minimum, ...(maximum === undefined ? {} : { maximum }) })
+
+const DURATION_UNITS: Record<string, number> = {
+  ms: 1, millisecond: 1, milliseconds: 1,
+  s: 1000, sec: 1000, secs: 1000, second: 1000, seconds: 1000,
+  m: 60_000, min: 60_000, mins: 60_000, minute: 60_000, minutes: 60_000,
+  h: 3_600_000, hr: 3_600_000, hrs: 3_600_000, hour: 3_600_000, hours: 3_600_000,
+  d: 86_400_000, day: 86_400_000, days: 86_400_000
+}
+const DURATION_PATTERN = `^\\s*\\d+(\\.\\d+)?\\s*(${Object.keys(DURATION_UNITS).join('|')})?\\s*$`
+
+/** `60000`, `30s`, `1 minute`, `1.5h` in milliseconds; a bare number is milliseconds. */
+export function durationMs(value: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/.exec(value)
+  const unit = match ? DURATION_UNITS[match[2] || 'ms'] : undefined
+  if (!match || unit === undefined) throw new Error(`not a duration: ${JSON.stringify(value)}`)
+  return Math.round(Number(match[1]) * unit)
+}
 
 /**
  * The whole configuration contract (DESIGN §7). Everything the service reads from the
@@ -66,7 +84,33 @@ export const EnvSchema = Type.Object({
   /** Longest time a request may take end to end, and how long a SIGTERM drain may last. */
   REQUEST_TIMEOUT_MS: Integer(30_000, 0),
   SHUTDOWN_GRACE_MS: Integer(25_000, 0),
-  BODY_LIMIT_BYTES: Integer(1_048_576, 1024)
+  /** How long an idle keep-alive connection stays open; above the load balancer's own idle timeout. */
+  KEEP_ALIVE_TIMEOUT_MS: Integer(5_000, 1),
+  /**
+   * After SIGTERM, readiness answers 503 this long before the listener closes, so load balancers
+   * stop sending first. Counts within SHUTDOWN_GRACE_MS. On Kubernetes a preStop sleep does the same.
+   */
+  SHUTDOWN_DELAY_MS: Integer(0, 0),
+  BODY_LIMIT_BYTES: Integer(1_048_576, 1024),
+
+  /** Requests per RATE_LIMIT_WINDOW per tenant (per client address on routes that take no token). */
+  RATE_LIMIT_MAX: Integer(1000, 1),
+  /** Milliseconds, or a duration such as `1 minute`, `30s`, `1h`. */
+  RATE_LIMIT_WINDOW: Type.String({ default: '1 minute', pattern: DURATION_PATTERN }),
+  /** Shares rate-limit counters between instances; without it each instance counts on its own. */
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://\\S+$' })),
+  /** Prefix of the rate-limit keys in Redis, for deployments that share one. */
+  RATE_LIMIT_REDIS_PREFIX: Type.String({ default: 'tenant-service:rate-limit:', minLength: 1, maxLength: 128 }),
+  /**
+   * Browser origins allowed to call the API (comma-separated `https://app.example.com`, or `*`).
+   * Unset: none in production, any outside it.
+   */
+  CORS_ORIGINS: Type.Optional(Type.String({ maxLength: 4096 })),
+  /**
+   * Which proxies to believe about the client address (X-Forwarded-For), which keys the rate limit
+   * of routes that take no token: `false`, `true` (any peer), or comma-separated addresses and CIDRs.
+   */
+  TRUST_PROXY: Type.String({ default: 'false', maxLength: 4096 })
 })
 
 export type Config = Static<typeof EnvSchema>
@@ -116,9 +160,64 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     problems.push('S3_BUCKET: required when NODE_ENV=production')
   }
   checkIssuer(config, problems)
+  checkHttpSettings(config, problems)
 
   if (problems.length > 0) throw new ConfigError(problems)
   return config
+}
+
+/**
+ * The origins CORS admits: a list, `'*'` for any, or null for none (no CORS headers at all).
+ * Unset, production admits none and every other environment any, so a front end under
+ * development works without configuration.
+ */
+export function corsOrigins(config: Pick<Config, 'CORS_ORIGINS' | 'NODE_ENV'>): string[] | '*' | null {
+  const raw = config.CORS_ORIGINS?.trim()
+  if (!raw) return config.NODE_ENV === 'production' ? null : '*'
+  const origins = raw.split(',').map((origin) => origin.trim()).filter(Boolean)
+  return origins.includes('*') ? '*' : origins
+}
+
+const ORIGIN = /^https?:\/\/[^\s/?#@]+$/
+
+/** Fastify's `trustProxy` from TRUST_PROXY: true, false, or the proxies' addresses and CIDR ranges. */
+export function trustProxy(config: Pick<Config, 'TRUST_PROXY'>): boolean | string[] {
+  const raw = config.TRUST_PROXY.trim()
+  if (raw === 'true') return true
+  if (raw === 'false' || raw === '') return false
+  return raw.split(',').map((entry) => entry.trim()).filter(Boolean)
+}
+
+function isAddressOrRange(entry: string): boolean {
+  const [address, bits, extra] = entry.split('/')
+  const family = isIP(address)
+  if (family === 0 || extra !== undefined) return false
+  if (bits === undefined) return true
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128)
+}
+
+function checkHttpSettings(config: Config, problems: string[]): void {
+  const rejected = (name: string) => problems.some((problem) => problem.startsWith(`${name}:`))
+  if (!rejected('RATE_LIMIT_WINDOW') && durationMs(config.RATE_LIMIT_WINDOW) < 1) {
+    problems.push(`RATE_LIMIT_WINDOW: must be at least 1 ms (got ${JSON.stringify(config.RATE_LIMIT_WINDOW)})`)
+  }
+  if (!rejected('CORS_ORIGINS')) {
+    const origins = corsOrigins(config)
+    const bad = Array.isArray(origins) ? origins.filter((origin) => !ORIGIN.test(origin)) : []
+    if (bad.length > 0) {
+      problems.push(`CORS_ORIGINS: each origin is scheme://host[:port] with no path, or * (got ${bad.map((origin) => JSON.stringify(origin)).join(', ')})`)
+    }
+  }
+  if (!rejected('TRUST_PROXY')) {
+    const trusted = trustProxy(config)
+    if (Array.isArray(trusted) && !trusted.every(isAddressOrRange)) {
+      problems.push(`TRUST_PROXY: true, false, or comma-separated IP addresses and CIDR ranges (got ${JSON.stringify(config.TRUST_PROXY)})`)
+    }
+  }
+  const timing = ['SHUTDOWN_DELAY_MS', 'SHUTDOWN_GRACE_MS'].some(rejected)
+  if (!timing && config.SHUTDOWN_GRACE_MS > 0 && config.SHUTDOWN_DELAY_MS >= config.SHUTDOWN_GRACE_MS) {
+    problems.push(`SHUTDOWN_DELAY_MS: must be shorter than SHUTDOWN_GRACE_MS (${config.SHUTDOWN_GRACE_MS}), which it counts within (got ${config.SHUTDOWN_DELAY_MS})`)
+  }
 }
 
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]'])

@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { TenantId, Timestamp } from './common.ts'
+import { NO_NUL_PATTERN, TenantId, Timestamp } from './common.ts'
 
 /** What PATCH may set. */
 export const SettableTenantStatus = Type.Union([Type.Literal('active'), Type.Literal('suspended')])
@@ -22,7 +22,7 @@ export const Tenant = Type.Object(
 )
 export type Tenant = Static<typeof Tenant>
 
-const TenantName = Type.String({ minLength: 1, maxLength: 200 })
+const TenantName = Type.String({ minLength: 1, maxLength: 200, pattern: NO_NUL_PATTERN })
 
 export const CreateTenantBody = Type.Object({ id: TenantId, name: TenantName }, { additionalProperties: false })
 export type CreateTenantBody = Static<typeof CreateTenantBody>

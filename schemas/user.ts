@@ -1,8 +1,8 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Timestamp, Uuid } from './common.ts'
+import { NO_NUL_PATTERN, Timestamp, Uuid } from './common.ts'
 
 const Email = Type.String({ format: 'email', maxLength: 320, examples: ['ada@acme.test'] })
-const UserName = Type.String({ minLength: 1, maxLength: 200, examples: ['Ada Lovelace'] })
+const UserName = Type.String({ minLength: 1, maxLength: 200, pattern: NO_NUL_PATTERN, examples: ['Ada Lovelace'] })
 
 export const User = Type.Object(
   { id: Uuid, email: Email, name: UserName, createdAt: Timestamp, updatedAt: Timestamp },

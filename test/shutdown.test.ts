@@ -28,7 +28,9 @@ async function openPartialRequest(port: number, path: string) {
   socket.on('error', () => undefined)
   return {
     async finish(): Promise<string> {
-      socket.end('\r\n')
+      // Not end(): a client that half-closes its side gets nothing back from Node's HTTP server.
+      // The draining server answers with `Connection: close` and closes the connection itself.
+      socket.write('\r\n')
       await closed
       return received.split('\r\n')[0] ?? ''
     }

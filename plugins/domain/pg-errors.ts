@@ -24,6 +24,9 @@ export function toApiError(error: unknown): ApiError | null {
       case '22P02':
       case '22007':
       case '22008':
+      // A character the database cannot store (NUL, or one outside its encoding).
+      case '22021':
+      case '22P05':
         return new ApiError(400, 'INVALID_INPUT', 'A value has the wrong format')
       case '57014':
         return new ApiError(504, 'STATEMENT_TIMEOUT', 'The database took too long to answer')

@@ -14,6 +14,10 @@ export interface EmbeddedPostgresHandle {
   adminUrl: string
   port: number
   stop(): Promise<void>
+  /** Stops the server but keeps its data and its port, as an outage of the database would. */
+  pause(): Promise<void>
+  /** Starts a paused server again: same port, same data. */
+  resume(): Promise<void>
 }
 
 export interface EmbeddedPostgresOptions {
@@ -91,7 +95,8 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     user: 'postgres',
     password,
     authMethod: 'scram-sha-256',
-    persistent: options.persistent ?? true,
+    // Removal of a non-persistent cluster is done in stop() below, so that pause() keeps the data.
+    persistent: true,
     createPostgresUser: asRoot,
     postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'],
     onLog: log,
@@ -116,6 +121,11 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     url: `${base}/${database}`,
     adminUrl: `${base}/postgres`,
     port,
-    stop: () => cluster.stop()
+    async stop() {
+      await cluster.stop()
+      if (options.persistent === false) await rm(clusterDir, { recursive: true, force: true })
+    },
+    pause: () => cluster.stop(),
+    resume: () => cluster.start()
   }
 }

@@ -80,6 +80,8 @@ export function testConfig(database: TestDatabase, env: Record<string, string> =
 }
 
 export interface BuildOptions {
+  /** Runs on the bare instance before the service is registered: the place to watch its routes (onRoute). */
+  beforeRegister?: (app: FastifyInstance) => unknown
   /**
    * Runs after the service is registered and before `ready()`: the place for routes that exist
    * only in a test (they see every decorator and hook of the service, and its error handler).
@@ -100,6 +102,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     ...serverOptions(config),
     ...(options.logStream && { logger: { ...(loggerOptions(config) as object), transport: undefined, stream: options.logStream } })
   })
+  await options.beforeRegister?.(fastify)
   await fastify.register(fp(app), { config })
   await options.beforeReady?.(fastify)
   await fastify.ready()
