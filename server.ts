@@ -17,7 +17,7 @@ import Fastify, {
 import fp from 'fastify-plugin'
 import app from './app.ts'
 import { migrateControlPlane } from './plugins/domain/migrations.ts'
-import { ConfigError, loadConfig, trustProxy, type Config } from './schemas/env.ts'
+import { loadConfigOrExit, trustProxy, type Config } from './schemas/env.ts'
 import pg from 'pg'
 
 const projectRoot = path.dirname(fileURLToPath(import.meta.url)).replace(/[\\/]dist$/, '')
@@ -197,16 +197,7 @@ export async function main() {
   // Run from the sources (`node --import tsx server.ts`), @fastify/autoload cannot see the loader
   // and would refuse the .ts plugins; this module being .ts is proof enough that one is present.
   if (import.meta.url.endsWith('.ts')) process.env.FASTIFY_AUTOLOAD_TYPESCRIPT ??= '1'
-  let config: Config
-  try {
-    config = loadConfig()
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      for (const problem of error.problems) console.error(`config error: ${problem}`)
-      process.exit(1)
-    }
-    throw error
-  }
+  let config = loadConfigOrExit()
 
   const fastify = Fastify(serverOptions(config))
   const embedded = await startEmbeddedDefaults(config, (message) => fastify.log.info(message))

@@ -3,25 +3,10 @@ import pg from 'pg'
 import { IdParams, ref, TenantHeaders } from '../schemas/common.ts'
 import { ApiError, errorResponses } from '../schemas/error.ts'
 import { TenantHealth } from '../schemas/health.ts'
-import { User } from '../schemas/user.ts'
 import { toApiError } from '../plugins/domain/pg-errors.ts'
 import { checkTenantId } from '../plugins/domain/tenant-sql.ts'
-
-interface UserRow {
-  id: string
-  email: string
-  name: string
-  created_at: Date
-  updated_at: Date
-}
-
-const toUser = (row: UserRow): User => ({
-  id: row.id,
-  email: row.email,
-  name: row.name,
-  createdAt: row.created_at.toISOString(),
-  updatedAt: row.updated_at.toISOString()
-})
+import { toUser, USER_COLUMNS, type UserRow } from '../plugins/domain/users.ts'
+import { User } from '../schemas/user.ts'
 
 const elapsedMs = (started: number) => Math.round((performance.now() - started) * 1000) / 1000
 
@@ -87,7 +72,7 @@ const comparisonRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       const { rows } = await pool
         .query<UserRow>({
           name: `bench-floor-user:${tenant}`,
-          text: `SELECT id, email, name, created_at, updated_at FROM ${pg.escapeIdentifier(tenant)}.users WHERE id = $1`,
+          text: `SELECT ${USER_COLUMNS} FROM ${pg.escapeIdentifier(tenant)}.users WHERE id = $1`,
           values: [request.params.id]
         })
         .catch((error: unknown) => tenantMissing(error, tenant))

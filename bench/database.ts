@@ -1,59 +1,24 @@
 import { randomBytes } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
 import pg from 'pg'
 import type { Migration } from '../plugins/domain/migrations.ts'
 import { provisionTenant } from '../plugins/domain/tenants.ts'
+import { findScratchCluster, type ScratchCluster } from '../plugins/embedded/postgres.ts'
 
-const MACHINE_CLUSTER = 'postgres://postgres@127.0.0.1:5432/postgres'
-
-export interface Cluster {
-  /** The cluster's maintenance database, where the bench database is created and dropped. */
-  url: string
-  label: string
-  stop?: () => Promise<void>
-}
-
-async function answers(url: string): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
-  client.on('error', () => undefined)
-  try {
-    await client.connect()
-    await client.query('SELECT 1')
-    return true
-  } catch {
-    return false
-  } finally {
-    await client.end().catch(() => undefined)
-  }
-}
+export type Cluster = ScratchCluster
 
 /**
  * BENCH_DATABASE_URL (a maintenance database, such as postgres://user@host:5432/postgres) when set;
  * otherwise the machine's server at 127.0.0.1:5432; otherwise (or with BENCH_PG=embedded) a
  * throwaway embedded PostgreSQL.
  */
-export async function chooseCluster(log: (message: string) => void): Promise<Cluster> {
+export function chooseCluster(log: (message: string) => void): Promise<Cluster> {
   const configured = process.env.BENCH_DATABASE_URL
-  if (configured) {
-    if (!(await answers(configured))) throw new Error('BENCH_DATABASE_URL does not answer')
-    return { url: configured, label: `BENCH_DATABASE_URL (${new URL(configured).host})` }
-  }
-  const forceEmbedded = process.env.BENCH_PG === 'embedded'
-  if (!forceEmbedded && (await answers(MACHINE_CLUSTER))) return { url: MACHINE_CLUSTER, label: 'the server at 127.0.0.1:5432' }
-  log(forceEmbedded ? 'BENCH_PG=embedded: starting an embedded PostgreSQL' : 'no PostgreSQL at 127.0.0.1:5432: starting an embedded one')
-  const { startEmbeddedPostgres } = await import('../plugins/embedded/postgres.ts')
-  const dataDir = await mkdtemp(path.join(tmpdir(), 'tenant-service-bench-pg-'))
-  const cluster = await startEmbeddedPostgres({ dataDir, persistent: false })
-  return {
-    url: cluster.adminUrl,
-    label: `an embedded PostgreSQL on port ${cluster.port}`,
-    stop: async () => {
-      await cluster.stop()
-      await rm(dataDir, { recursive: true, force: true })
-    }
-  }
+  return findScratchCluster({
+    configured: configured ? { name: 'BENCH_DATABASE_URL', url: configured } : undefined,
+    probeUrl: 'postgres://postgres@127.0.0.1:5432/postgres',
+    forceEmbedded: process.env.BENCH_PG === 'embedded',
+    log
+  })
 }
 
 export interface BenchDatabase {

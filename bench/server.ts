@@ -9,22 +9,13 @@ import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app from '../app.ts'
-import { ConfigError, loadConfig, type Config } from '../schemas/env.ts'
+import { loadConfigOrExit } from '../schemas/env.ts'
 import { serverOptions } from '../server.ts'
 import comparisonRoutes from './comparison-routes.ts'
 
 async function main() {
   process.env.FASTIFY_AUTOLOAD_TYPESCRIPT ??= '1'
-  let config: Config
-  try {
-    config = loadConfig()
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      for (const problem of error.problems) console.error(`config error: ${problem}`)
-      process.exit(1)
-    }
-    throw error
-  }
+  const config = loadConfigOrExit()
 
   const fastify = Fastify(serverOptions(config))
   closeWithGrace({ delay: config.SHUTDOWN_GRACE_MS }, async ({ err }) => {

@@ -167,6 +167,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 }
 
 /**
+ * For entry points: the configuration, or one `config error: VARIABLE: …` line per problem on
+ * stderr and exit status 1.
+ */
+export function loadConfigOrExit(env: NodeJS.ProcessEnv = process.env): Config {
+  try {
+    return loadConfig(env)
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error
+    for (const problem of error.problems) console.error(`config error: ${problem}`)
+    process.exit(1)
+  }
+}
+
+/**
  * The origins CORS admits: a list, `'*'` for any, or null for none (no CORS headers at all).
  * Unset, production admits none and every other environment any, so a front end under
  * development works without configuration.

