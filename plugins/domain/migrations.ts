@@ -120,9 +120,10 @@ export class TenantGoneError extends Error {
  * connections as it) with no password (so nobody can authenticate as it), and the service's own
  * role is a member, so requests can switch to it. Roles belong to the cluster, not the database:
  * a database restored into another cluster has its tenants and none of their roles, and this is
- * what brings them back. Touches the catalog only when something is missing.
+ * what brings them back. Touches the catalog only when something is missing. Returns true when it
+ * had to create the role, whose rights must then be granted again.
  */
-export async function ensureTenantRole(client: pg.PoolClient, role: string): Promise<void> {
+export async function ensureTenantRole(client: pg.PoolClient, role: string): Promise<boolean> {
   const name = pg.escapeIdentifier(role)
   const { rows } = await client.query<{ superuser: boolean; exists: boolean; login: boolean | null; member: boolean | null }>(
     `SELECT current_setting('is_superuser') = 'on' AS superuser, r.oid IS NOT NULL AS exists, r.rolcanlogin AS login,
@@ -143,6 +144,7 @@ export async function ensureTenantRole(client: pg.PoolClient, role: string): Pro
   }
   // A superuser may act as any role without being a member; anyone else needs the membership.
   if (!state.exists || !state.member) await client.query(`GRANT ${name} TO CURRENT_USER`)
+  return !state.exists
 }
 
 const migrationLabel = (migration: Migration) => `${String(migration.version).padStart(4, '0')}_${migration.name}`
@@ -180,9 +182,9 @@ export async function migrateTenantSchema(
         }
       }
     }
-    await ensureTenantRole(client, tenant.role)
-    // Grants are re-applied every time, so the tenant role always covers every table.
-    await client.query(grantTenantRoleSql(tenant))
+    // New tables are granted to the role through the schema's default privileges; a role that had
+    // to be created again gets its rights on everything already there.
+    if (await ensureTenantRole(client, tenant.role)) await client.query(grantTenantRoleSql(tenant))
     await client.query(
       `UPDATE public.tenants SET schema_version = greatest(schema_version, $2), migration_status = 'ok', migration_error = NULL
         WHERE id = $1 AND (schema_version < $2 OR migration_status <> 'ok')`,

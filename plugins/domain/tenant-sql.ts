@@ -42,20 +42,49 @@ export interface TenantIdentity {
   role: string
 }
 
-/**
- * The values of a tenant's context statement (see ScopedQuery): its schema as a search_path entry,
- * its role, and the statement timeout. Built once per tenant and cached with it.
- */
-export function contextValues(tenant: TenantIdentity, statementTimeoutMs: number): readonly string[] {
-  return [pg.escapeIdentifier(tenant.schema), tenant.role, String(Math.trunc(statementTimeoutMs))]
+/** A tenant's context, as ScopedQuery sends it (see there). Built once per tenant and cached. */
+export interface TenantContext {
+  /** Values of the prepared context statement: search_path entry, role, statement timeout. */
+  values: readonly string[]
+  /** The same statement as literal SQL, for flights sent in the simple protocol: read-write, read-only. */
+  sql: string
+  sqlReadOnly: string
 }
 
-/** Rights of the tenant role: its own schema's rows, nothing else. Idempotent. */
-export function grantTenantRoleSql(tenant: TenantIdentity): string {
+export function tenantContext(tenant: TenantIdentity, statementTimeoutMs: number): TenantContext {
+  const values = [pg.escapeIdentifier(tenant.schema), tenant.role, String(Math.trunc(statementTimeoutMs))] as const
+  const calls =
+    `set_config('search_path', ${pg.escapeLiteral(values[0])}, true) || set_config('role', ${pg.escapeLiteral(values[1])}, true) || ` +
+    `set_config('statement_timeout', ${pg.escapeLiteral(values[2])}, true)`
+  return {
+    values,
+    sql: `SELECT WHERE (${calls}) IS NULL`,
+    sqlReadOnly: `SELECT WHERE (${calls} || set_config('transaction_read_only', 'on', true)) IS NULL`
+  }
+}
+
+/**
+ * Rights of the tenant role, for provisioning: its own schema's rows, nothing else, granted through
+ * default privileges so that every table a later migration creates in the schema is covered at
+ * creation. (Granting ON ALL TABLES IN SCHEMA instead scans all of pg_class, which with thousands
+ * of tenants makes each provisioning and each tenant migration tens of milliseconds slower.)
+ */
+export function tenantPrivilegesSql(tenant: TenantIdentity): string {
   const schema = pg.escapeIdentifier(tenant.schema)
   const role = pg.escapeIdentifier(tenant.role)
   return [
     `GRANT USAGE ON SCHEMA ${schema} TO ${role}`,
+    `ALTER DEFAULT PRIVILEGES IN SCHEMA ${schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ${role}`,
+    `ALTER DEFAULT PRIVILEGES IN SCHEMA ${schema} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO ${role}`
+  ].join('; ')
+}
+
+/** The same rights re-granted on everything already in the schema: the repair of a recreated role. */
+export function grantTenantRoleSql(tenant: TenantIdentity): string {
+  const schema = pg.escapeIdentifier(tenant.schema)
+  const role = pg.escapeIdentifier(tenant.role)
+  return [
+    tenantPrivilegesSql(tenant),
     `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ${schema} TO ${role}`,
     `GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA ${schema} TO ${role}`
   ].join('; ')

@@ -3,7 +3,7 @@ import { ApiError } from '../../schemas/error.ts'
 import type { Tenant, TenantStatus } from '../../schemas/tenant.ts'
 import { latestVersion, loadMigrations, type Migration } from './migrations.ts'
 import { decodeCursor, toPage } from './pagination.ts'
-import { checkTenantId, grantTenantRoleSql, tenantRoleName } from './tenant-sql.ts'
+import { checkTenantId, tenantPrivilegesSql, tenantRoleName } from './tenant-sql.ts'
 
 /** Channel on which every instance hears that a tenant changed, so caches drop it at once. */
 export const TENANT_CHANGED_CHANNEL = 'tenant_changed'
@@ -98,9 +98,10 @@ export async function provisionTenant(
     // Membership lets a non-superuser service role SET ROLE to the tenant and drop it later.
     `GRANT ${role} TO CURRENT_USER`,
     `CREATE SCHEMA ${schema}`,
+    // Before the migrations, so that every table they create is granted to the role at creation.
+    tenantPrivilegesSql(identity),
     `SET LOCAL search_path TO ${schema}`,
     ...migrations.map((migration) => migration.sql),
-    grantTenantRoleSql(identity),
     `NOTIFY ${TENANT_CHANGED_CHANNEL}, ${id}`,
     `SELECT ${TENANT_COLUMNS} FROM public.tenants WHERE id = ${id}`,
     'COMMIT'
