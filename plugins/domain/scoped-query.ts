@@ -1,6 +1,5 @@
 import { createRequire } from 'node:module'
 import pg from 'pg'
-import type { TenantContext } from './tenant-sql.ts'
 
 const { prepareValue } = createRequire(import.meta.url)('pg/lib/utils.js') as { prepareValue: (value: unknown) => unknown }
 
@@ -51,8 +50,8 @@ function statementName(text: string, tenantTag: string): string | undefined {
 export interface ScopedQueryOptions {
   /** `BEGIN` to open the request's transaction in the same flight, or null. */
   begin: string | null
-  /** The tenant's context, or null inside an already scoped transaction. */
-  context: TenantContext | null
+  /** The tenant's context statement values, or null inside an already scoped transaction. */
+  context: readonly string[] | null
   readOnly: boolean
   /** Per-tenant suffix of statement names; null runs the query unprepared. */
   tenantTag: string | null
@@ -63,7 +62,6 @@ interface PgQuery {
   text: string
   values?: unknown[]
   callback?: (error: Error | null, result: pg.QueryResult) => void
-  handleRowDescription(message: unknown): void
   handleCommandComplete(message: unknown, connection: unknown): void
   handleError(error: Error, connection: unknown): void
 }
@@ -75,8 +73,8 @@ const PgQueryClass = pg.Query as unknown as new (config: { text: string; values?
  * server answers once, so the context costs no round trip; and without BEGIN the Sync ends an
  * implicit transaction that the context lived in, so nothing survives it on the connection.
  *
- * A query without parameters goes the same way as one simple-protocol message (the context as
- * literal SQL in front of it), since that is what it would cost without tenant context too.
+ * Queries without parameters go this way too: sent in the simple protocol, the context statement
+ * and the query would both be parsed and planned at every request, which measured slower.
  *
  * It extends pg's Query so the pool's pipelining accepts it, and uses Query's result handling;
  * only the writing of messages, and skipping the completions of the statements in front, is ours.
@@ -85,7 +83,6 @@ const PgQueryClass = pg.Query as unknown as new (config: { text: string; values?
  */
 export class ScopedQuery extends PgQueryClass {
   #pendingCompletions: number
-  #pendingRowDescriptions = 0
   readonly #options: ScopedQueryOptions
   #preparedHere: string[] | null = null
   #connection: object | null = null
@@ -98,17 +95,6 @@ export class ScopedQuery extends PgQueryClass {
 
   submit(connection: PgConnection): Error | null {
     const { begin, context, readOnly, tenantTag } = this.#options
-    const values = this.values
-    // A query without parameters goes as one simple-protocol message, as it would without tenant
-    // context: its statements run in one implicit transaction. Only for a single statement, so
-    // that this path can never run more statements than the extended protocol would.
-    if ((values === undefined || values.length === 0) && !this.text.includes(';')) {
-      const prefix = context ? (readOnly ? context.sqlReadOnly : context.sql) : null
-      // The context SELECT describes its (empty) row before completing.
-      if (prefix) this.#pendingRowDescriptions = 1
-      connection.query([begin, prefix, this.text].filter((part) => part !== null).join('; '))
-      return null
-    }
     let prepared = preparedByConnection.get(connection)
     if (!prepared) {
       prepared = new Map()
@@ -125,7 +111,7 @@ export class ScopedQuery extends PgQueryClass {
       if (context) {
         const statement = readOnly ? CONTEXT_READ_ONLY : CONTEXT
         this.#prepare(connection, prepared, statement.name, statement.text)
-        connection.bind({ statement: statement.name, values: context.values as string[] })
+        connection.bind({ statement: statement.name, values: context as string[] })
         connection.execute({})
       }
       const name = tenantTag === null ? undefined : statementName(this.text, tenantTag)
@@ -160,14 +146,6 @@ export class ScopedQuery extends PgQueryClass {
     ;(this.#preparedHere ??= []).push(name)
   }
 
-  handleRowDescription(message: unknown): void {
-    if (this.#pendingRowDescriptions > 0) {
-      this.#pendingRowDescriptions--
-      return
-    }
-    super.handleRowDescription(message)
-  }
-
   handleCommandComplete(message: unknown, connection: unknown): void {
     if (this.#pendingCompletions > 0) {
       this.#pendingCompletions--
@@ -190,7 +168,6 @@ export class ScopedQuery extends PgQueryClass {
 /** The parts of pg's connection this writes to (pg-protocol messages). */
 interface PgConnection {
   stream: { cork?: () => void; uncork?: () => void }
-  query(text: string): void
   parse(message: { name?: string; text: string }): void
   bind(message: { statement?: string; values?: unknown[]; valueMapper?: (value: unknown) => unknown }): void
   describe(message: { type: 'P' | 'S'; name: string }): void

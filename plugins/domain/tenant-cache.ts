@@ -1,6 +1,6 @@
 import pg from 'pg'
 import type { TenantStatus } from '../../schemas/tenant.ts'
-import { tenantContext, type TenantContext } from './tenant-sql.ts'
+import { contextValues } from './tenant-sql.ts'
 import { findTenant, TENANT_CHANGED_CHANNEL } from './tenants.ts'
 
 /** What a request needs to know of its tenant, with its context statement's values prebuilt. */
@@ -10,8 +10,8 @@ export interface ResolvedTenant {
   schema: string
   role: string
   status: TenantStatus
-  /** What scopes a query to this tenant (see ScopedQuery). */
-  context: TenantContext
+  /** Values of the context statement: search_path, role, statement timeout. */
+  context: readonly string[]
   /** Suffix of this tenant's prepared-statement names; unique within the process. */
   statementTag: string
 }
@@ -64,7 +64,7 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
           schema: row.schema,
           role: row.role,
           status: row.status,
-          context: tenantContext(row, options.statementTimeoutMs),
+          context: contextValues(row, options.statementTimeoutMs),
           statementTag: (statementTags++).toString(36)
         }
       : null

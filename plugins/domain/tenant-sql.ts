@@ -42,25 +42,12 @@ export interface TenantIdentity {
   role: string
 }
 
-/** A tenant's context, as ScopedQuery sends it (see there). Built once per tenant and cached. */
-export interface TenantContext {
-  /** Values of the prepared context statement: search_path entry, role, statement timeout. */
-  values: readonly string[]
-  /** The same statement as literal SQL, for flights sent in the simple protocol: read-write, read-only. */
-  sql: string
-  sqlReadOnly: string
-}
-
-export function tenantContext(tenant: TenantIdentity, statementTimeoutMs: number): TenantContext {
-  const values = [pg.escapeIdentifier(tenant.schema), tenant.role, String(Math.trunc(statementTimeoutMs))] as const
-  const calls =
-    `set_config('search_path', ${pg.escapeLiteral(values[0])}, true) || set_config('role', ${pg.escapeLiteral(values[1])}, true) || ` +
-    `set_config('statement_timeout', ${pg.escapeLiteral(values[2])}, true)`
-  return {
-    values,
-    sql: `SELECT WHERE (${calls}) IS NULL`,
-    sqlReadOnly: `SELECT WHERE (${calls} || set_config('transaction_read_only', 'on', true)) IS NULL`
-  }
+/**
+ * The values of a tenant's context statement (see ScopedQuery): its schema as a search_path entry,
+ * its role, and the statement timeout. Built once per tenant and cached with it.
+ */
+export function contextValues(tenant: TenantIdentity, statementTimeoutMs: number): readonly string[] {
+  return [pg.escapeIdentifier(tenant.schema), tenant.role, String(Math.trunc(statementTimeoutMs))]
 }
 
 /**
