@@ -1,8 +1,7 @@
-import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import type { Migration } from '../plugins/domain/migrations.ts'
 import { provisionTenant } from '../plugins/domain/tenants.ts'
-import { findScratchCluster, type ScratchCluster } from '../plugins/embedded/postgres.ts'
+import { createScratchDatabase, findScratchCluster, type ScratchCluster, type ScratchDatabase } from '../plugins/embedded/postgres.ts'
 
 export type Cluster = ScratchCluster
 
@@ -21,61 +20,9 @@ export function chooseCluster(log: (message: string) => void): Promise<Cluster> 
   })
 }
 
-export interface BenchDatabase {
-  name: string
-  url: string
-  /** Tenant roles are cluster-wide: a prefix of its own lets the bench drop exactly its roles. */
-  rolePrefix: string
-  drop(): Promise<void>
-}
+export type BenchDatabase = ScratchDatabase
 
-function withDatabase(url: string, database: string): string {
-  const parsed = new URL(url)
-  parsed.pathname = `/${database}`
-  return parsed.toString()
-}
-
-const ROLE_DROP_BATCH = 500
-
-export async function createBenchDatabase(cluster: Cluster): Promise<BenchDatabase> {
-  const suffix = randomBytes(5).toString('hex')
-  const name = `bench_${suffix}`
-  const rolePrefix = `b${suffix}_`
-  const admin = new pg.Client({ connectionString: cluster.url })
-  await admin.connect()
-  try {
-    await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`)
-  } finally {
-    await admin.end()
-  }
-  let dropped: Promise<void> | null = null
-  return {
-    name,
-    rolePrefix,
-    url: withDatabase(cluster.url, name),
-    drop() {
-      dropped ??= (async () => {
-        const client = new pg.Client({ connectionString: cluster.url })
-        client.on('error', () => undefined)
-        await client.connect()
-        try {
-          // FORCE ends the service's connections, and any provisioning still under way.
-          await client.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(name)} WITH (FORCE)`)
-          const { rows } = await client.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)', [
-            rolePrefix
-          ])
-          for (let i = 0; i < rows.length; i += ROLE_DROP_BATCH) {
-            const names = rows.slice(i, i + ROLE_DROP_BATCH).map(({ rolname }) => pg.escapeIdentifier(rolname))
-            await client.query(`DROP ROLE IF EXISTS ${names.join(', ')}`)
-          }
-        } finally {
-          await client.end()
-        }
-      })()
-      return dropped
-    }
-  }
-}
+export const createBenchDatabase = (cluster: Cluster): Promise<BenchDatabase> => createScratchDatabase(cluster.url, 'bench')
 
 /** A tenant as the load generator sees it: its id and the users it can ask for. */
 export interface BenchTenant {

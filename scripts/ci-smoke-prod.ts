@@ -12,7 +12,7 @@
  * the same counts as JSON to --summary.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { generateKeyPairSync } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -22,6 +22,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
+import { createScratchDatabase } from '../plugins/embedded/postgres.ts'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 
@@ -78,20 +79,9 @@ function runCommand(command: string, args: string[]): Promise<number> {
 
 async function createDatabase(): Promise<string> {
   const clusterUrl = process.env.SMOKE_PG_URL ?? process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
-  const name = `smoke_${randomBytes(5).toString('hex')}`
-  const admin = new pg.Client({ connectionString: clusterUrl })
-  await admin.connect()
-  await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`)
-  await admin.end()
-  cleanups.push(async () => {
-    const client = new pg.Client({ connectionString: clusterUrl })
-    await client.connect()
-    await client.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(name)} WITH (FORCE)`)
-    await client.end()
-  })
-  const url = new URL(clusterUrl)
-  url.pathname = `/${name}`
-  return url.toString()
+  const database = await createScratchDatabase(clusterUrl, 'smoke')
+  cleanups.push(() => database.drop())
+  return database.url
 }
 
 /** An issuer publishing one freshly generated RS256 key, as Cognito does under the pool's URL. */

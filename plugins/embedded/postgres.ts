@@ -186,3 +186,55 @@ export async function findScratchCluster(options: {
     }
   }
 }
+
+export interface ScratchDatabase {
+  name: string
+  url: string
+  /** Tenant roles are cluster-wide: a prefix of its own lets `drop()` remove exactly its roles. */
+  rolePrefix: string
+  /** Drops the database (ending its connections) and every tenant role made in it. Idempotent. */
+  drop(): Promise<void>
+}
+
+const ROLE_DROP_BATCH = 500
+
+/** A fresh, empty database on `clusterUrl`, named `<kind>_<random>`, for a test file, a bench or a smoke run. */
+export async function createScratchDatabase(clusterUrl: string, kind: 'test' | 'bench' | 'smoke'): Promise<ScratchDatabase> {
+  const suffix = randomBytes(5).toString('hex')
+  const name = `${kind}_${suffix}`
+  const rolePrefix = `${kind[0]}${suffix}_`
+  const admin = new pg.Client({ connectionString: clusterUrl })
+  await admin.connect()
+  try {
+    await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`)
+  } finally {
+    await admin.end()
+  }
+  const url = new URL(clusterUrl)
+  url.pathname = `/${name}`
+  let dropped: Promise<void> | null = null
+  return {
+    name,
+    rolePrefix,
+    url: url.toString(),
+    drop() {
+      dropped ??= (async () => {
+        const client = new pg.Client({ connectionString: clusterUrl })
+        client.on('error', () => undefined)
+        await client.connect()
+        try {
+          // FORCE ends whatever still holds a connection to it.
+          await client.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(name)} WITH (FORCE)`)
+          const { rows } = await client.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)', [rolePrefix])
+          for (let i = 0; i < rows.length; i += ROLE_DROP_BATCH) {
+            const names = rows.slice(i, i + ROLE_DROP_BATCH).map(({ rolname }) => pg.escapeIdentifier(rolname))
+            await client.query(`DROP ROLE IF EXISTS ${names.join(', ')}`)
+          }
+        } finally {
+          await client.end()
+        }
+      })()
+      return dropped
+    }
+  }
+}
