@@ -1,19 +1,9 @@
 import t from 'tap'
-import { ConfigError, loadConfig } from '../schemas/env.ts'
+import { loadConfig } from '../schemas/env.ts'
+import { configProblems } from './helpers/app.ts'
 import { runScript, serverEnv } from './helpers/server.ts'
 
-/** The problems loadConfig reports for `env`, or [] when it accepts it. */
-function problems(env: Record<string, string>): string[] {
-  try {
-    loadConfig(env)
-    return []
-  } catch (error) {
-    if (error instanceof ConfigError) return error.problems
-    throw error
-  }
-}
-
-const about = (name: string, env: Record<string, string>) => problems(env).filter((problem) => problem.startsWith(`${name}:`))
+const about = (name: string, env: Record<string, string>) => configProblems(env).filter((problem) => problem.startsWith(`${name}:`))
 
 t.test('defaults', async (t) => {
   const config = loadConfig({})
@@ -71,11 +61,11 @@ t.test('every bad value is reported on its own line, naming the variable', async
     for (const value of values) {
       const found = about(name, { [name]: value })
       t.equal(found.length, 1, `${name}=${value} is one problem`)
-      t.equal(problems({ [name]: value }).length, 1, `${name}=${value} is the only problem`)
+      t.equal(configProblems({ [name]: value }).length, 1, `${name}=${value} is the only problem`)
     }
   }
 
-  const several = problems({ PORT: 'x', PG_POOL_MAX: '0', LOG_LEVEL: 'loud' })
+  const several = configProblems({ PORT: 'x', PG_POOL_MAX: '0', LOG_LEVEL: 'loud' })
   t.same(several.map((problem) => problem.split(':')[0]).sort(), ['LOG_LEVEL', 'PG_POOL_MAX', 'PORT'], 'all at once')
   const error = t.throws(() => loadConfig({ PORT: 'x' })) as Error
   t.match(error.message, /Invalid configuration:\n {2}PORT: /)

@@ -3,8 +3,8 @@ import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { corsOptions } from '../plugins/external/cors.ts'
-import { ConfigError, durationMs, loadConfig, trustProxy } from '../schemas/env.ts'
-import { createTenant, setupApp } from './helpers/app.ts'
+import { durationMs, loadConfig, trustProxy } from '../schemas/env.ts'
+import { configProblems, createTenant, setupApp } from './helpers/app.ts'
 
 /**
  * HTTP hardening: security headers that Swagger UI still works under, CORS closed unless
@@ -14,16 +14,6 @@ import { createTenant, setupApp } from './helpers/app.ts'
 
 const TENANT = 'hard-co'
 
-function problems(env: Record<string, string>): string[] {
-  try {
-    loadConfig(env)
-    return []
-  } catch (error) {
-    if (error instanceof ConfigError) return error.problems
-    throw error
-  }
-}
-
 t.test('configuration: durations, origins, proxies and the shutdown delay are checked at start', async (t) => {
   t.equal(durationMs('1 minute'), 60_000)
   t.equal(durationMs('30s'), 30_000)
@@ -32,18 +22,18 @@ t.test('configuration: durations, origins, proxies and the shutdown delay are ch
   t.equal(loadConfig({}).RATE_LIMIT_WINDOW, '1 minute', 'one minute by default')
   t.equal(loadConfig({}).RATE_LIMIT_MAX, 1000, '1000 requests by default')
   for (const bad of ['soon', '1 fortnight', '-5s', '0']) {
-    t.match(problems({ RATE_LIMIT_WINDOW: bad }), [/^RATE_LIMIT_WINDOW: /], `RATE_LIMIT_WINDOW=${bad}`)
+    t.match(configProblems({ RATE_LIMIT_WINDOW: bad }), [/^RATE_LIMIT_WINDOW: /], `RATE_LIMIT_WINDOW=${bad}`)
   }
-  t.match(problems({ CORS_ORIGINS: 'https://app.example.com/path' }), [/^CORS_ORIGINS: .*"https:\/\/app.example.com\/path"/])
-  t.match(problems({ CORS_ORIGINS: 'app.example.com' }), [/^CORS_ORIGINS: /])
-  t.same(problems({ CORS_ORIGINS: 'https://app.example.com, http://localhost:5173' }), [])
-  t.match(problems({ TRUST_PROXY: '10.0.0.0/33' }), [/^TRUST_PROXY: /])
-  t.match(problems({ TRUST_PROXY: 'loadbalancer' }), [/^TRUST_PROXY: /])
+  t.match(configProblems({ CORS_ORIGINS: 'https://app.example.com/path' }), [/^CORS_ORIGINS: .*"https:\/\/app.example.com\/path"/])
+  t.match(configProblems({ CORS_ORIGINS: 'app.example.com' }), [/^CORS_ORIGINS: /])
+  t.same(configProblems({ CORS_ORIGINS: 'https://app.example.com, http://localhost:5173' }), [])
+  t.match(configProblems({ TRUST_PROXY: '10.0.0.0/33' }), [/^TRUST_PROXY: /])
+  t.match(configProblems({ TRUST_PROXY: 'loadbalancer' }), [/^TRUST_PROXY: /])
   t.same(trustProxy(loadConfig({ TRUST_PROXY: '10.0.0.0/8, 192.168.1.1' })), ['10.0.0.0/8', '192.168.1.1'])
   t.equal(trustProxy(loadConfig({})), false, 'no proxy is believed by default')
-  t.match(problems({ REDIS_URL: 'http://cache:6379' }), [/^REDIS_URL: /])
-  t.match(problems({ SHUTDOWN_DELAY_MS: '30000', SHUTDOWN_GRACE_MS: '25000' }), [/^SHUTDOWN_DELAY_MS: must be shorter than SHUTDOWN_GRACE_MS/])
-  t.same(problems({ SHUTDOWN_DELAY_MS: '5000', SHUTDOWN_GRACE_MS: '25000' }), [])
+  t.match(configProblems({ REDIS_URL: 'http://cache:6379' }), [/^REDIS_URL: /])
+  t.match(configProblems({ SHUTDOWN_DELAY_MS: '30000', SHUTDOWN_GRACE_MS: '25000' }), [/^SHUTDOWN_DELAY_MS: must be shorter than SHUTDOWN_GRACE_MS/])
+  t.same(configProblems({ SHUTDOWN_DELAY_MS: '5000', SHUTDOWN_GRACE_MS: '25000' }), [])
 })
 
 t.test('security headers on every answer, errors included', async (t) => {

@@ -13,6 +13,7 @@ import { issuerAuth } from './helpers/app.ts'
 import { startTestIssuer } from './helpers/issuer.ts'
 import { startTestS3 } from './helpers/s3.ts'
 import { serverEnv, startServer } from './helpers/server.ts'
+import { eventually } from './helpers/wait.ts'
 
 /**
  * A PostgreSQL outage under continuous load (DESIGN §8): the service, a real process, keeps
@@ -34,15 +35,6 @@ interface Answer {
   code?: string
   retryAfter?: string
   error?: string
-}
-
-async function eventually(check: () => boolean | Promise<boolean>, deadlineMs: number): Promise<boolean> {
-  const until = Date.now() + deadlineMs
-  while (Date.now() < until) {
-    if (await check()) return true
-    await sleep(20)
-  }
-  return check()
 }
 
 t.test('a database outage under load: live stays 200, ready and tenant requests answer 503, and the service recovers by itself', async (t) => {

@@ -9,6 +9,7 @@ import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { freePort } from '../plugins/embedded/postgres.ts'
 import { buildApp, createTenant, setupApp, type TestContext } from './helpers/app.ts'
+import { eventually } from './helpers/wait.ts'
 
 const ACME = 'acme-corp'
 const GLOBEX = 'globex'
@@ -256,15 +257,6 @@ async function ownRedis(port: number) {
   return { url: `redis://127.0.0.1:${port}`, start, stop }
 }
 
-async function eventually(check: () => Promise<boolean>, deadlineMs = 20_000): Promise<boolean> {
-  const until = Date.now() + deadlineMs
-  while (Date.now() < until) {
-    if (await check()) return true
-    await sleep(100)
-  }
-  return check()
-}
-
 t.test('Redis going away does not take the service down: requests are served unlimited until it is back', { skip: existsSync(REDIS_SERVER) ? false : `${REDIS_SERVER} is not installed` }, async (t: Test) => {
   const redis = await ownRedis(await freePort())
   t.teardown(() => redis.stop())
@@ -288,7 +280,7 @@ t.test('Redis going away does not take the service down: requests are served unl
 
   await redis.start()
   // A fresh Redis has no counters: the limit applies again from zero once the client reconnects.
-  t.ok(await eventually(async () => (await send()).statusCode === 429), 'the limit is back once Redis is')
+  t.ok(await eventually(async () => (await send()).statusCode === 429, 20_000, 100), 'the limit is back once Redis is')
 
   const unreachable = await setupApp(t, { RATE_LIMIT_MAX: '3', REDIS_URL: `redis://127.0.0.1:${await freePort()}` })
   await createTenant(unreachable, ACME)

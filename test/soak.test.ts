@@ -1,9 +1,9 @@
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { createTenant, setupApp, type TestContext } from './helpers/app.ts'
+import { eventually } from './helpers/wait.ts'
 
 /**
  * Isolation under load (DESIGN §8): thousands of mixed-tenant requests at high concurrency through
@@ -145,15 +145,6 @@ const EXPECTED: Record<Plan['kind'], number[]> = {
   'write-throw': [500, 503]
 }
 
-async function eventually(check: () => Promise<boolean>, deadlineMs = 15_000): Promise<boolean> {
-  const until = Date.now() + deadlineMs
-  while (Date.now() < until) {
-    if (await check()) return true
-    await sleep(25)
-  }
-  return check()
-}
-
 t.test(`${TOTAL} mixed-tenant requests at concurrency ${CONCURRENCY} on a pool of 2, with aborts and failing handlers`, async (t) => {
   const next = random(SEED)
   const plans = Array.from({ length: TOTAL }, (_, index) => plan(next, index))
@@ -229,7 +220,7 @@ t.test(`${TOTAL} mixed-tenant requests at concurrency ${CONCURRENCY} on a pool o
       )
     ).rows[0].count
   t.ok(
-    await eventually(async () => (await idleInTransaction()) === 0 && pool.idleCount === pool.totalCount && pool.waitingCount === 0),
+    await eventually(async () => (await idleInTransaction()) === 0 && pool.idleCount === pool.totalCount && pool.waitingCount === 0, 15_000),
     'the pool settles'
   )
   t.equal(await idleInTransaction(), 0, 'zero connections idle in transaction')

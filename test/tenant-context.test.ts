@@ -1,7 +1,7 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { buildApp, createTenant, setupApp, type TestContext } from './helpers/app.ts'
+import { eventually } from './helpers/wait.ts'
 
 const ACME = 'acme-corp'
 const GLOBEX = 'globex'
@@ -217,16 +217,6 @@ t.test('a released connection carries no tenant context', async (t) => {
     for (const client of clients) client.release()
   }
 })
-
-/** Polls until `check` is true or the deadline passes; the test then asserts the outcome, not the time. */
-async function eventually(check: () => Promise<boolean>, deadlineMs = 5000): Promise<boolean> {
-  const until = Date.now() + deadlineMs
-  while (Date.now() < until) {
-    if (await check()) return true
-    await sleep(25)
-  }
-  return check()
-}
 
 t.test('a status change reaches another instance', async (t) => {
   const tenant = 'two-instances'

@@ -6,7 +6,7 @@ import fp from 'fastify-plugin'
 import pg from 'pg'
 import app from '../../app.ts'
 import { migrateControlPlane } from '../../plugins/domain/migrations.ts'
-import { loadConfig, type Config } from '../../schemas/env.ts'
+import { ConfigError, loadConfig, type Config } from '../../schemas/env.ts'
 import { loggerOptions, serverOptions } from '../../server.ts'
 import { createTestDatabase, type TestDatabase } from './database.ts'
 import { startTestIssuer, type TestIssuer } from './issuer.ts'
@@ -66,6 +66,17 @@ export interface TestContext {
   issuer: TestIssuer
   /** The S3-compatible store the service uses, when setupApp was given `{ s3: true }`. */
   s3?: TestS3
+}
+
+/** The problems loadConfig reports for `env`, or [] when it accepts it. */
+export function configProblems(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env)
+    return []
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems
+    throw error
+  }
 }
 
 /** Configuration for a test instance: quiet, and pointed at the test database. */
