@@ -65,6 +65,8 @@ export interface LoadOptions {
   durationS: number
   /** Called once per request: where it goes and with which headers. */
   next: () => RequestSpec
+  /** Requests per second across all connections; unset, as fast as the service answers. */
+  rate?: number
   /** Receives the handle that stops the run early (Ctrl-C). */
   onStart?: (stop: () => void) => void
 }
@@ -94,6 +96,7 @@ export function runLoad(options: LoadOptions): Promise<RunStats> {
         connections: options.connections,
         duration: options.durationS,
         pipelining: 1,
+        ...(options.rate ? { overallRate: options.rate } : {}),
         requests: [
           {
             method: 'GET',

@@ -94,6 +94,7 @@ export function progressReporter(label: string) {
 
 export interface Service {
   url: string
+  pid: number
   /** The last log lines (warn and above) the service wrote, and how many it wrote in all. */
   lines: string[]
   lineCount(): number
@@ -103,9 +104,9 @@ export interface Service {
 const SHOWN_SERVICE_LINES = 20
 const KEPT_SERVICE_LINES = 500
 
-export async function startService(env: Record<string, string>): Promise<Service> {
+export async function startService(env: Record<string, string>, script = path.join('bench', 'server.ts')): Promise<Service> {
   // Its own process group: Ctrl-C reaches the bench, which then stops the service in order.
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join('bench', 'server.ts')], {
+  const child = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(' ') : []), '--import', 'tsx', script], {
     cwd: ROOT,
     env,
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
@@ -157,7 +158,7 @@ export async function startService(env: Record<string, string>): Promise<Service
       reject(new BenchError(`the service exited (code ${code}, signal ${signal}) before listening:\n${lines.slice(-20).join('\n')}`))
     })
   })
-  return { url: `http://127.0.0.1:${port}`, lines, lineCount: () => count, stop }
+  return { url: `http://127.0.0.1:${port}`, pid: child.pid!, lines, lineCount: () => count, stop }
 }
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })

@@ -203,8 +203,12 @@ function parseOptions(argv: string[]): Options | null {
 interface CaseDef {
   key: string
   label: string
-  /** The case this one is divided by. */
+  /** Served by the bare Fastify + pg process (bench/bare-floor.ts) rather than the service. */
+  bareProcess?: boolean
+  /** The case this one is divided by: the same query on the service's pool, without tenant context. */
   floor?: string
+  /** The bare process's counterpart of this case, which it is divided by too. */
+  bare?: string
   request(tenant: BenchTenant): RequestSpec
   /** Why one answer (status 200) is wrong, or null. */
   check(tenant: BenchTenant, body: any, spec: RequestSpec): string | null
@@ -238,6 +242,9 @@ interface CaseSummary {
   ratio: number | null
   /** Median over rounds of this case's p99 − its floor's in the same round, in ms. */
   addedP99Ms: number | null
+  /** The same two against the bare process's counterpart. */
+  bareRatio: number | null
+  bareAddedP99Ms: number | null
 }
 
 interface PhaseResult {
@@ -250,19 +257,28 @@ interface PhaseResult {
 
 function summarise(cases: PhaseCase[], runs: RoundRun[]): CaseSummary[] {
   const of = (key: string) => runs.filter((run) => run.case === key)
+  const measured = (key: string | undefined): key is string => key !== undefined && cases.some((other) => other.def.key === key)
   return cases.map(({ def, tenants, distribution }) => {
     const own = of(def.key)
-    const floorRuns = def.floor && cases.some((other) => other.def.key === def.floor) ? of(def.floor) : null
-    const paired = floorRuns
-      ? own.flatMap((run) => {
-          const floor = floorRuns.find((candidate) => candidate.round === run.round)
-          return floor ? [{ run: run.stats, floor: floor.stats }] : []
-        })
-      : []
+    // Each round's run beside the same round's run of `key`: the two were measured minutes apart at most.
+    const against = (key: string | undefined) => {
+      if (!measured(key)) return { ratio: null, addedP99Ms: null }
+      const paired = own.flatMap((run) => {
+        const floor = of(key).find((candidate) => candidate.round === run.round)
+        return floor ? [{ run: run.stats, floor: floor.stats }] : []
+      })
+      if (!paired.length) return { ratio: null, addedP99Ms: null }
+      return {
+        ratio: round(median(paired.map(({ run, floor }) => run.rps / floor.rps))),
+        addedP99Ms: round(median(paired.map(({ run, floor }) => run.latencyMs.p99 - floor.latencyMs.p99)))
+      }
+    }
+    const floor = against(def.floor)
+    const bare = against(def.bare)
     return {
       key: def.key,
       label: def.label,
-      floor: floorRuns ? def.floor! : null,
+      floor: measured(def.floor) ? def.floor : null,
       tenants: tenants.length,
       distribution,
       rounds: own.length,
@@ -270,15 +286,17 @@ function summarise(cases: PhaseCase[], runs: RoundRun[]): CaseSummary[] {
       p50: round(median(own.map((run) => run.stats.latencyMs.p50))) ?? Number.NaN,
       p97_5: round(median(own.map((run) => run.stats.latencyMs.p97_5))) ?? Number.NaN,
       p99: round(median(own.map((run) => run.stats.latencyMs.p99))) ?? Number.NaN,
-      ratio: paired.length ? round(median(paired.map(({ run, floor }) => run.rps / floor.rps))) : null,
-      addedP99Ms: paired.length ? round(median(paired.map(({ run, floor }) => run.latencyMs.p99 - floor.latencyMs.p99))) : null
+      ratio: floor.ratio,
+      addedP99Ms: floor.addedP99Ms,
+      bareRatio: bare.ratio,
+      bareAddedP99Ms: bare.addedP99Ms
     }
   })
 }
 
 function phaseTable(phase: PhaseResult): string {
   return table(
-    ['case', 'tenants', 'req/s', 'p50 ms', 'p97.5 ms', 'p99 ms', '÷ floor', '+p99 ms'],
+    ['case', 'tenants', 'req/s', 'p50 ms', 'p97.5 ms', 'p99 ms', '÷ floor', '+p99 ms', '÷ bare', '+p99 ms'],
     phase.summary.map((row) => [
       `${row.key.padEnd(8)} ${row.label}`,
       `${row.tenants} ${row.distribution}`,
@@ -287,7 +305,9 @@ function phaseTable(phase: PhaseResult): string {
       cell(row.p97_5),
       cell(row.p99),
       row.ratio === null ? '(floor)' : cell(row.ratio),
-      row.addedP99Ms === null ? '' : signed(row.addedP99Ms)
+      row.addedP99Ms === null ? '' : signed(row.addedP99Ms),
+      row.bareRatio === null ? '' : cell(row.bareRatio),
+      row.bareAddedP99Ms === null ? '' : signed(row.bareAddedP99Ms)
     ])
   )
 }
@@ -419,29 +439,46 @@ async function bench(options: Options): Promise<number> {
     request: (tenant) => ({ path: `/bench/floor/users/${randomUser(tenant)}`, headers: withToken(tenant) }),
     check: userChecked
   })
-  const users = (key: string, floor: string): CaseDef => ({
+  const users = (key: string, floor: string, bare?: string): CaseDef => ({
     key,
     label: 'GET /users/:id with JWT, tenant-scoped',
     floor,
+    bare,
     request: (tenant) => ({ path: `/users/${randomUser(tenant)}`, headers: withToken(tenant) }),
     check: userChecked
   })
+  const answeredOk = (_tenant: BenchTenant, body: any) => (body?.status === 'ok' ? null : `answered ${JSON.stringify(body)}`)
   const CASES = {
+    aBare: {
+      key: 'a-bare',
+      label: 'bare Fastify + pg process: SELECT current_schema()',
+      bareProcess: true,
+      request: (tenant) => ({ path: '/', headers: plain(tenant) }),
+      check: answeredOk
+    },
     a: {
       key: 'a',
       label: 'floor: SELECT current_schema(), no tenant context',
       request: (tenant) => ({ path: '/bench/floor', headers: plain(tenant) }),
-      check: (_tenant, body) => (body?.status === 'ok' ? null : `answered ${JSON.stringify(body)}`)
+      check: answeredOk
     },
     b: {
       key: 'b',
       label: 'GET / tenant-scoped',
       floor: 'a',
+      bare: 'a-bare',
       request: (tenant) => ({ path: '/', headers: plain(tenant) }),
       check: scoped
     },
+    cBare: {
+      key: 'c-bare',
+      label: 'bare Fastify + pg process: @fastify/jwt, schema-qualified query',
+      bareProcess: true,
+      request: (tenant) => ({ path: `/users/${randomUser(tenant)}`, headers: withToken(tenant) }),
+      check: userChecked
+    },
     cFloor: usersFloor('c-floor'),
-    c: users('c', 'c-floor'),
+    c: users('c', 'c-floor', 'c-bare'),
     dFloor: usersFloor('d-floor'),
     d: users('d', 'd-floor'),
     e: {
@@ -457,11 +494,26 @@ async function bench(options: Options): Promise<number> {
   const service = await startService(serviceEnv)
   log(`service listening at ${service.url} (production mode, LOG_LEVEL=warn)`)
   await waitUntilReady(service.url)
+  // What an outside team would measure the service against: Fastify and pg alone, same database and issuer.
+  const bareProcess = await startService(
+    {
+      PATH: serviceEnv.PATH,
+      HOME: serviceEnv.HOME,
+      NODE_ENV: 'production',
+      DATABASE_URL: serviceEnv.DATABASE_URL,
+      PG_POOL_MAX: serviceEnv.PG_POOL_MAX ?? String(EnvSchema.properties.PG_POOL_MAX.default),
+      JWT_ISSUER: serviceEnv.JWT_ISSUER,
+      TENANT_CLAIM: tenantClaim
+    },
+    path.join('bench', 'bare-floor.ts')
+  )
+  log(`bare Fastify + pg process listening at ${bareProcess.url}`)
+  const urlOf = (def: CaseDef) => (def.bareProcess ? bareProcess.url : service.url)
   const adminToken = issuer.token({ groups: [adminGroup], expiresInSeconds: TOKEN_LIFETIME_S })
 
   const load = (phaseCase: PhaseCase, seconds: number) =>
     runLoad({
-      url: service.url,
+      url: urlOf(phaseCase.def),
       connections: options.connections,
       durationS: seconds,
       next: () => phaseCase.def.request(phaseCase.tenants[phaseCase.pick()]),
@@ -481,7 +533,7 @@ async function bench(options: Options): Promise<number> {
     for (const phaseCase of cases) {
       for (const tenant of [phaseCase.tenants[0], phaseCase.tenants[phaseCase.tenants.length - 1]]) {
         const spec = phaseCase.def.request(tenant)
-        const answer = await call(service.url, 'GET', spec.path, spec.headers)
+        const answer = await call(urlOf(phaseCase.def), 'GET', spec.path, spec.headers)
         const problem = answer.status === 200 ? phaseCase.def.check(tenant, answer.body, spec) : `${answer.status} ${JSON.stringify(answer.body)}`
         if (problem) throw new BenchError(`case ${phaseCase.def.key}: GET ${spec.path} as ${tenant.id}: ${problem}`)
       }
@@ -529,7 +581,7 @@ async function bench(options: Options): Promise<number> {
   const uniformCase = (def: CaseDef): PhaseCase => ({ def, tenants: firstTenants(), pick: uniform(options.tenants), distribution: 'uniform' })
 
   // a–c (and e): the uniform cases, side by side.
-  const mainCases = [uniformCase(CASES.a), uniformCase(CASES.b), uniformCase(CASES.cFloor), uniformCase(CASES.c)]
+  const mainCases = [CASES.aBare, CASES.a, CASES.b, CASES.cBare, CASES.cFloor, CASES.c].map(uniformCase)
   if (!options.skip.has('prototype')) mainCases.push(uniformCase(CASES.e))
   const main = await runPhase('main', mainCases)
   phases.push(main)
@@ -848,6 +900,8 @@ function evaluateTargets(report: Record<string, unknown>, phases: PhaseResult[],
   }
   atLeast('GET / ÷ floor (req/s)', row('main', 'b')?.ratio, 0.9)
   atLeast('GET /users/:id with JWT ÷ floor (req/s)', row('main', 'c')?.ratio, 0.9)
+  atLeast('GET / ÷ bare Fastify + pg process (req/s)', row('main', 'b')?.bareRatio, 0.9)
+  atLeast('GET /users/:id with JWT ÷ bare process (req/s)', row('main', 'c')?.bareRatio, 0.9)
   atLeast(`same, Zipf over ${options.zipfTenants} tenants`, row('zipf', 'd')?.ratio, 0.9)
   atMost('added p99, GET /', row('main', 'b')?.addedP99Ms, 0.5, ' ms')
   atMost('added p99, GET /users/:id', row('main', 'c')?.addedP99Ms, 0.5, ' ms')
