@@ -21,7 +21,7 @@ declare module 'fastify' {
 const SAFE_METHODS = new Set(['GET', 'HEAD'])
 
 const rollback = async (request: FastifyRequest) => {
-  if (request.db && !request.db.finished) await request.db.finish(false).catch(() => undefined)
+  if (request.db && !request.db.finished) await request.db.finish(false)?.catch(() => undefined)
 }
 
 /**
@@ -89,24 +89,34 @@ export default fp(
       }
     })
 
-    fastify.addHook('onSend', async (request, reply, payload) => {
+    // Callback style, like resolveTenant: a read ends synchronously, with no promise.
+    fastify.addHook('onSend', (request, reply, payload, done) => {
       const db = request.db
-      if (db && db.used && !db.finished) {
-        // A request whose body was read in full counts as complete to Node, so when its client
-        // goes away Fastify does not run onRequestAbort. The client will never hear of a commit:
-        // roll back instead, as for any other abort.
-        await db.finish(reply.statusCode < 400 && !reply.raw.destroyed)
-      }
-      return payload
+      // `== null`: routes of plugins registered before the decorator (Swagger UI's) see it as undefined.
+      if (db == null || !db.used || db.finished) return done(null, payload)
+      // A request whose body was read in full counts as complete to Node, so when its client
+      // goes away Fastify does not run onRequestAbort. The client will never hear of a commit:
+      // roll back instead, as for any other abort.
+      const ending = db.finish(reply.statusCode < 400 && !reply.raw.destroyed)
+      if (ending === undefined) return done(null, payload)
+      ending.then(
+        () => done(null, payload),
+        (error: Error) => done(error)
+      )
     })
 
-    fastify.addHook('onResponse', async (request, reply) => {
+    fastify.addHook('onResponse', (request, reply, done) => {
       const db = request.db
-      if (db && db.used && !db.finished) {
-        await db.finish(reply.statusCode < 400).catch((error: unknown) => {
+      if (db == null || !db.used || db.finished) return done()
+      const ending = db.finish(reply.statusCode < 400)
+      if (ending === undefined) return done()
+      ending.then(
+        () => done(),
+        (error: unknown) => {
           request.log.warn({ err: error, tenant: request.tenant?.id }, 'ending a transaction failed')
-        })
-      }
+          done()
+        }
+      )
     })
 
     fastify.addHook('onRequestAbort', rollback)

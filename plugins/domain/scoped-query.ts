@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module'
 import pg from 'pg'
+import { serialize } from 'pg-protocol'
 
 const { prepareValue } = createRequire(import.meta.url)('pg/lib/utils.js') as { prepareValue: (value: unknown) => unknown }
 
@@ -22,6 +23,27 @@ const CONTEXT_READ_ONLY = {
     "set_config('statement_timeout', $3, true) || set_config('transaction_read_only', 'on', true)) IS NULL"
 }
 
+/** Messages that never change, serialised once. */
+const BEGIN_FLIGHT = Buffer.concat([serialize.parse({ text: 'BEGIN' }), serialize.bind({}), serialize.execute()])
+const EXECUTE = serialize.execute()
+const DESCRIBE_EXECUTE_SYNC = Buffer.concat([serialize.describe({ type: 'P', name: '' }), EXECUTE, serialize.sync()])
+
+/**
+ * Bind and Execute of a tenant's context statement, per tenant (its context values) and mode: the
+ * same bytes at every request of the tenant.
+ */
+const contextMessages = new WeakMap<readonly string[], { readOnly?: Buffer; readWrite?: Buffer }>()
+
+function contextBindExecute(values: readonly string[], readOnly: boolean): Buffer {
+  let cached = contextMessages.get(values)
+  if (!cached) contextMessages.set(values, (cached = {}))
+  const key = readOnly ? 'readOnly' : 'readWrite'
+  return (cached[key] ??= Buffer.concat([
+    serialize.bind({ statement: readOnly ? CONTEXT_READ_ONLY.name : CONTEXT.name, values: values as string[] }),
+    EXECUTE
+  ]))
+}
+
 /**
  * Named statements kept per connection, oldest first. A tenant's queries are prepared under names
  * of their own, because PostgreSQL re-plans a prepared statement whenever search_path differs from
@@ -29,13 +51,26 @@ const CONTEXT_READ_ONLY = {
  * use. The cap bounds what a connection holds on the server however many tenants there are.
  */
 const MAX_STATEMENTS_PER_CONNECTION = 256
-const preparedByConnection = new WeakMap<object, Map<string, true>>()
+/**
+ * Per connection, each prepared name with a "used since the last sweep" flag. Eviction is the
+ * CLOCK (second chance) approximation of least recently used: a use only sets the flag, with no
+ * reordering, and the sweep that makes room moves used names to the back and evicts the first
+ * unused one. Reordering the map on every use (delete and set) measured as the costliest part of
+ * writing a query.
+ */
+const preparedByConnection = new WeakMap<object, Map<string, boolean>>()
 
 /** Short, stable ids for statement texts, so names stay far below PostgreSQL's 63-byte limit. */
 const textIds = new Map<string, number>()
 const MAX_DISTINCT_TEXTS = 10_000
 
-function statementName(text: string, tenantTag: string): string | undefined {
+/**
+ * The name of `text` prepared for one tenant, kept in the tenant's own map: the same string each
+ * time, so the per-connection bookkeeping below hashes a string whose hash is already known.
+ */
+function statementName(text: string, tenant: StatementNaming): string | undefined {
+  const known = tenant.statementNames.get(text)
+  if (known !== undefined) return known
   let id = textIds.get(text)
   if (id === undefined) {
     // Text built per request (never the case in our routes) would grow this without bound: such
@@ -44,7 +79,26 @@ function statementName(text: string, tenantTag: string): string | undefined {
     id = textIds.size
     textIds.set(text, id)
   }
-  return `q${id}_${tenantTag}`
+  const name = `q${id}_${tenant.statementTag}`
+  tenant.statementNames.set(text, name)
+  return name
+}
+
+/** Removes and returns the first name, from the front, not used since the sweep last passed it. */
+function evictOne(prepared: Map<string, boolean>): string {
+  for (;;) {
+    for (const [name, used] of prepared) {
+      prepared.delete(name)
+      if (!used) return name
+      prepared.set(name, false) // a second chance, at the back
+    }
+  }
+}
+
+/** How a tenant's statements are named: a tag unique within the process, and the names given so far. */
+export interface StatementNaming {
+  statementTag: string
+  statementNames: Map<string, string>
 }
 
 export interface ScopedQueryOptions {
@@ -53,8 +107,8 @@ export interface ScopedQueryOptions {
   /** The tenant's context statement values, or null inside an already scoped transaction. */
   context: readonly string[] | null
   readOnly: boolean
-  /** Per-tenant suffix of statement names; null runs the query unprepared. */
-  tenantTag: string | null
+  /** The tenant whose statements these are; null runs the query unprepared. */
+  naming: StatementNaming | null
 }
 
 /** The part of pg's Query (its result handling) that ScopedQuery builds on. */
@@ -65,7 +119,7 @@ interface PgQuery {
   handleCommandComplete(message: unknown, connection: unknown): void
   handleError(error: Error, connection: unknown): void
 }
-const PgQueryClass = pg.Query as unknown as new (config: { text: string; values?: unknown[] }) => PgQuery
+const PgQueryClass = pg.Query as unknown as new (text: string, values?: unknown[]) => PgQuery
 
 /**
  * One query of a tenant-scoped request, written as a single flight of extended-protocol messages
@@ -88,61 +142,62 @@ export class ScopedQuery extends PgQueryClass {
   #connection: object | null = null
 
   constructor(text: string, values: unknown[] | undefined, options: ScopedQueryOptions) {
-    super({ text, values })
+    // Text and values apart: a config object would be copied property by property (pg clones it).
+    super(text, values)
     this.#options = options
     this.#pendingCompletions = (options.begin ? 1 : 0) + (options.context ? 1 : 0)
   }
 
+  /**
+   * Writes the flight as one buffer in one write: the messages that do not change (BEGIN, the
+   * tenant's context, Describe-Execute-Sync) are serialised once and reused, and only the query's
+   * Bind, which carries its values, is built per query.
+   */
   submit(connection: PgConnection): Error | null {
-    const { begin, context, readOnly, tenantTag } = this.#options
+    // pg's own writes do nothing on a closed stream; the pool then fails the client's queries.
+    if (!connection.stream.writable) return new Error('Connection terminated')
+    const { begin, context, readOnly, naming } = this.#options
     let prepared = preparedByConnection.get(connection)
     if (!prepared) {
       prepared = new Map()
       preparedByConnection.set(connection, prepared)
     }
     this.#connection = connection
-    connection.stream.cork?.()
-    try {
-      if (begin) {
-        connection.parse({ text: begin })
-        connection.bind({})
-        connection.execute({})
-      }
-      if (context) {
-        const statement = readOnly ? CONTEXT_READ_ONLY : CONTEXT
-        this.#prepare(connection, prepared, statement.name, statement.text)
-        connection.bind({ statement: statement.name, values: context as string[] })
-        connection.execute({})
-      }
-      const name = tenantTag === null ? undefined : statementName(this.text, tenantTag)
-      if (name === undefined) connection.parse({ text: this.text })
-      else this.#prepare(connection, prepared, name, this.text)
-      connection.bind({ statement: name ?? '', values: this.values ?? [], valueMapper: prepareValue })
-      connection.describe({ type: 'P', name: '' })
-      connection.execute({})
-      connection.sync()
-    } finally {
-      connection.stream.uncork?.()
+    const flight: Buffer[] = []
+    if (begin) flight.push(BEGIN_FLIGHT)
+    if (context) {
+      const statement = readOnly ? CONTEXT_READ_ONLY : CONTEXT
+      this.#prepare(flight, prepared, statement.name, statement.text)
+      flight.push(contextBindExecute(context, readOnly))
     }
+    const name = naming === null ? undefined : statementName(this.text, naming)
+    if (name === undefined) flight.push(serialize.parse({ text: this.text }))
+    else this.#prepare(flight, prepared, name, this.text)
+    let bind: Buffer
+    try {
+      bind = serialize.bind({ statement: name ?? '', values: this.values ?? [], valueMapper: prepareValue })
+    } catch (error) {
+      // A value pg cannot send (its toPostgres threw): nothing was written.
+      this.#forgetPreparedHere()
+      return error as Error
+    }
+    flight.push(bind, DESCRIBE_EXECUTE_SYNC)
+    connection.stream.write(Buffer.concat(flight))
     return null
   }
 
-  /** Parses `name` unless this connection has it, evicting the oldest name past the cap. */
-  #prepare(connection: PgConnection, prepared: Map<string, true>, name: string, text: string): void {
-    if (prepared.delete(name)) {
-      prepared.set(name, true) // most recently used last
+  /** Adds Parse for `name` unless this connection has it, and a Close for a name evicted to make room. */
+  #prepare(flight: Buffer[], prepared: Map<string, boolean>, name: string, text: string): void {
+    const used = prepared.get(name)
+    if (used !== undefined) {
+      if (!used) prepared.set(name, true)
       return
     }
-    if (prepared.size >= MAX_STATEMENTS_PER_CONNECTION) {
-      const oldest = prepared.keys().next().value as string
-      prepared.delete(oldest)
-      connection.close({ type: 'S', name: oldest })
-    }
+    if (prepared.size >= MAX_STATEMENTS_PER_CONNECTION) flight.push(serialize.close({ type: 'S', name: evictOne(prepared) }))
     // Close first: a Parse that failed in an earlier flight may or may not have created the
     // statement, and closing a statement that does not exist is not an error.
-    connection.close({ type: 'S', name })
-    connection.parse({ name, text })
-    prepared.set(name, true)
+    flight.push(serialize.close({ type: 'S', name }), serialize.parse({ name, text }))
+    prepared.set(name, false)
     ;(this.#preparedHere ??= []).push(name)
   }
 
@@ -155,31 +210,23 @@ export class ScopedQuery extends PgQueryClass {
   }
 
   handleError(error: Error, connection: unknown): void {
-    // The names parsed in this flight may not exist on the server: forget them, so their next use
-    // closes and parses them again.
+    this.#forgetPreparedHere()
+    super.handleError(error, connection)
+  }
+
+  /**
+   * The names parsed in this flight may not exist on the server (the flight failed, or was never
+   * written): forget them, so their next use closes and parses them again.
+   */
+  #forgetPreparedHere(): void {
     if (this.#preparedHere && this.#connection) {
       const prepared = preparedByConnection.get(this.#connection)
       for (const name of this.#preparedHere) prepared?.delete(name)
     }
-    super.handleError(error, connection)
   }
 }
 
-/** The parts of pg's connection this writes to (pg-protocol messages). */
+/** The part of pg's connection this writes to: its socket. */
 interface PgConnection {
-  stream: { cork?: () => void; uncork?: () => void }
-  parse(message: { name?: string; text: string }): void
-  bind(message: { statement?: string; values?: unknown[]; valueMapper?: (value: unknown) => unknown }): void
-  describe(message: { type: 'P' | 'S'; name: string }): void
-  execute(message: { portal?: string; rows?: number }): void
-  close(message: { type: 'S' | 'P'; name: string }): void
-  sync(): void
-}
-
-/** Runs a ScopedQuery on a client and resolves with its result. */
-export function runScoped<Row extends pg.QueryResultRow>(client: pg.PoolClient, query: ScopedQuery): Promise<pg.QueryResult<Row>> {
-  return new Promise((resolve, reject) => {
-    query.callback = (error, result) => (error ? reject(error) : resolve(result as pg.QueryResult<Row>))
-    client.query(query as unknown as pg.QueryConfig)
-  })
+  stream: { writable: boolean; write(buffer: Buffer): boolean }
 }

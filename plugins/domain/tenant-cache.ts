@@ -14,6 +14,8 @@ export interface ResolvedTenant {
   context: readonly string[]
   /** Suffix of this tenant's prepared-statement names; unique within the process. */
   statementTag: string
+  /** This tenant's prepared-statement names by SQL text, filled as its queries are first prepared. */
+  statementNames: Map<string, string>
 }
 
 let statementTags = 0
@@ -65,7 +67,8 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
           role: row.role,
           status: row.status,
           context: contextValues(row, options.statementTimeoutMs),
-          statementTag: (statementTags++).toString(36)
+          statementTag: (statementTags++).toString(36),
+          statementNames: new Map()
         }
       : null
     if (entries.size >= maxEntries) entries.delete(entries.keys().next().value as string)

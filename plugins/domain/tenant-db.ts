@@ -1,7 +1,7 @@
 import type pg from 'pg'
 import { ApiError } from '../../schemas/error.ts'
 import { toApiError } from './pg-errors.ts'
-import { runScoped, ScopedQuery } from './scoped-query.ts'
+import { ScopedQuery } from './scoped-query.ts'
 import type { ResolvedTenant } from './tenant-cache.ts'
 
 /** Receives, in seconds, the time from acquiring a connection to the first query's result. */
@@ -28,6 +28,10 @@ const contextSwitchObservers = new WeakMap<pg.Pool, ContextSwitchObserver>()
  *
  * A connection whose state we cannot vouch for (a COMMIT or ROLLBACK that failed) is destroyed
  * rather than released, because releasing it could hand a tenant's context to the next request.
+ *
+ * The request path allocates one promise per query and none to end a read: the connection is
+ * taken with pg-pool's callback API, queries asked for while it is on its way wait in a list, and
+ * a read's connection goes back to the pool synchronously.
  */
 export class TenantScopedDb {
   /**
@@ -44,11 +48,16 @@ export class TenantScopedDb {
   readonly #tenant: ResolvedTenant
   readonly #readOnly: boolean
   #client: pg.PoolClient | null = null
-  #connecting: Promise<pg.PoolClient> | null = null
+  /** A connection was asked for (it may still be on its way). */
+  #used = false
+  /** Queries asked for before the connection arrived, in order. */
+  #waiting: ScopedQuery[] | null = null
+  /** Set when taking a connection failed: every waiting and later query fails with it. */
+  #connectError: unknown = null
   /** A mutation's transaction has been opened (its BEGIN is on the wire). */
   #inTransaction = false
   #inflight = 0
-  #released: (() => void) | null = null
+  #settled: (() => void) | null = null
   #failed = false
   #finished = false
   #acquiredAt = 0
@@ -61,7 +70,7 @@ export class TenantScopedDb {
 
   /** True once a connection was asked for: only then is there anything to end. */
   get used(): boolean {
-    return this.#connecting !== null
+    return this.#used
   }
 
   get finished(): boolean {
@@ -72,13 +81,9 @@ export class TenantScopedDb {
     return this.#readOnly
   }
 
-  async query<Row extends pg.QueryResultRow = pg.QueryResultRow>(
-    text: string | pg.QueryConfig,
-    values?: unknown[]
-  ): Promise<pg.QueryResult<Row>> {
-    if (this.#finished) throw new Error('The request has finished; its database handle is closed')
-    const client = this.#client ?? (await (this.#connecting ??= this.#connect()))
-    if (this.#finished) throw new Error('The request has finished; its database handle is closed')
+  query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult<Row>> {
+    if (this.#finished) return Promise.reject(new Error('The request has finished; its database handle is closed'))
+    if (this.#connectError !== null) return Promise.reject(this.#connectError)
 
     const config = typeof text === 'string' ? null : text
     const opensTransaction = !this.#readOnly && !this.#inTransaction
@@ -86,71 +91,93 @@ export class TenantScopedDb {
       begin: opensTransaction ? 'BEGIN' : null,
       context: this.#readOnly || opensTransaction ? this.#tenant.context : null,
       readOnly: this.#readOnly,
-      tenantTag: this.#tenant.statementTag
+      naming: this.#tenant
     })
     if (opensTransaction) this.#inTransaction = true
-
     this.#inflight++
-    try {
-      const result = await runScoped<Row>(client, query)
-      if (this.#acquiredAt !== 0) {
-        contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
-        this.#acquiredAt = 0
+
+    return new Promise<pg.QueryResult<Row>>((resolve, reject) => {
+      query.callback = (error, result) => {
+        if (error) {
+          this.#acquiredAt = 0
+          this.#failed = true
+          reject(toApiError(error) ?? error)
+        } else {
+          if (this.#acquiredAt !== 0) {
+            contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
+            this.#acquiredAt = 0
+          }
+          resolve(result as pg.QueryResult<Row>)
+        }
+        if (--this.#inflight === 0 && this.#settled) this.#settled()
       }
-      return result
-    } catch (error) {
-      this.#acquiredAt = 0
-      this.#failed = true
-      throw toApiError(error) ?? error
-    } finally {
-      if (--this.#inflight === 0 && this.#released) this.#released()
-    }
+      if (this.#client) {
+        this.#client.query(query as unknown as pg.QueryConfig)
+      } else {
+        ;(this.#waiting ??= []).push(query)
+        if (!this.#used) this.#connect()
+      }
+    })
   }
 
-  async #connect(): Promise<pg.PoolClient> {
-    let client: pg.PoolClient
-    try {
-      client = await this.#pool.connect()
-    } catch (error) {
-      throw toApiError(error) ?? error
-    }
-    this.#client = client
-    if (contextSwitchObservers.has(this.#pool)) this.#acquiredAt = performance.now()
-    return client
+  #connect(): void {
+    this.#used = true
+    this.#pool.connect((error, client, release) => {
+      const waiting = this.#waiting ?? []
+      this.#waiting = null
+      if (error || !client) {
+        this.#connectError = toApiError(error) ?? error
+        for (const query of waiting) query.callback!(this.#connectError as Error, undefined as never)
+        return
+      }
+      if (this.#finished) {
+        // The request ended (an abort, a timeout) while the connection was on its way: nothing
+        // was sent on it, so it goes straight back.
+        release()
+        for (const query of waiting) query.callback!(new Error('The request has finished; its database handle is closed'), undefined as never)
+        return
+      }
+      this.#client = client
+      if (contextSwitchObservers.has(this.#pool)) this.#acquiredAt = performance.now()
+      for (const query of waiting) client.query(query as unknown as pg.QueryConfig)
+    })
   }
 
   /** Resolves once no query of this handle is in flight (an abort can come while one is). */
-  #settled(): Promise<void> | void {
-    if (this.#inflight === 0) return
+  #whenSettled(): Promise<void> {
     return new Promise((resolve) => {
-      this.#released = resolve
+      this.#settled = resolve
     })
   }
 
   /**
    * Ends the request's use of the database: for a mutation, COMMIT when `commit` is true and no
    * statement failed, ROLLBACK otherwise; then returns the connection. Safe to call more than once
-   * and from any exit path; only the first call acts. Throws when a requested commit did not
-   * happen, so the caller can answer with an error instead of a success for data that was lost.
+   * and from any exit path; only the first call acts. Returns nothing when it is done already (a
+   * read with no query in flight: the common case), else a promise, which rejects when a
+   * requested commit did not happen, so the caller can answer with an error instead of a success
+   * for data that was lost.
    */
-  async finish(commit: boolean): Promise<void> {
+  finish(commit: boolean): Promise<void> | undefined {
     if (this.#finished) return
     this.#finished = true
-    let client = this.#client
-    if (!client && this.#connecting) {
-      // Still waiting for a connection (an abort or a timeout came first): take it and hand it back.
-      client = await this.#connecting.catch(() => null)
-    }
+    const client = this.#client
+    // No connection yet: one that arrives later is released on arrival (see #connect).
     if (!client) return
     this.#client = null
 
     if (!this.#inTransaction) {
       // Reads: every flight ended its own implicit transaction at its Sync.
-      await this.#settled()
-      client.release()
-      return
+      if (this.#inflight === 0) {
+        client.release()
+        return
+      }
+      return this.#whenSettled().then(() => client.release())
     }
+    return this.#end(client, commit)
+  }
 
+  async #end(client: pg.PoolClient, commit: boolean): Promise<void> {
     if (commit && !this.#failed) {
       let result: pg.QueryResult
       try {
