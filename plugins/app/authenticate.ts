@@ -1,8 +1,17 @@
-import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { ApiError, errorResponses } from '../../schemas/error.ts'
 import { checkTenantId } from '../domain/tenant-sql.ts'
-import { bearerToken, createPrincipalReader, tokenInvalid, verificationError, type Principal } from '../domain/token-claims.ts'
+import { VERIFIED_TOKEN_TTL_MS } from '../external/jwt.ts'
+import {
+  bearerToken,
+  createAcceptedTokens,
+  createPrincipalReader,
+  tokenInvalid,
+  verificationError,
+  type AcceptedTokens,
+  type Principal
+} from '../domain/token-claims.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -36,11 +45,18 @@ const isPublic = (request: FastifyRequest) => request.routeOptions.config.auth =
  * itself when no guard did yet, so they work in any order and alone. They run in onRequest,
  * before the tenant is looked up and before the body is read: an anonymous caller learns nothing
  * about which tenants exist, and a rejected request costs no parsing and no database work.
+ *
+ * They are callback-style hooks: a token accepted recently is found in `accepted` and the guard
+ * completes synchronously, with no promise; only a token seen for the first time waits for the
+ * verifier.
  */
-export function createGuards(verify: VerifyToken, principalOf: (payload: Record<string, unknown>) => Principal, log: FastifyInstance['log']) {
-  async function principal(request: FastifyRequest): Promise<Principal> {
-    if (request.principal) return request.principal
-    const token = bearerToken(request.headers.authorization)
+export function createGuards(
+  verify: VerifyToken,
+  principalOf: (payload: Record<string, unknown>) => Principal,
+  log: FastifyInstance['log'],
+  accepted: AcceptedTokens
+) {
+  async function verified(token: string): Promise<Principal> {
     let payload: Record<string, unknown>
     try {
       payload = await verify(token)
@@ -51,19 +67,47 @@ export function createGuards(verify: VerifyToken, principalOf: (payload: Record<
       log.error({ err: error }, 'token verification failed unexpectedly')
       throw tokenInvalid('The token could not be verified')
     }
-    request.principal = principalOf(payload)
-    return request.principal
+    const caller = principalOf(payload)
+    accepted.remember(token, caller, payload.exp)
+    return caller
+  }
+
+  /** The caller, at once when a guard or the cache knows it, else once the token is verified. Throws ApiError. */
+  function principal(request: FastifyRequest): Principal | Promise<Principal> {
+    if (request.principal) return request.principal
+    const token = bearerToken(request.headers.authorization)
+    const known = accepted.get(token)
+    if (known) return (request.principal = known)
+    return verified(token).then((caller) => (request.principal = caller))
+  }
+
+  /** A guard as an onRequest hook: `check` throws to refuse the caller. */
+  function guard(check: (request: FastifyRequest, caller: Principal) => void) {
+    const checked = (request: FastifyRequest, caller: Principal, done: HookHandlerDoneFunction) => {
+      try {
+        check(request, caller)
+      } catch (error) {
+        return done(error as Error)
+      }
+      done()
+    }
+    return function guardHook(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
+      if (isPublic(request)) return done()
+      let caller: Principal | Promise<Principal>
+      try {
+        caller = principal(request)
+      } catch (error) {
+        return done(error as Error)
+      }
+      if (caller instanceof Promise) caller.then((known) => checked(request, known, done), done)
+      else checked(request, caller, done)
+    }
   }
 
   return {
-    async authenticate(request: FastifyRequest): Promise<void> {
-      if (isPublic(request)) return
-      await principal(request)
-    },
+    authenticate: guard(() => undefined),
 
-    async requireTenantAccess(request: FastifyRequest): Promise<void> {
-      if (isPublic(request)) return
-      const caller = await principal(request)
+    requireTenantAccess: guard((request, caller) => {
       if (caller.admin) return
       if (caller.tenant === null) {
         throw new ApiError(403, 'TENANT_CLAIM_MISSING', 'The token is not bound to any tenant')
@@ -71,22 +115,21 @@ export function createGuards(verify: VerifyToken, principalOf: (payload: Record<
       // Anything but one well-formed id is left to tenant resolution, which answers 400 for it and
       // resolves nothing; the preValidation check below holds even if that ever changed.
       const header = request.headers['x-tenant-id']
-      if (typeof header === 'string' && checkTenantId(header) === null && header !== caller.tenant) {
+      if (typeof header === 'string' && header !== caller.tenant && checkTenantId(header) === null) {
         throw tenantMismatch()
       }
-    },
+    }),
 
     /** The invariant, once the tenant is resolved: a non-admin caller acts on its own tenant only. */
-    async checkResolvedTenant(request: FastifyRequest): Promise<void> {
+    checkResolvedTenant(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
       const caller = request.principal
-      if (caller && request.tenant && !caller.admin && caller.tenant !== request.tenant.id) throw tenantMismatch()
+      if (caller && request.tenant && !caller.admin && caller.tenant !== request.tenant.id) return done(tenantMismatch())
+      done()
     },
 
-    async requireAdmin(request: FastifyRequest): Promise<void> {
-      if (isPublic(request)) return
-      const caller = await principal(request)
+    requireAdmin: guard((_request, caller) => {
       if (!caller.admin) throw new ApiError(403, 'ADMIN_REQUIRED', 'Only administrators may do this')
-    },
+    }),
 
     declareBearerAuth(route: RouteOptions): void {
       if (route.config?.auth === false) return
@@ -115,7 +158,8 @@ export default fp(
     })
     // With a key fetcher, fast-jwt verifies asynchronously; @fastify/jwt's types only know the sync form.
     const verify: VerifyToken = (token) => fastify.jwt.verify(token) as unknown as Promise<Record<string, unknown>>
-    const guards = createGuards(verify, principalOf, fastify.log)
+    const accepted = createAcceptedTokens({ ttlMs: VERIFIED_TOKEN_TTL_MS, clockToleranceMs: config.JWT_CLOCK_TOLERANCE_MS })
+    const guards = createGuards(verify, principalOf, fastify.log, accepted)
 
     fastify.decorateRequest('principal', null)
     fastify.decorate('authenticate', guards.authenticate)

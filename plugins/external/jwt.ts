@@ -16,7 +16,7 @@ declare module 'fastify' {
  * How long a verified token is remembered. A repeated token then skips the RSA check; this also
  * bounds how long a key the issuer withdrew keeps working for tokens already seen.
  */
-const VERIFIED_TOKEN_TTL_MS = 60_000
+export const VERIFIED_TOKEN_TTL_MS = 60_000
 const VERIFIED_TOKEN_CACHE_SIZE = 10_000
 const FAILED_TOKEN_TTL_MS = 10 * 60_000
 
