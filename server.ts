@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
 import Fastify, {
   LogController,
+  type FastifyBaseLogger,
   type FastifyError,
   type FastifyHttpOptions,
   type FastifyInstance,
@@ -15,6 +16,7 @@ import Fastify, {
   type FastifyServerOptions
 } from 'fastify'
 import fp from 'fastify-plugin'
+import type { Bindings, ChildLoggerOptions, Logger } from 'pino'
 import app from './app.ts'
 import { migrateControlPlane } from './plugins/domain/migrations.ts'
 import { loadConfigOrExit, trustProxy, type Config } from './schemas/env.ts'
@@ -50,6 +52,8 @@ class RequestLog extends LogController {
   }
 
   requestCompleted(error: Error | null, request: FastifyRequest, reply: FastifyReply) {
+    // Checked first: at LOG_LEVEL=warn this runs for every request and writes nothing.
+    if (!error && !(reply.log as Logger).isLevelEnabled('info')) return
     const line = {
       tenant: request.tenant?.id ?? request.headers['x-tenant-id'],
       method: request.method,
@@ -61,6 +65,77 @@ class RequestLog extends LogController {
     else reply.log.info(line, 'request completed')
   }
 }
+
+type LogArguments = Parameters<Logger['info']>
+
+/**
+ * A request's logger, made when it writes its first line. pino builds a child logger for every
+ * request (its bindings serialised, its levels set up); at LOG_LEVEL=warn most requests write
+ * nothing, so that work waits until a line is actually written. A route with a log level of its
+ * own gets its child at once.
+ */
+export class LazyRequestLogger {
+  readonly #parent: Logger
+  readonly #bindings: Bindings
+  readonly #options: ChildLoggerOptions
+  #child: Logger | null = null
+
+  constructor(parent: Logger, bindings: Bindings, options: ChildLoggerOptions) {
+    this.#parent = parent
+    this.#bindings = bindings
+    this.#options = options
+    if (options.level !== undefined) this.#logger()
+  }
+
+  #logger(): Logger {
+    return (this.#child ??= this.#parent.child(this.#bindings, this.#options))
+  }
+
+  get level(): string {
+    return (this.#child ?? this.#parent).level
+  }
+
+  set level(level: string) {
+    this.#logger().level = level
+  }
+
+  isLevelEnabled(level: string): boolean {
+    return (this.#child ?? this.#parent).isLevelEnabled(level)
+  }
+
+  child(bindings: Bindings, options?: ChildLoggerOptions): Logger {
+    return this.#logger().child(bindings, options)
+  }
+
+  fatal(...args: LogArguments): void {
+    if (this.isLevelEnabled('fatal')) this.#logger().fatal(...args)
+  }
+
+  error(...args: LogArguments): void {
+    if (this.isLevelEnabled('error')) this.#logger().error(...args)
+  }
+
+  warn(...args: LogArguments): void {
+    if (this.isLevelEnabled('warn')) this.#logger().warn(...args)
+  }
+
+  info(...args: LogArguments): void {
+    if (this.isLevelEnabled('info')) this.#logger().info(...args)
+  }
+
+  debug(...args: LogArguments): void {
+    if (this.isLevelEnabled('debug')) this.#logger().debug(...args)
+  }
+
+  trace(...args: LogArguments): void {
+    if (this.isLevelEnabled('trace')) this.#logger().trace(...args)
+  }
+
+  silent(): void {}
+}
+
+const lazyRequestLogger = (logger: FastifyBaseLogger, bindings: Bindings, options: ChildLoggerOptions) =>
+  new LazyRequestLogger(logger as Logger, bindings, options) as unknown as FastifyBaseLogger
 
 /** Larger request headers are refused by Node's parser (431 HEADERS_TOO_LARGE); tokens are at most 8 KiB. */
 const MAX_HEADER_BYTES = 16 * 1024
@@ -129,6 +204,7 @@ export function serverOptions(config: Config): FastifyHttpOptions<Server> {
   return {
     logger: loggerOptions(config),
     logController: new RequestLog(),
+    childLoggerFactory: lazyRequestLogger,
     requestTimeout: config.REQUEST_TIMEOUT_MS,
     connectionTimeout: config.REQUEST_TIMEOUT_MS,
     keepAliveTimeout: config.KEEP_ALIVE_TIMEOUT_MS,
