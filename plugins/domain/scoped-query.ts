@@ -26,7 +26,8 @@ const CONTEXT_READ_ONLY = {
 /** Messages that never change, serialised once. */
 const BEGIN_FLIGHT = Buffer.concat([serialize.parse({ text: 'BEGIN' }), serialize.bind({}), serialize.execute()])
 const EXECUTE = serialize.execute()
-const DESCRIBE_EXECUTE_SYNC = Buffer.concat([serialize.describe({ type: 'P', name: '' }), EXECUTE, serialize.sync()])
+const EXECUTE_SYNC = Buffer.concat([EXECUTE, serialize.sync()])
+const DESCRIBE_EXECUTE_SYNC = Buffer.concat([serialize.describe({ type: 'P', name: '' }), EXECUTE_SYNC])
 
 /**
  * Bind and Execute of a tenant's context statement, per tenant (its context values) and mode: the
@@ -45,20 +46,36 @@ function contextBindExecute(values: readonly string[], readOnly: boolean): Buffe
 }
 
 /**
- * Named statements kept per connection, oldest first. A tenant's queries are prepared under names
- * of their own, because PostgreSQL re-plans a prepared statement whenever search_path differs from
- * the one it was planned under: one name shared by all tenants would be re-planned at almost every
- * use. The cap bounds what a connection holds on the server however many tenants there are.
+ * Named statements kept per connection. A tenant's queries are prepared under names of their own,
+ * because PostgreSQL re-plans a prepared statement whenever search_path differs from the one it
+ * was planned under: one name shared by all tenants would be re-planned at almost every use. The
+ * cap bounds what a connection holds on the server however many tenants there are.
  */
 const MAX_STATEMENTS_PER_CONNECTION = 256
+
+/** What pg's Result needs to turn a statement's rows into objects, learnt from its first Describe. */
+interface ResultShape {
+  fields: unknown[]
+  parsers: unknown[] | undefined
+  emptyRow: object | null
+}
+/** The statement returns no rows (its Describe answered NoData). */
+const NO_ROWS = 'no rows'
+
 /**
- * Per connection, each prepared name with a "used since the last sweep" flag. Eviction is the
- * CLOCK (second chance) approximation of least recently used: a use only sets the flag, with no
- * reordering, and the sweep that makes room moves used names to the back and evicts the first
- * unused one. Reordering the map on every use (delete and set) measured as the costliest part of
- * writing a query.
+ * A statement prepared on a connection. `used` is the "used since the last sweep" flag of CLOCK
+ * (second chance) eviction, an approximation of least recently used: a use only sets the flag,
+ * with no reordering, and the sweep that makes room moves used names to the back and evicts the
+ * first unused one. Reordering a map on every use (delete and set) measured as the costliest part
+ * of writing a query. `shape`, once known, lets later executions skip Describe: the server sends
+ * no RowDescription, and nothing rebuilds the row parsers.
  */
-const preparedByConnection = new WeakMap<object, Map<string, boolean>>()
+interface Prepared {
+  used: boolean
+  shape: ResultShape | typeof NO_ROWS | null
+}
+
+const preparedByConnection = new WeakMap<object, Map<string, Prepared>>()
 
 /** Short, stable ids for statement texts, so names stay far below PostgreSQL's 63-byte limit. */
 const textIds = new Map<string, number>()
@@ -85,12 +102,13 @@ function statementName(text: string, tenant: StatementNaming): string | undefine
 }
 
 /** Removes and returns the first name, from the front, not used since the sweep last passed it. */
-function evictOne(prepared: Map<string, boolean>): string {
+function evictOne(prepared: Map<string, Prepared>): string {
   for (;;) {
-    for (const [name, used] of prepared) {
+    for (const [name, entry] of prepared) {
       prepared.delete(name)
-      if (!used) return name
-      prepared.set(name, false) // a second chance, at the back
+      if (!entry.used) return name
+      entry.used = false
+      prepared.set(name, entry) // a second chance, at the back
     }
   }
 }
@@ -111,11 +129,14 @@ export interface ScopedQueryOptions {
   naming: StatementNaming | null
 }
 
-/** The part of pg's Query (its result handling) that ScopedQuery builds on. */
+/** The part of pg's Query (its result handling, and the Result it fills) that ScopedQuery builds on. */
 interface PgQuery {
   text: string
   values?: unknown[]
   callback?: (error: Error | null, result: pg.QueryResult) => void
+  _result: { fields: unknown[]; _parsers: unknown[] | undefined; _prebuiltEmptyResultObject: object | null }
+  _accumulateRows: boolean
+  handleRowDescription(message: unknown): void
   handleCommandComplete(message: unknown, connection: unknown): void
   handleError(error: Error, connection: unknown): void
 }
@@ -138,8 +159,14 @@ const PgQueryClass = pg.Query as unknown as new (text: string, values?: unknown[
 export class ScopedQuery extends PgQueryClass {
   #pendingCompletions: number
   readonly #options: ScopedQueryOptions
-  #preparedHere: string[] | null = null
   #connection: object | null = null
+  /** The query's own statement on this connection (null when it runs unprepared). */
+  #statement: { name: string; entry: Prepared } | null = null
+  /** Names parsed in this flight. */
+  #parsedHere: string[] | null = null
+  /** This flight asks for a Describe whose answer is worth remembering. */
+  #learnsShape = false
+  #sawRowDescription = false
 
   constructor(text: string, values: unknown[] | undefined, options: ScopedQueryOptions) {
     // Text and values apart: a config object would be copied property by property (pg clones it).
@@ -171,34 +198,65 @@ export class ScopedQuery extends PgQueryClass {
       flight.push(contextBindExecute(context, readOnly))
     }
     const name = naming === null ? undefined : statementName(this.text, naming)
-    if (name === undefined) flight.push(serialize.parse({ text: this.text }))
-    else this.#prepare(flight, prepared, name, this.text)
+    let shape: Prepared['shape'] = null
+    if (name === undefined) {
+      flight.push(serialize.parse({ text: this.text }))
+    } else {
+      const entry = this.#prepare(flight, prepared, name, this.text)
+      this.#statement = { name, entry }
+      shape = entry.shape
+      this.#learnsShape = shape === null
+    }
     let bind: Buffer
     try {
       bind = serialize.bind({ statement: name ?? '', values: this.values ?? [], valueMapper: prepareValue })
     } catch (error) {
       // A value pg cannot send (its toPostgres threw): nothing was written.
-      this.#forgetPreparedHere()
+      this.#forget()
       return error as Error
     }
-    flight.push(bind, DESCRIBE_EXECUTE_SYNC)
-    connection.stream.write(Buffer.concat(flight))
+    flight.push(bind)
+    if (shape === null) {
+      flight.push(DESCRIBE_EXECUTE_SYNC)
+    } else {
+      flight.push(EXECUTE_SYNC)
+      if (shape !== NO_ROWS) {
+        // What handleRowDescription would have set up, from the statement's first execution.
+        const result = this._result
+        result.fields = shape.fields
+        result._parsers = shape.parsers
+        result._prebuiltEmptyResultObject = shape.emptyRow
+        this._accumulateRows = true
+      }
+    }
+    connection.stream.write(flight.length === 1 ? flight[0] : Buffer.concat(flight))
     return null
   }
 
   /** Adds Parse for `name` unless this connection has it, and a Close for a name evicted to make room. */
-  #prepare(flight: Buffer[], prepared: Map<string, boolean>, name: string, text: string): void {
-    const used = prepared.get(name)
-    if (used !== undefined) {
-      if (!used) prepared.set(name, true)
-      return
+  #prepare(flight: Buffer[], prepared: Map<string, Prepared>, name: string, text: string): Prepared {
+    const known = prepared.get(name)
+    if (known !== undefined) {
+      known.used = true
+      return known
     }
     if (prepared.size >= MAX_STATEMENTS_PER_CONNECTION) flight.push(serialize.close({ type: 'S', name: evictOne(prepared) }))
     // Close first: a Parse that failed in an earlier flight may or may not have created the
     // statement, and closing a statement that does not exist is not an error.
     flight.push(serialize.close({ type: 'S', name }), serialize.parse({ name, text }))
-    prepared.set(name, false)
-    ;(this.#preparedHere ??= []).push(name)
+    const entry: Prepared = { used: false, shape: null }
+    prepared.set(name, entry)
+    ;(this.#parsedHere ??= []).push(name)
+    return entry
+  }
+
+  handleRowDescription(message: unknown): void {
+    super.handleRowDescription(message)
+    this.#sawRowDescription = true
+    if (this.#learnsShape && this.#statement) {
+      const result = this._result
+      this.#statement.entry.shape = { fields: result.fields, parsers: result._parsers, emptyRow: result._prebuiltEmptyResultObject }
+    }
   }
 
   handleCommandComplete(message: unknown, connection: unknown): void {
@@ -206,23 +264,27 @@ export class ScopedQuery extends PgQueryClass {
       this.#pendingCompletions--
       return
     }
+    // Described, and no RowDescription came: the statement returns no rows.
+    if (this.#learnsShape && !this.#sawRowDescription && this.#statement) this.#statement.entry.shape = NO_ROWS
     super.handleCommandComplete(message, connection)
   }
 
   handleError(error: Error, connection: unknown): void {
-    this.#forgetPreparedHere()
+    this.#forget()
     super.handleError(error, connection)
   }
 
   /**
-   * The names parsed in this flight may not exist on the server (the flight failed, or was never
-   * written): forget them, so their next use closes and parses them again.
+   * After a failed flight (or one never written), the names parsed in it may not exist on the
+   * server, and the query's own statement may have become unusable (a migration changed the
+   * tables it reads: "cached plan must not change result type"). Both are forgotten, so their
+   * next use closes and parses them again. Errors are rare enough for the re-parse not to matter.
    */
-  #forgetPreparedHere(): void {
-    if (this.#preparedHere && this.#connection) {
-      const prepared = preparedByConnection.get(this.#connection)
-      for (const name of this.#preparedHere) prepared?.delete(name)
-    }
+  #forget(): void {
+    const prepared = this.#connection ? preparedByConnection.get(this.#connection) : undefined
+    if (!prepared) return
+    for (const name of this.#parsedHere ?? []) prepared.delete(name)
+    if (this.#statement) prepared.delete(this.#statement.name)
   }
 }
 
