@@ -267,3 +267,30 @@ t.test('a route inside a guarded folder opts out with config: { auth: false }', 
   t.notOk(spec.paths['/test-guard/open'].get.security, 'the opted-out route is documented as public')
   t.same(spec.paths['/test-guard/guarded'].get.security, [{ bearerAuth: [] }])
 })
+
+t.test('tenant resolution refuses a caller bound to another tenant, whatever guard the route chose', async (t) => {
+  const GLOBEX = 'globex'
+  // A route that only authenticates (any tenant's token) before resolving the tenant and writing:
+  // the guard never compares the header with the token, so resolution must.
+  const ctx = await setupApp(t, {}, {
+    beforeReady: (app) =>
+      app.post('/test-write', { onRequest: [app.authenticate, app.resolveTenant] }, async (request) => {
+        await request.db!.query(`INSERT INTO users (email, name) VALUES ('mole@acme.test', 'Mole')`)
+        return { written: true }
+      })
+  })
+  await createTenant(ctx, ACME)
+  await createTenant(ctx, GLOBEX)
+  const acmeToken = bearer(ctx.issuer.token({ tenant: ACME }))
+
+  const forged = await ctx.app.inject({ method: 'POST', url: '/test-write', headers: { ...acmeToken, 'x-tenant-id': GLOBEX } })
+  t.equal(forged.statusCode, 403)
+  t.equal(forged.json().code, 'TENANT_MISMATCH')
+  const { rows } = await ctx.admin.query(`SELECT count(*)::int AS count FROM "${GLOBEX}".users`)
+  t.equal(rows[0].count, 0, 'nothing was written to the other tenant')
+
+  const own = await ctx.app.inject({ method: 'POST', url: '/test-write', headers: { ...acmeToken, 'x-tenant-id': ACME } })
+  t.equal(own.statusCode, 200, 'its own tenant is served')
+  const admin = await ctx.app.inject({ method: 'POST', url: '/test-write', headers: { ...bearer(ctx.issuer.token({ groups: [ctx.config.ADMIN_GROUP] })), 'x-tenant-id': GLOBEX } })
+  t.equal(admin.statusCode, 200, 'an admin acts on any tenant')
+})

@@ -7,6 +7,7 @@ import {
   bearerToken,
   createAcceptedTokens,
   createPrincipalReader,
+  tenantMismatch,
   tokenInvalid,
   verificationError,
   type AcceptedTokens,
@@ -33,8 +34,6 @@ declare module 'fastify' {
     principal: Principal | null
   }
 }
-
-const tenantMismatch = () => new ApiError(403, 'TENANT_MISMATCH', 'The token is bound to another tenant')
 
 type VerifyToken = (token: string) => Promise<Record<string, unknown>>
 
@@ -113,19 +112,12 @@ export function createGuards(
         throw new ApiError(403, 'TENANT_CLAIM_MISSING', 'The token is not bound to any tenant')
       }
       // Anything but one well-formed id is left to tenant resolution, which answers 400 for it and
-      // resolves nothing; the preValidation check below holds even if that ever changed.
+      // resolves nothing; resolution checks the caller against the tenant it resolved, too.
       const header = request.headers['x-tenant-id']
       if (typeof header === 'string' && header !== caller.tenant && checkTenantId(header) === null) {
         throw tenantMismatch()
       }
     }),
-
-    /** The invariant, once the tenant is resolved: a non-admin caller acts on its own tenant only. */
-    checkResolvedTenant(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
-      const caller = request.principal
-      if (caller && request.tenant && !caller.admin && caller.tenant !== request.tenant.id) return done(tenantMismatch())
-      done()
-    },
 
     requireAdmin: guard((_request, caller) => {
       if (!caller.admin) throw new ApiError(403, 'ADMIN_REQUIRED', 'Only administrators may do this')
@@ -166,7 +158,6 @@ export default fp(
     fastify.decorate('requireTenantAccess', guards.requireTenantAccess)
     fastify.decorate('requireAdmin', guards.requireAdmin)
     fastify.decorate('declareBearerAuth', guards.declareBearerAuth)
-    fastify.addHook('preValidation', guards.checkResolvedTenant)
 
     const keys = fastify.signingKeys
     if (!keys) {

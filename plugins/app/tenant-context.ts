@@ -5,6 +5,7 @@ import { createTenantCache, type ResolvedTenant } from '../domain/tenant-cache.t
 import { TenantScopedDb } from '../domain/tenant-db.ts'
 import { toApiError } from '../domain/pg-errors.ts'
 import { assertValidTenantId } from '../domain/tenants.ts'
+import { tenantMismatch } from '../domain/token-claims.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -51,6 +52,11 @@ export default fp(
     fastify.decorateRequest('db', null)
 
     function scope(request: FastifyRequest, tenant: ResolvedTenant | null, header: string): void {
+      // The invariant of tenant binding, whatever order a route's hooks run in: a caller a guard
+      // accepted acts on its own tenant only, unless an admin. (The guard compares the header
+      // with the token before the lookup; this holds for the tenant actually resolved.)
+      const caller = request.principal
+      if (caller && !caller.admin && caller.tenant !== header) throw tenantMismatch()
       if (!tenant) throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${header}" does not exist`)
       if (tenant.status === 'suspended') throw new ApiError(403, 'TENANT_SUSPENDED', `Tenant "${header}" is suspended`)
       if (tenant.status === 'deleting') throw new ApiError(403, 'TENANT_DELETING', `Tenant "${header}" is being deleted`)
@@ -129,5 +135,5 @@ export default fp(
       await cache.stop()
     })
   },
-  { name: 'tenant-context', dependencies: ['postgres'] }
+  { name: 'tenant-context', dependencies: ['postgres', 'authenticate'] }
 )

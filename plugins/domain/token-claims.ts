@@ -41,6 +41,8 @@ export const tokenExpired = () =>
     'www-authenticate': challenge('invalid_token', 'The token has expired')
   })
 
+export const tenantMismatch = () => new ApiError(403, 'TENANT_MISMATCH', 'The token is bound to another tenant')
+
 // A compact JWS: three base64url segments, the signature possibly empty (alg "none"; refused later
 // with a precise reason).
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
