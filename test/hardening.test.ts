@@ -55,7 +55,9 @@ t.test('security headers on every answer, errors included', async (t) => {
     t.equal(response.headers['x-frame-options'], 'DENY')
     t.match(response.headers['strict-transport-security'], /max-age=\d+/)
     t.equal(response.headers['referrer-policy'], 'no-referrer')
+    t.equal(response.headers['cross-origin-resource-policy'], 'same-origin')
     t.notOk(response.headers['x-powered-by'])
+    t.notOk(response.headers['x-xss-protection'], `${label}: headers that only matter to HTML documents stay on the docs page`)
   }
   let docs = await ctx.app.inject({ method: 'GET', url: '/docs' })
   for (let hops = 0; hops < 3 && docs.statusCode >= 300 && docs.statusCode < 400; hops++) {
@@ -63,6 +65,8 @@ t.test('security headers on every answer, errors included', async (t) => {
   }
   t.equal(docs.statusCode, 200, 'the docs page is served')
   t.match(docs.headers['content-security-policy'], /script-src 'self'/, 'under the same policy')
+  t.equal(docs.headers['cross-origin-opener-policy'], 'same-origin', "the HTML page carries helmet's whole set")
+  t.equal(docs.headers['x-frame-options'], 'DENY')
   const scripts = [...docs.body.matchAll(/<script[^>]*>([\s\S]*?)<\/script>/g)]
   t.ok(scripts.length > 0 && scripts.every((match) => /src="/.test(match[0]) && match[1].trim() === ''), 'its scripts are files, which the policy allows (test/docs-browser.test.ts renders it)')
 })
