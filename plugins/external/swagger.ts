@@ -2,7 +2,7 @@ import swagger, { type FastifyDynamicSwaggerOptions } from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { documentOnlyHeaders } from './helmet.ts'
+import { documentHeaders } from './helmet.ts'
 
 export const swaggerOptions: FastifyDynamicSwaggerOptions = {
   openapi: {
@@ -37,13 +37,13 @@ export const swaggerOptions: FastifyDynamicSwaggerOptions = {
   }
 }
 
-/** OpenAPI 3 document at /docs/json and Swagger UI at /docs, an HTML page with helmet's whole set of headers. */
+/** OpenAPI 3 document at /docs/json and Swagger UI at /docs, an HTML page, under helmet's whole set of headers for documents. */
 export default fp(
   async function openapi(fastify: FastifyInstance) {
     await fastify.register(swagger, swaggerOptions)
     await fastify.register(async function documents(docs) {
       docs.addHook('onRequest', (_request, reply, done) => {
-        reply.headers(documentOnlyHeaders)
+        reply.headers(documentHeaders)
         done()
       })
       await docs.register(swaggerUi, { routePrefix: '/docs' })
