@@ -250,3 +250,44 @@ t.test('a status change reaches another instance', async (t) => {
   await suspend('active')
   t.ok(await eventually(async () => (await statusOn(other)) === 200))
 })
+
+t.test('statements prepared before a migration changed their table keep answering', async (t) => {
+  const tenant = 'stale-plans'
+  const app = await buildApp(ctx.config, {
+    beforeReady: (scope) => {
+      scope.get('/test/names', { onRequest: scope.resolveTenant }, async (request) => {
+        const { rows } = await request.db!.query('SELECT name FROM users ORDER BY name')
+        return rows.map((row) => row.name)
+      })
+      scope.post<{ Body: { name: string } }>('/test/names', { onRequest: scope.resolveTenant }, async (request, reply) => {
+        const { rows } = await request.db!.query('INSERT INTO users (email, name) VALUES ($1, $2) RETURNING name', [
+          `${request.body.name}@stale.test`,
+          request.body.name
+        ])
+        return reply.code(201).send(rows[0])
+      })
+    }
+  })
+  t.teardown(() => app.close())
+  await createTenant(ctx, tenant)
+  const headers = ctx.auth.tenantUser(tenant)
+  const read = () => app.inject({ method: 'GET', url: '/test/names', headers })
+  const write = (name: string) => app.inject({ method: 'POST', url: '/test/names', headers, payload: { name } })
+
+  // Prepared (and their result shape learnt) on the connections the requests use.
+  for (const name of ['ada', 'bob', 'cy']) t.equal((await write(name)).statusCode, 201)
+  for (let i = 0; i < 3; i++) t.equal((await read()).statusCode, 200)
+
+  // What a tenant migration may do while the service runs: the column's type, hence the
+  // statements' result type, changes under them.
+  await ctx.admin.query(`ALTER TABLE "${tenant}".users ALTER COLUMN name TYPE varchar(200)`)
+
+  const reads = await Promise.all(Array.from({ length: 6 }, read))
+  t.same(reads.map((response) => response.statusCode), [200, 200, 200, 200, 200, 200], 'reads are answered, not failed')
+  t.same(reads[0].json(), ['ada', 'bob', 'cy'])
+  const writes = []
+  for (const name of ['dee', 'eve', 'fay']) writes.push((await write(name)).statusCode)
+  t.same(writes, [201, 201, 201], 'so are writes that open their transaction')
+  const { rows } = await ctx.admin.query(`SELECT name FROM "${tenant}".users ORDER BY name`)
+  t.same(rows.map((row) => row.name), ['ada', 'bob', 'cy', 'dee', 'eve', 'fay'], 'each write happened exactly once')
+})

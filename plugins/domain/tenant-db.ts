@@ -85,39 +85,64 @@ export class TenantScopedDb {
     if (this.#finished) return Promise.reject(new Error('The request has finished; its database handle is closed'))
     if (this.#connectError !== null) return Promise.reject(this.#connectError)
 
-    const config = typeof text === 'string' ? null : text
+    const sql = typeof text === 'string' ? text : text.text
+    const parameters = typeof text === 'string' ? values : text.values
     const opensTransaction = !this.#readOnly && !this.#inTransaction
-    const query = new ScopedQuery(config ? config.text : (text as string), config ? config.values : values, {
-      begin: opensTransaction ? 'BEGIN' : null,
-      context: this.#readOnly || opensTransaction ? this.#tenant.context : null,
-      readOnly: this.#readOnly,
-      naming: this.#tenant
-    })
     if (opensTransaction) this.#inTransaction = true
     this.#inflight++
 
     return new Promise<pg.QueryResult<Row>>((resolve, reject) => {
-      query.callback = (error, result) => {
-        if (error) {
-          this.#acquiredAt = 0
-          this.#failed = true
-          reject(toApiError(error) ?? error)
-        } else {
-          if (this.#acquiredAt !== 0) {
-            contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
-            this.#acquiredAt = 0
+      let retried = false
+      const submit = () => {
+        const query = new ScopedQuery(sql, parameters, {
+          begin: opensTransaction ? 'BEGIN' : null,
+          context: this.#readOnly || opensTransaction ? this.#tenant.context : null,
+          readOnly: this.#readOnly,
+          naming: this.#tenant
+        })
+        query.callback = (error, result) => {
+          if (error && !retried && this.#canRetry(error, opensTransaction)) {
+            retried = true
+            // The statement was planned before a migration changed what it reads; the failed
+            // flight forgot it, so this one parses it afresh. A mutation's transaction, opened by
+            // this very flight, is rolled back first.
+            if (opensTransaction) this.#client!.query('ROLLBACK').catch(() => undefined)
+            return submit()
           }
-          resolve(result as pg.QueryResult<Row>)
+          if (error) {
+            this.#acquiredAt = 0
+            this.#failed = true
+            reject(toApiError(error) ?? error)
+          } else {
+            if (this.#acquiredAt !== 0) {
+              contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
+              this.#acquiredAt = 0
+            }
+            resolve(result as pg.QueryResult<Row>)
+          }
+          if (--this.#inflight === 0 && this.#settled) this.#settled()
         }
-        if (--this.#inflight === 0 && this.#settled) this.#settled()
+        if (this.#client) {
+          this.#client.query(query as unknown as pg.QueryConfig)
+        } else {
+          ;(this.#waiting ??= []).push(query)
+          if (!this.#used) this.#connect()
+        }
       }
-      if (this.#client) {
-        this.#client.query(query as unknown as pg.QueryConfig)
-      } else {
-        ;(this.#waiting ??= []).push(query)
-        if (!this.#used) this.#connect()
-      }
+      submit()
     })
+  }
+
+  /**
+   * A query that failed only because its prepared statement went stale ("cached plan must not
+   * change result type": a migration changed the tables it reads) is sent once more, when nothing
+   * else can have seen the failure: a read, each of whose queries is a transaction of its own, or
+   * the query that opened a mutation's transaction while nothing else of the request is in flight.
+   */
+  #canRetry(error: Error, opensTransaction: boolean): boolean {
+    if ((error as { code?: string }).code !== '0A000' || !error.message.includes('cached plan must not change result type')) return false
+    if (this.#finished || this.#client === null) return false
+    return this.#readOnly || (opensTransaction && this.#inflight === 1)
   }
 
   #connect(): void {
