@@ -294,3 +294,19 @@ t.test('tenant resolution refuses a caller bound to another tenant, whatever gua
   const admin = await ctx.app.inject({ method: 'POST', url: '/test-write', headers: { ...bearer(ctx.issuer.token({ groups: [ctx.config.ADMIN_GROUP] })), 'x-tenant-id': GLOBEX } })
   t.equal(admin.statusCode, 200, 'an admin acts on any tenant')
 })
+
+t.test('a token accepted earlier is refused once it expires, and writes nothing then', async (t) => {
+  const ctx = await setupApp(t, { JWT_CLOCK_TOLERANCE_MS: '0' })
+  await createTenant(ctx, ACME)
+  const expiresAt = Math.floor(Date.now() / 1000) + 2
+  const headers = { ...bearer(ctx.issuer.token({ tenant: ACME, claims: { exp: expiresAt } })), 'x-tenant-id': ACME }
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers })).statusCode, 200, 'accepted while valid')
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers })).statusCode, 200, 'and again, from the guard\'s cache')
+
+  await sleep(Math.max(0, expiresAt * 1000 - Date.now()) + 50)
+  const late = await ctx.app.inject({ method: 'POST', url: '/users', headers, payload: { email: 'late@acme.test', name: 'Late' } })
+  t.equal(late.statusCode, 401)
+  t.equal(late.json().code, 'TOKEN_EXPIRED', 'the cache never outlives the token')
+  const { rows } = await ctx.admin.query(`SELECT count(*)::int AS count FROM "${ACME}".users`)
+  t.equal(rows[0].count, 0, 'nothing was written')
+})

@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
+import { clientAddressKey } from '../plugins/app/rate-limit.ts'
 import { freePort } from '../plugins/embedded/postgres.ts'
 import { buildApp, createTenant, setupApp, type TestContext } from './helpers/app.ts'
 import { eventually } from './helpers/wait.ts'
@@ -289,4 +290,16 @@ t.test('Redis going away does not take the service down: requests are served unl
     { 200: 6 },
     'an instance whose Redis never answered serves too'
   )
+})
+
+t.test('a client address spends one budget per IPv4 address or IPv6 /56, however it is written', async (t) => {
+  t.equal(clientAddressKey('203.0.113.7'), '203.0.113.7')
+  t.equal(clientAddressKey('::ffff:203.0.113.7'), '203.0.113.7', 'an IPv4-mapped address is its IPv4 address')
+  const prefix = clientAddressKey('2001:db8:1234:5600::1')
+  for (const address of ['2001:db8:1234:56ff:ffff:ffff:ffff:ffff', '2001:DB8:1234:5678::', '2001:0db8:1234:5600:0:0:0:2']) {
+    t.equal(clientAddressKey(address), prefix, `${address}: the same /56`)
+  }
+  t.not(clientAddressKey('2001:db8:1234:5700::1'), prefix, 'the next /56 has a budget of its own')
+  t.equal(clientAddressKey('fe80::1%eth0'), clientAddressKey('fe80::2'), 'a zone id changes nothing')
+  t.equal(clientAddressKey('not an address'), 'not an address', 'what is not an address is its own key')
 })

@@ -291,3 +291,29 @@ t.test('statements prepared before a migration changed their table keep answerin
   const { rows } = await ctx.admin.query(`SELECT name FROM "${tenant}".users ORDER BY name`)
   t.same(rows.map((row) => row.name), ['ada', 'bob', 'cy', 'dee', 'eve', 'fay'], 'each write happened exactly once')
 })
+
+t.test('past 256 statements a connection evicts some, and every tenant is still answered from its own schema', async (t) => {
+  // One connection, so that every tenant's statements meet on it.
+  const one = await setupApp(t, { PG_POOL_MAX: '1' }, {
+    beforeReady: (scope) => {
+      scope.get('/test/prepared', { onRequest: scope.resolveTenant }, async (request) => {
+        // Ours only: pg keeps the service's own named statements (the registry lookup) beside them.
+        const { rows } = await request.db!.query("SELECT count(*)::int AS count FROM pg_prepared_statements WHERE name ~ '^(q[0-9]+_|tenant_context)'")
+        return rows[0]
+      })
+    }
+  })
+  const tenants = Array.from({ length: 280 }, (_, i) => `evict-${String(i).padStart(3, '0')}`)
+  for (const tenant of tenants) await createTenant(one, tenant)
+  const wrong: string[] = []
+  for (const order of [tenants, [...tenants].reverse()]) {
+    for (const tenant of order) {
+      const response = await one.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': tenant } })
+      if (response.statusCode !== 200 || response.json().database.currentSchema !== tenant) wrong.push(`${tenant}: ${response.body}`)
+    }
+  }
+  t.same(wrong, [], '560 requests over 280 tenants, each in its own schema')
+  const prepared = await one.app.inject({ method: 'GET', url: '/test/prepared', headers: { 'x-tenant-id': tenants[0] } })
+  t.equal(prepared.statusCode, 200)
+  t.ok(prepared.json().count <= 256, `the connection holds ${prepared.json().count} prepared statements, at most 256`)
+})
