@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import http from 'node:http'
+import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -104,9 +105,30 @@ export interface Service {
 const SHOWN_SERVICE_LINES = 20
 const KEPT_SERVICE_LINES = 500
 
-export async function startService(env: Record<string, string>, script = path.join('bench', 'server.ts')): Promise<Service> {
+/**
+ * CPU time (user and system) a process has used so far, in seconds, from /proc; null where there
+ * is no /proc (not Linux). Clock ticks are 1/100 s on Linux.
+ */
+export function cpuSecondsOf(pid: number): number | null {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return null
+  }
+}
+
+export interface ServiceOptions {
+  /** The entry point, from the project root: bench/server.ts (the service) unless said otherwise. */
+  script?: string
+  /** Options for node itself, such as --cpu-prof. */
+  nodeArgs?: string[]
+}
+
+export async function startService(env: Record<string, string>, options: ServiceOptions = {}): Promise<Service> {
+  const script = options.script ?? path.join('bench', 'server.ts')
   // Its own process group: Ctrl-C reaches the bench, which then stops the service in order.
-  const child = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(' ') : []), '--import', 'tsx', script], {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), '--import', 'tsx', script], {
     cwd: ROOT,
     env,
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],

@@ -35,6 +35,7 @@ import {
   call,
   checkpoint,
   cleanup,
+  cpuSecondsOf,
   clock,
   Interrupted,
   log,
@@ -88,6 +89,8 @@ Options:
                              tenant-scoped/floor throughput ratio is below ${GUARD_MIN_RATIO}
   --summary FILE             write {passed, failed, exitCode} to FILE (for .ci/run)
   --output FILE              the JSON report (default bench/results/<timestamp>.json)
+  --profile DIR              V8 CPU profiles of the service and the bare process into DIR
+                             (node --cpu-prof), written when they stop: where a request's time goes
   -h, --help                 show this help
 
 Exit status: 0 done; 1 the --quick guard failed; 2 the bench could not measure (bad usage, a
@@ -113,6 +116,7 @@ interface Options {
   env: Record<string, string>
   summary?: string
   output?: string
+  profile?: string
 }
 
 const parseCommandLine = (argv: string[]) =>
@@ -140,6 +144,7 @@ const parseCommandLine = (argv: string[]) =>
       quick: { type: 'boolean' },
       summary: { type: 'string' },
       output: { type: 'string' },
+      profile: { type: 'string' },
       help: { type: 'boolean', short: 'h' }
     }
   })
@@ -193,7 +198,8 @@ function parseOptions(argv: string[]): Options | null {
     skip,
     env,
     summary: values.summary,
-    output: values.output
+    output: values.output,
+    profile: values.profile
   }
 }
 
@@ -225,6 +231,8 @@ interface RoundRun {
   round: number
   case: string
   stats: RunStats
+  /** CPU the process serving the case (the service, or the bare process) spent per 2xx answer, in µs. */
+  cpuUsPerRequest: number | null
 }
 
 interface CaseSummary {
@@ -245,6 +253,8 @@ interface CaseSummary {
   /** The same two against the bare process's counterpart. */
   bareRatio: number | null
   bareAddedP99Ms: number | null
+  /** Median over rounds of the serving process's CPU per answer, in µs. */
+  cpuUsPerRequest: number | null
 }
 
 interface PhaseResult {
@@ -289,14 +299,15 @@ function summarise(cases: PhaseCase[], runs: RoundRun[]): CaseSummary[] {
       ratio: floor.ratio,
       addedP99Ms: floor.addedP99Ms,
       bareRatio: bare.ratio,
-      bareAddedP99Ms: bare.addedP99Ms
+      bareAddedP99Ms: bare.addedP99Ms,
+      cpuUsPerRequest: round(median(own.flatMap((run) => (run.cpuUsPerRequest === null ? [] : [run.cpuUsPerRequest]))), 1)
     }
   })
 }
 
 function phaseTable(phase: PhaseResult): string {
   return table(
-    ['case', 'tenants', 'req/s', 'p50 ms', 'p97.5 ms', 'p99 ms', '÷ floor', '+p99 ms', '÷ bare', '+p99 ms'],
+    ['case', 'tenants', 'req/s', 'p50 ms', 'p97.5 ms', 'p99 ms', 'CPU µs', '÷ floor', '+p99 ms', '÷ bare', '+p99 ms'],
     phase.summary.map((row) => [
       `${row.key.padEnd(8)} ${row.label}`,
       `${row.tenants} ${row.distribution}`,
@@ -304,6 +315,7 @@ function phaseTable(phase: PhaseResult): string {
       cell(row.p50),
       cell(row.p97_5),
       cell(row.p99),
+      cell(row.cpuUsPerRequest ?? NaN, 0),
       row.ratio === null ? '(floor)' : cell(row.ratio),
       row.addedP99Ms === null ? '' : signed(row.addedP99Ms),
       row.bareRatio === null ? '' : cell(row.bareRatio),
@@ -491,7 +503,9 @@ async function bench(options: Options): Promise<number> {
   } satisfies Record<string, CaseDef>
 
   await growTo(options.tenants)
-  const service = await startService(serviceEnv)
+  // --profile: V8 CPU profiles of both processes, written when they exit.
+  const nodeArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(options.profile)}`] : []
+  const service = await startService(serviceEnv, { nodeArgs })
   log(`service listening at ${service.url} (production mode, LOG_LEVEL=warn)`)
   await waitUntilReady(service.url)
   // What an outside team would measure the service against: Fastify and pg alone, same database and issuer.
@@ -505,20 +519,26 @@ async function bench(options: Options): Promise<number> {
       JWT_ISSUER: serviceEnv.JWT_ISSUER,
       TENANT_CLAIM: tenantClaim
     },
-    path.join('bench', 'bare-floor.ts')
+    { script: path.join('bench', 'bare-floor.ts'), nodeArgs }
   )
   log(`bare Fastify + pg process listening at ${bareProcess.url}`)
   const urlOf = (def: CaseDef) => (def.bareProcess ? bareProcess.url : service.url)
+  const pidOf = (def: CaseDef) => (def.bareProcess ? bareProcess.pid : service.pid)
   const adminToken = issuer.token({ groups: [adminGroup], expiresInSeconds: TOKEN_LIFETIME_S })
 
-  const load = (phaseCase: PhaseCase, seconds: number) =>
-    runLoad({
+  const load = async (phaseCase: PhaseCase, seconds: number) => {
+    const cpuBefore = cpuSecondsOf(pidOf(phaseCase.def))
+    const stats = await runLoad({
       url: urlOf(phaseCase.def),
       connections: options.connections,
       durationS: seconds,
       next: () => phaseCase.def.request(phaseCase.tenants[phaseCase.pick()]),
       onStart: (stop) => (state.stopLoad = stop)
     }).finally(() => (state.stopLoad = null))
+    const cpuAfter = cpuSecondsOf(pidOf(phaseCase.def))
+    const cpuUsPerRequest = cpuBefore === null || cpuAfter === null || stats.ok === 0 ? null : round(((cpuAfter - cpuBefore) * 1e6) / stats.ok, 1)
+    return { stats, cpuUsPerRequest }
+  }
 
   const measured = (where: string, stats: RunStats) => {
     if (stats.non2xx > 0 || stats.errors > 0 || stats.timeouts > 0) {
@@ -546,7 +566,7 @@ async function bench(options: Options): Promise<number> {
       for (const phaseCase of cases) {
         checkpoint()
         log(`${name}: warming up ${phaseCase.def.key} for ${options.warmup} s`)
-        const stats = await load(phaseCase, options.warmup)
+        const { stats } = await load(phaseCase, options.warmup)
         measured(`${name} warm-up ${phaseCase.def.key}`, stats)
         warmup.push({ case: phaseCase.def.key, stats })
       }
@@ -557,10 +577,10 @@ async function bench(options: Options): Promise<number> {
       const order = round % 2 === 1 ? cases : [...cases].reverse()
       for (const phaseCase of order) {
         checkpoint()
-        const stats = await load(phaseCase, options.duration)
+        const { stats, cpuUsPerRequest } = await load(phaseCase, options.duration)
         checkpoint()
         measured(`${name} round ${round} ${phaseCase.def.key}`, stats)
-        runs.push({ round, case: phaseCase.def.key, stats })
+        runs.push({ round, case: phaseCase.def.key, stats, cpuUsPerRequest })
         log(
           `${name} round ${round}/${options.rounds} ${phaseCase.def.key.padEnd(7)} ${cell(stats.rps, 0).padStart(6)} req/s  ` +
             `p50 ${cell(stats.latencyMs.p50)}  p99 ${cell(stats.latencyMs.p99)} ms`
