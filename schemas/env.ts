@@ -39,6 +39,12 @@ export const EnvSchema = Type.Object({
 
   DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
   PG_POOL_MAX: Integer(20, 1, 1000),
+  /**
+   * Connections of the pool that carry every request's reads, pipelined (plugins/domain/read-lanes.ts);
+   * 0: each read takes a pooled connection of its own. At most PG_POOL_MAX − 1 are used, so that
+   * writes always have a connection.
+   */
+  PG_READ_LANES: Integer(2, 0, 64),
   PG_ACQUIRE_TIMEOUT_MS: Integer(2000, 1),
   PG_STATEMENT_TIMEOUT_MS: Integer(5000, 1),
   /** Tenant roles are `<prefix><tenant id>`; roles are cluster-wide, so a cluster shared by several deployments needs distinct prefixes. */

@@ -3,12 +3,13 @@ import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { createTenant, setupApp, type TestContext } from './helpers/app.ts'
+import { buildApp, createTenant, setupApp, type TestContext } from './helpers/app.ts'
 
 /**
  * Every exit path of a request returns its connection clean: success, handler error, failed
  * statement, client abort, statement timeout, pool exhaustion. Runs on a real listening server
- * with a pool of two, so a single leaked connection shows.
+ * with a pool of two, so a single leaked connection shows; one of the two is the read lane
+ * (PG_READ_LANES), shared by the reads, and goes back to the pool when idle.
  */
 
 const TENANT = 'release-co'
@@ -81,13 +82,13 @@ interface Answer {
 function call(
   method: string,
   path: string,
-  options: { tenant?: string; body?: unknown; onRequest?: (request: http.ClientRequest) => void } = {}
+  options: { tenant?: string; body?: unknown; port?: number; onRequest?: (request: http.ClientRequest) => void } = {}
 ): Promise<Answer> {
   const payload = options.body === undefined ? undefined : JSON.stringify(options.body)
   const headers: Record<string, string> = { ...ctx.auth.tenantUser(options.tenant ?? TENANT) }
   if (payload) headers['content-type'] = 'application/json'
   return new Promise((resolve, reject) => {
-    const request = http.request({ host: '127.0.0.1', port, method, path, headers, agent: false }, (response) => {
+    const request = http.request({ host: '127.0.0.1', port: options.port ?? port, method, path, headers, agent: false }, (response) => {
       let text = ''
       response.setEncoding('utf8')
       response.on('data', (chunk: string) => (text += chunk))
@@ -217,13 +218,17 @@ t.test('a statement past PG_STATEMENT_TIMEOUT_MS is 504 STATEMENT_TIMEOUT', asyn
 })
 
 t.test('an exhausted pool answers 503 DATABASE_BUSY with Retry-After, and recovers', async (t) => {
-  const holders = [call('GET', `/test/sleep?seconds=${HOLD_SECONDS}`), call('GET', `/test/sleep?seconds=${HOLD_SECONDS}`, { tenant: OTHER })]
+  // Without read lanes every request, reads included, takes a pooled connection of its own.
+  const pooled = await buildApp({ ...ctx.config, PG_READ_LANES: 0 }, { beforeReady: testRoutes })
+  await pooled.listen({ port: 0, host: '127.0.0.1' })
+  const on = { port: (pooled.server.address() as AddressInfo).port }
+  const holders = [call('GET', `/test/sleep?seconds=${HOLD_SECONDS}`, on), call('GET', `/test/sleep?seconds=${HOLD_SECONDS}`, { ...on, tenant: OTHER })]
   t.ok(await eventually(async () => (await sessions()).sleeping === 2), 'both pooled connections are busy')
-  const refused = await call('GET', '/users')
+  const refused = await call('GET', '/users', on)
   t.equal(refused.status, 503)
   t.equal(refused.body.code, 'DATABASE_BUSY')
   t.match(refused.headers['retry-after'], /^\d+$/, 'Retry-After tells the client when to come back')
-  const refusedWrite = await call('POST', '/users', { body: { email: 'busy@example.test', name: 'Busy' } })
+  const refusedWrite = await call('POST', '/users', { ...on, body: { email: 'busy@example.test', name: 'Busy' } })
   t.equal(refusedWrite.status, 503)
   t.equal(await userRows('busy@example.test'), 0)
 
@@ -233,6 +238,25 @@ t.test('an exhausted pool answers 503 DATABASE_BUSY with Retry-After, and recove
     [200, 200],
     'the requests holding the connections completed'
   )
+  const pool = pooled.pg.pool
+  t.ok(await eventually(() => pool.idleCount === pool.totalCount && pool.waitingCount === 0), 'its connections went back to the pool')
+  t.equal((await call('GET', '/', on)).status, 200, 'and it serves again')
+  await pooled.close()
+  await assertClean(t)
+})
+
+t.test('a slow read on the read lane holds up no read that comes after it', async (t) => {
+  const answered: string[] = []
+  const slow = call('GET', `/test/sleep?seconds=${HOLD_SECONDS}`).then((answer) => {
+    answered.push('slow')
+    return answer
+  })
+  t.ok(await eventually(async () => (await sessions()).sleeping === 1), 'a read sleeps on the lane')
+  const quick = await call('GET', '/users', { tenant: OTHER })
+  answered.push('quick')
+  t.equal(quick.status, 200, 'a read arriving meanwhile is answered')
+  t.equal((await slow).status, 200)
+  t.same(answered, ['quick', 'slow'], 'before the slow one: it did not queue behind it on the lane')
   await assertClean(t)
 })
 

@@ -117,7 +117,7 @@ export function createMetrics(fastify: FastifyInstance) {
 
   const contextSwitch = new FastHistogram({
     name: 'tenant_service_tenant_context_switch_seconds',
-    help: "Time from acquiring a pooled connection to the result of the request's first query, tenant context included",
+    help: "Time from having a connection (a read lane or a pooled one) to the result of the request's first query, tenant context included",
     buckets: CONTEXT_BUCKETS,
     registers
   }).series()

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import fp from 'fastify-plugin'
 import { ApiError } from '../../schemas/error.ts'
 import { createTenantCache, type ResolvedTenant } from '../domain/tenant-cache.ts'
+import { ReadLanes } from '../domain/read-lanes.ts'
 import { TenantScopedDb } from '../domain/tenant-db.ts'
 import { toApiError } from '../domain/pg-errors.ts'
 import { assertValidTenantId } from '../domain/tenants.ts'
@@ -47,6 +48,9 @@ export default fp(
       log: fastify.log
     })
 
+    // At most all connections but one: writes need a connection of their own.
+    const lanes = new ReadLanes(pool, Math.min(fastify.config.PG_READ_LANES, fastify.config.PG_POOL_MAX - 1))
+
     fastify.decorate('tenantCache', cache)
     fastify.decorateRequest('tenant', null)
     fastify.decorateRequest('db', null)
@@ -61,7 +65,7 @@ export default fp(
       if (tenant.status === 'suspended') throw new ApiError(403, 'TENANT_SUSPENDED', `Tenant "${header}" is suspended`)
       if (tenant.status === 'deleting') throw new ApiError(403, 'TENANT_DELETING', `Tenant "${header}" is being deleted`)
       request.tenant = tenant
-      request.db = new TenantScopedDb(pool, tenant, SAFE_METHODS.has(request.method))
+      request.db = new TenantScopedDb(pool, tenant, SAFE_METHODS.has(request.method), lanes)
     }
 
     // A callback-style hook: with the tenant cached (the common case) it completes without a
@@ -130,6 +134,11 @@ export default fp(
 
     fastify.addHook('onReady', async () => {
       await cache.start()
+    })
+    // Before the pool is ended, which waits for every connection it lent, the lanes' included;
+    // reads still to come meanwhile take pooled connections of their own.
+    fastify.addHook('preClose', async () => {
+      await lanes.close()
     })
     fastify.addHook('onClose', async () => {
       await cache.stop()

@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module'
 import pg from 'pg'
 import { serialize } from 'pg-protocol'
+import type { Lane } from './read-lanes.ts'
 
 const { prepareValue } = createRequire(import.meta.url)('pg/lib/utils.js') as { prepareValue: (value: unknown) => unknown }
 
@@ -157,6 +158,8 @@ const PgQueryClass = pg.Query as unknown as new (text: string, values?: unknown[
  * (preparedByConnection) is the only record of what this connection has prepared.
  */
 export class ScopedQuery extends PgQueryClass {
+  /** The read lane this query was written to, if any (see read-lanes.ts). */
+  lane: Lane | null = null
   #pendingCompletions: number
   readonly #options: ScopedQueryOptions
   #connection: object | null = null

@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import { ApiError } from '../../schemas/error.ts'
 import { toApiError } from './pg-errors.ts'
+import { laneAnswered, laneSent, type Lane, type ReadLanes } from './read-lanes.ts'
 import { ScopedQuery } from './scoped-query.ts'
 import type { ResolvedTenant } from './tenant-cache.ts'
 
@@ -20,8 +21,9 @@ const contextSwitchObservers = new WeakMap<pg.Pool, ContextSwitchObserver>()
  *
  * - Reads (GET, HEAD): each query is its own read-only implicit transaction, ended by the Sync of
  *   its flight. Under READ COMMITTED a read transaction spanning several statements would see
- *   nothing more consistent, and there is no COMMIT to send or wait for: the connection goes back
- *   to the pool as soon as the handler is done.
+ *   nothing more consistent, and there is no COMMIT to send or wait for. So reads need no
+ *   connection of their own: they ride the shared read lanes (ReadLanes), pipelined with other
+ *   requests' reads, and take a pooled connection only when every lane is busy.
  * - Mutations: the first flight opens the request's transaction with BEGIN; every query of the
  *   request runs in it, and `finish()` commits or rolls it back, so a handler that fails has its
  *   writes rolled back.
@@ -30,8 +32,8 @@ const contextSwitchObservers = new WeakMap<pg.Pool, ContextSwitchObserver>()
  * rather than released, because releasing it could hand a tenant's context to the next request.
  *
  * The request path allocates one promise per query and none to end a read: the connection is
- * taken with pg-pool's callback API, queries asked for while it is on its way wait in a list, and
- * a read's connection goes back to the pool synchronously.
+ * taken with callback APIs, queries asked for while it is on its way wait in a list, and a read
+ * has nothing to give back, or gives its pooled connection back synchronously.
  */
 export class TenantScopedDb {
   /**
@@ -45,9 +47,12 @@ export class TenantScopedDb {
   }
 
   readonly #pool: pg.Pool
+  readonly #lanes: ReadLanes | null
   readonly #tenant: ResolvedTenant
   readonly #readOnly: boolean
   #client: pg.PoolClient | null = null
+  /** The read lane #client belongs to (shared: never released by this handle). */
+  #lane: Lane | null = null
   /** A connection was asked for (it may still be on its way). */
   #used = false
   /** Queries asked for before the connection arrived, in order. */
@@ -62,8 +67,10 @@ export class TenantScopedDb {
   #finished = false
   #acquiredAt = 0
 
-  constructor(pool: pg.Pool, tenant: ResolvedTenant, readOnly: boolean) {
+  /** `lanes` carry the handle's queries if it is read-only; null, or none free, takes a pooled connection. */
+  constructor(pool: pg.Pool, tenant: ResolvedTenant, readOnly: boolean, lanes: ReadLanes | null = null) {
     this.#pool = pool
+    this.#lanes = readOnly ? lanes : null
     this.#tenant = tenant
     this.#readOnly = readOnly
   }
@@ -101,6 +108,7 @@ export class TenantScopedDb {
           naming: this.#tenant
         })
         query.callback = (error, result) => {
+          if (query.lane) laneAnswered(query.lane)
           if (error && !retried && this.#canRetry(error, opensTransaction)) {
             retried = true
             // The statement was planned before a migration changed what it reads; the failed
@@ -123,7 +131,7 @@ export class TenantScopedDb {
           if (--this.#inflight === 0 && this.#settled) this.#settled()
         }
         if (this.#client) {
-          this.#client.query(query as unknown as pg.QueryConfig)
+          this.#send(query)
         } else {
           ;(this.#waiting ??= []).push(query)
           if (!this.#used) this.#connect()
@@ -145,27 +153,70 @@ export class TenantScopedDb {
     return this.#readOnly || (opensTransaction && this.#inflight === 1)
   }
 
+  #send(query: ScopedQuery): void {
+    const lane = this.#lane
+    if (lane !== null) {
+      if (!lane.open) {
+        // The lane went back to the pool (idle, failed or closing) since this handle took it:
+        // its connection may now be inside another request's transaction. Find another way.
+        this.#lane = null
+        this.#client = null
+        ;(this.#waiting ??= []).push(query)
+        return this.#connect()
+      }
+      laneSent(lane)
+      query.lane = lane
+    }
+    this.#client!.query(query as unknown as pg.QueryConfig)
+  }
+
   #connect(): void {
     this.#used = true
+    if (this.#lanes) {
+      this.#lanes.acquire((error, lane) => {
+        if (lane) {
+          this.#lane = lane
+          this.#connected(lane.client, null)
+        } else if (error) {
+          this.#connected(null, error)
+        } else {
+          this.#connectPooled()
+        }
+      })
+      return
+    }
+    this.#connectPooled()
+  }
+
+  #connectPooled(): void {
     this.#pool.connect((error, client, release) => {
-      const waiting = this.#waiting ?? []
-      this.#waiting = null
-      if (error || !client) {
-        this.#connectError = toApiError(error) ?? error
-        for (const query of waiting) query.callback!(this.#connectError as Error, undefined as never)
-        return
-      }
-      if (this.#finished) {
+      if (client && this.#finished) {
         // The request ended (an abort, a timeout) while the connection was on its way: nothing
         // was sent on it, so it goes straight back.
         release()
-        for (const query of waiting) query.callback!(new Error('The request has finished; its database handle is closed'), undefined as never)
-        return
+        return this.#connected(null, null)
       }
-      this.#client = client
-      if (contextSwitchObservers.has(this.#pool)) this.#acquiredAt = performance.now()
-      for (const query of waiting) client.query(query as unknown as pg.QueryConfig)
+      this.#connected(client ?? null, error ?? null)
     })
+  }
+
+  /** The connection arrived (or could not be had): the queries asked for meanwhile go out, or fail. */
+  #connected(client: pg.PoolClient | null, error: Error | null): void {
+    const waiting = this.#waiting ?? []
+    this.#waiting = null
+    if (error || !client) {
+      const failure = error ? (this.#connectError = toApiError(error) ?? error) : new Error('The request has finished; its database handle is closed')
+      for (const query of waiting) query.callback!(failure as Error, undefined as never)
+      return
+    }
+    if (this.#finished) {
+      // Only a lane can get here: it is shared, so there is nothing to give back.
+      for (const query of waiting) query.callback!(new Error('The request has finished; its database handle is closed'), undefined as never)
+      return
+    }
+    this.#client = client
+    if (contextSwitchObservers.has(this.#pool)) this.#acquiredAt = performance.now()
+    for (const query of waiting) this.#send(query)
   }
 
   /** Resolves once no query of this handle is in flight (an abort can come while one is). */
@@ -187,10 +238,12 @@ export class TenantScopedDb {
     if (this.#finished) return
     this.#finished = true
     const client = this.#client
-    // No connection yet: one that arrives later is released on arrival (see #connect).
+    // No connection yet: one that arrives later is released on arrival (see #connectPooled).
     if (!client) return
     this.#client = null
 
+    // A lane is shared: its queries still in flight are answered to a handle nobody listens to.
+    if (this.#lane) return
     if (!this.#inTransaction) {
       // Reads: every flight ended its own implicit transaction at its Sync.
       if (this.#inflight === 0) {
