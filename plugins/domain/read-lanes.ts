@@ -28,7 +28,7 @@ const MAX_LANE_DEPTH = 32
  * so that only the reads already queued behind it wait for it. Flights take well under a
  * millisecond; a healthy lane under load answers many per millisecond.
  */
-const STALL_MS = 20
+export const STALL_MS = 20
 /** A lane not handed out for one to two sweeps goes back to the pool: an idle service holds none. */
 const IDLE_SWEEP_MS = 1000
 
@@ -51,9 +51,9 @@ export type LaneCallback = (error: Error | null, lane: Lane | null) => void
  * seen to stall. Lanes open as load needs them, up to `size`, taken from the pool (which still
  * bounds the connections). When no lane can take a read (all stalled, or `MAX_LANE_DEPTH` deep),
  * `acquire` answers null and the read takes a pooled connection of its own, with the pool's bounded
- * wait (PG_ACQUIRE_TIMEOUT_MS) and its 503. Writes never use lanes:
- * a transaction spans several flights and needs a connection to itself. A lane left unused for a
- * second or two goes back to the pool, so a quiet service holds no connection out of it.
+ * wait (PG_ACQUIRE_TIMEOUT_MS) and its 503. Writes never use lanes: a transaction spans several
+ * flights and needs a connection to itself. A lane left unused for a second or two goes back to
+ * the pool, so a quiet service holds no connection out of it.
  */
 export class ReadLanes {
   readonly #pool: pg.Pool
@@ -68,10 +68,6 @@ export class ReadLanes {
   constructor(pool: pg.Pool, size: number) {
     this.#pool = pool
     this.#size = size
-  }
-
-  get size(): number {
-    return this.#lanes.length
   }
 
   /**
