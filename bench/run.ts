@@ -69,7 +69,9 @@ its own database (on BENCH_DATABASE_URL, else the PostgreSQL at 127.0.0.1:5432, 
 one) and drops it, with its tenant roles, at the end. See BENCHMARKS.md.
 
 Options:
-  --tenants N                tenants the uniform cases spread over (default 100; --quick: 10)
+  --tenants N                tenants the uniform cases spread over (default 100; --quick: 10);
+                             --tenants 10000 is the full-scale run: every case, and npm run
+                             migrate, over 10,000 tenants
   --zipf-tenants N           tenants the Zipf-skewed case d spreads over (default 1000)
   --rows N                   users and files rows per tenant (default 20)
   --duration S               seconds per case and round (default 10; --quick: 3)
@@ -77,9 +79,11 @@ Options:
   --warmup S                 warm-up seconds per case before the rounds (default 3; --quick: 1)
   --connections N            concurrent connections (default 50)
   --creations N              tenants created through POST /auth/tenants, one at a time (default 200)
-  --migrate-tenants N        tenants in the database when npm run migrate is timed (default 1000)
+  --migrate-tenants N        tenants in the database when npm run migrate is timed (default 1000,
+                             or --tenants when more)
   --migrate-concurrency N    npm run migrate --concurrency (default 4)
-  --scale-tenants N          tenants in the database for the scale comparison (default 10000)
+  --scale-tenants N          tenants in the database for the scale comparison (default 10000);
+                             left out when not more than --tenants
   --scale N                  sets both --scale-tenants and --migrate-tenants (e.g. --scale 10000)
   --skip-scale               leave out the scale comparison
   --skip LIST                leave out parts, comma-separated: ${PARTS.join(', ')}
@@ -181,9 +185,14 @@ function parseOptions(argv: string[]): Options | null {
     if (!match) throw new UsageError(`--env takes NAME=VALUE (got "${assignment}")`)
     env[match[1]] = match[2]
   }
+  const tenants = integer('tenants', quick ? 10 : 100, 1, 99_999)
+  // --tenants 10000 is a full-scale run: npm run migrate is then timed over all of them, and the
+  // 10,000-tenant comparison has nothing to compare with unless asked for with more tenants.
+  const scaleTenants = integer('scale-tenants', scale || Math.max(10_000, tenants), 1, 99_999)
+  if (scaleTenants <= tenants) skip.add('scale')
   return {
     quick,
-    tenants: integer('tenants', quick ? 10 : 100, 1, 99_999),
+    tenants,
     zipfTenants: integer('zipf-tenants', 1000, 1, 99_999),
     rows: integer('rows', 20, 1, 10_000),
     duration: integer('duration', quick ? 3 : 10, 1, 3600),
@@ -191,9 +200,9 @@ function parseOptions(argv: string[]): Options | null {
     warmup: integer('warmup', quick ? 1 : 3, 0, 600),
     connections: integer('connections', 50, 1, 10_000),
     creations: integer('creations', 200, 1, 100_000),
-    migrateTenants: integer('migrate-tenants', scale || 1000, 1, 99_999),
+    migrateTenants: integer('migrate-tenants', scale || Math.max(1000, tenants), 1, 99_999),
     migrateConcurrency: integer('migrate-concurrency', 4, 1, 256),
-    scaleTenants: integer('scale-tenants', scale || 10_000, 1, 99_999),
+    scaleTenants,
     provisionConcurrency: integer('provision-concurrency', 4, 1, 64),
     skip,
     env,
