@@ -49,6 +49,11 @@ export const EnvSchema = Type.Object({
   PG_STATEMENT_TIMEOUT_MS: Integer(5000, 1),
   /** Tenant roles are `<prefix><tenant id>`; roles are cluster-wide, so a cluster shared by several deployments needs distinct prefixes. */
   TENANT_ROLE_PREFIX: Type.String({ default: 't_', pattern: '^[a-z][a-z0-9_]{0,15}$' }),
+  /**
+   * Tenant schemas kept built ahead of need (plugins/domain/tenant-spares.ts): creating a tenant
+   * renames one instead of creating its tables while the client waits. 0 builds every tenant on the spot.
+   */
+  TENANT_SPARES: Integer(16, 0, 1000),
   /** How long a cached registry entry is trusted when change notifications are not arriving. */
   TENANT_CACHE_TTL_MS: Integer(1000, 0),
 

@@ -3,7 +3,8 @@ import { ApiError } from '../../schemas/error.ts'
 import type { Tenant, TenantStatus } from '../../schemas/tenant.ts'
 import { latestVersion, loadMigrations, type Migration } from './migrations.ts'
 import { decodeCursor, toPage } from './pagination.ts'
-import { checkTenantId, tenantPrivilegesSql, tenantRoleName } from './tenant-sql.ts'
+import type { TenantSpares } from './tenant-spares.ts'
+import { checkTenantId, tenantPrivilegesSql, tenantRoleName, type TenantIdentity } from './tenant-sql.ts'
 
 /** Channel on which every instance hears that a tenant changed, so caches drop it at once. */
 export const TENANT_CHANGED_CHANNEL = 'tenant_changed'
@@ -70,12 +71,35 @@ export interface ProvisionOptions {
   rolePrefix: string
   /** Tenant migrations to apply; the files in migrations/tenant by default. */
   migrations?: Migration[]
+  /** Schemas made ahead of need to take one from (see tenant-spares.ts); without, every tenant is built on the spot. */
+  spares?: TenantSpares | null
+}
+
+/**
+ * What makes a tenant's schema: its role, the schema, the role's rights and every tenant
+ * migration, for one transaction that also registers it (a tenant) or records it (a spare).
+ */
+export function tenantSchemaSql(identity: TenantIdentity, migrations: Migration[]): string[] {
+  const schema = pg.escapeIdentifier(identity.schema)
+  const role = pg.escapeIdentifier(identity.role)
+  return [
+    // LOGIN without a password: nobody can authenticate as it, yet Citus can open worker connections as it (DESIGN §6).
+    `CREATE ROLE ${role} LOGIN`,
+    // Membership lets a non-superuser service role SET ROLE to the tenant and drop it later.
+    `GRANT ${role} TO CURRENT_USER`,
+    `CREATE SCHEMA ${schema}`,
+    // Before the migrations, so that every table they create is granted to the role at creation.
+    tenantPrivilegesSql(identity),
+    `SET LOCAL search_path TO ${schema}`,
+    ...migrations.map((migration) => migration.sql)
+  ]
 }
 
 /**
  * Creates a tenant: registry row, role, schema and every tenant migration, in one transaction sent
- * as one message. Any failure rolls all of it back, so there is never a schema without a row, or
- * the reverse.
+ * as one message, or, when `spares` has one ready, by renaming a spare schema and role built the
+ * same way at the same migration version, in one transaction too. Any failure rolls all of it
+ * back, so there is never a schema without a row, or the reverse (a spare taken is put back).
  */
 export async function provisionTenant(
   pool: pg.Pool,
@@ -85,34 +109,31 @@ export async function provisionTenant(
   assertValidTenantId(input.id)
   const migrations = options.migrations ?? (await loadMigrations('tenant'))
   const identity = { schema: input.id, role: tenantRoleName(options.rolePrefix, input.id) }
-  const schema = pg.escapeIdentifier(identity.schema)
-  const role = pg.escapeIdentifier(identity.role)
-  const id = pg.escapeLiteral(input.id)
-
-  const script = [
-    'BEGIN',
+  const version = latestVersion(migrations)
+  const register = (statements: string[]) => [
     `INSERT INTO public.tenants (id, name, schema, role, schema_version)
-       VALUES (${id}, ${pg.escapeLiteral(input.name)}, ${pg.escapeLiteral(identity.schema)}, ${pg.escapeLiteral(identity.role)}, ${latestVersion(migrations)})`,
-    // LOGIN without a password: nobody can authenticate as it, yet Citus can open worker connections as it (DESIGN §6).
-    `CREATE ROLE ${role} LOGIN`,
-    // Membership lets a non-superuser service role SET ROLE to the tenant and drop it later.
-    `GRANT ${role} TO CURRENT_USER`,
-    `CREATE SCHEMA ${schema}`,
-    // Before the migrations, so that every table they create is granted to the role at creation.
-    tenantPrivilegesSql(identity),
-    `SET LOCAL search_path TO ${schema}`,
-    ...migrations.map((migration) => migration.sql),
-    `NOTIFY ${TENANT_CHANGED_CHANNEL}, ${id}`,
-    `SELECT ${TENANT_COLUMNS} FROM public.tenants WHERE id = ${id}`,
+       VALUES (${pg.escapeLiteral(input.id)}, ${pg.escapeLiteral(input.name)}, ${pg.escapeLiteral(identity.schema)}, ${pg.escapeLiteral(identity.role)}, ${version})`,
+    ...statements,
+    `NOTIFY ${TENANT_CHANGED_CHANNEL}, ${pg.escapeLiteral(input.id)}`,
+    `SELECT ${TENANT_COLUMNS} FROM public.tenants WHERE id = ${pg.escapeLiteral(input.id)}`,
     'COMMIT'
-  ].join(';\n')
+  ]
 
   const client = await pool.connect()
+  let spare: TenantIdentity | null = null
   let results: pg.QueryResult<TenantRow>[]
   try {
-    results = (await client.query(script)) as unknown as pg.QueryResult<TenantRow>[]
+    spare = options.spares ? await options.spares.take(client, version) : null
+    const script = spare
+      ? register([
+          `ALTER SCHEMA ${pg.escapeIdentifier(spare.schema)} RENAME TO ${pg.escapeIdentifier(identity.schema)}`,
+          `ALTER ROLE ${pg.escapeIdentifier(spare.role)} RENAME TO ${pg.escapeIdentifier(identity.role)}`
+        ])
+      : ['BEGIN', ...register(tenantSchemaSql(identity, migrations))]
+    results = (await client.query(script.join(';\n'))) as unknown as pg.QueryResult<TenantRow>[]
   } catch (error) {
-    // A failed multi-statement message leaves the transaction aborted; roll back before reuse.
+    // A failed multi-statement message leaves the transaction aborted; roll back before reuse
+    // (which also puts a spare taken back).
     await client.query('ROLLBACK').then(
       () => client.release(),
       () => client.release(true)
@@ -120,6 +141,7 @@ export async function provisionTenant(
     throw mapProvisioningError(error, input.id)
   }
   client.release()
+  if (spare) options.spares!.replace()
   const row = results.at(-2)?.rows[0]
   if (!row) throw new Error('Provisioning returned no tenant row')
   return row

@@ -86,6 +86,8 @@ export function testConfig(database: TestDatabase, env: Record<string, string> =
     LOG_LEVEL: 'silent',
     DATABASE_URL: database.url,
     TENANT_ROLE_PREFIX: database.rolePrefix,
+    // No spare schemas built in the background of every test; test/tenant-spares.test.ts has them.
+    TENANT_SPARES: '0',
     ...env
   })
 }

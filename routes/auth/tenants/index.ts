@@ -21,7 +21,7 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     },
     async (request, reply) => {
-      const row = await provisionTenant(pool, request.body, { rolePrefix: fastify.config.TENANT_ROLE_PREFIX })
+      const row = await provisionTenant(pool, request.body, { rolePrefix: fastify.config.TENANT_ROLE_PREFIX, spares: fastify.tenantSpares })
       fastify.tenantCache.invalidate(row.id)
       return reply.code(201).header('location', `/auth/tenants/${row.id}`).send(toTenant(row))
     }

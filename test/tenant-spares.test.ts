@@ -1,0 +1,187 @@
+import t from 'tap'
+import { latestVersion, loadMigrations } from '../plugins/domain/migrations.ts'
+import { eventually } from './helpers/wait.ts'
+import { createTenant, setupApp, type TestContext } from './helpers/app.ts'
+
+/**
+ * Tenant schemas built ahead of need (TENANT_SPARES): creating a tenant renames one. Each test
+ * checks what a tenant made from a spare is, and that a spare can be neither named nor reached.
+ */
+
+const SPARES = 3
+let ctx: TestContext
+let version: number
+
+t.before(async () => {
+  ctx = await setupApp(t, { TENANT_SPARES: String(SPARES) })
+  version = latestVersion(await loadMigrations('tenant'))
+})
+
+interface Spare {
+  schema: string
+  role: string
+  oid: number
+}
+
+async function spares(): Promise<Spare[]> {
+  const { rows } = await ctx.admin.query<Spare>(
+    `SELECT s.schema, s.role, n.oid::int AS oid FROM public.tenant_spares s
+       JOIN pg_namespace n ON n.nspname = s.schema WHERE s.schema_version = $1 ORDER BY s.schema`,
+    [version]
+  )
+  return rows
+}
+
+/** At least SPARES ready (two builders may briefly make one more). */
+const stocked = () => eventually(async () => (await spares()).length >= SPARES)
+
+const schemaOid = async (schema: string) =>
+  (await ctx.admin.query<{ oid: number }>('SELECT oid::int AS oid FROM pg_namespace WHERE nspname = $1', [schema])).rows[0]?.oid
+
+const exists = async (spare: Pick<Spare, 'schema' | 'role'>) => {
+  const { rows } = await ctx.admin.query<{ schema: boolean; role: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS schema,
+            EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) AS role`,
+    [spare.schema, spare.role]
+  )
+  return rows[0]
+}
+
+const post = (id: string, name = id) => ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: ctx.auth.admin(), payload: { id, name } })
+
+t.test('spares are built in the background, each a schema and a role made as a tenant', async (t) => {
+  t.ok(await stocked(), `${SPARES} spares ready`)
+  for (const spare of await spares()) {
+    t.match(spare.schema, /^_spare_[0-9a-f]{12}$/)
+    t.ok(spare.role.startsWith(ctx.config.TENANT_ROLE_PREFIX), 'its role carries the deployment prefix (dropped with its roles)')
+    const { rows: tables } = await ctx.admin.query(`SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1`, [spare.schema])
+    t.same(
+      tables.map((row) => row.tablename),
+      ['files', 'users'],
+      'every tenant migration ran in it'
+    )
+  }
+  const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM public.tenants`)
+  t.equal(rows[0].n, 0, 'no spare is a tenant')
+})
+
+t.test('creating a tenant renames a spare: its rights, its data path, and the stock refilled', async (t) => {
+  t.ok(await stocked())
+  const before = await spares()
+  const response = await post('from-spare', 'From Spare')
+  t.equal(response.statusCode, 201)
+  t.match(response.json(), { id: 'from-spare', schema: 'from-spare', schemaVersion: version, status: 'active' })
+
+  const oid = await schemaOid('from-spare')
+  const spare = before.find((candidate) => candidate.oid === oid)
+  t.ok(spare, 'the tenant schema is one of the spares, renamed')
+  t.same(await exists(spare!), { schema: false, role: false }, 'the spare names are gone')
+
+  const role = `${ctx.config.TENANT_ROLE_PREFIX}from-spare`
+  const { rows } = await ctx.admin.query(
+    `SELECT r.rolcanlogin AS login, r.rolpassword IS NULL AS no_password, r.rolsuper AS superuser,
+            has_schema_privilege(r.rolname, 'from-spare', 'USAGE') AS uses_schema,
+            has_table_privilege(r.rolname, '"from-spare".users', 'SELECT, INSERT, UPDATE, DELETE') AS uses_tables,
+            has_table_privilege(r.rolname, 'public.tenants', 'SELECT') AS reads_registry
+       FROM pg_authid r WHERE r.rolname = $1`,
+    [role]
+  )
+  t.same(rows[0], { login: true, no_password: true, superuser: false, uses_schema: true, uses_tables: true, reads_registry: false })
+
+  const headers = ctx.auth.tenantUser('from-spare')
+  const created = await ctx.app.inject({ method: 'POST', url: '/users', headers, payload: { email: 'ada@spare.test', name: 'Ada' } })
+  t.equal(created.statusCode, 201)
+  const read = await ctx.app.inject({ method: 'GET', url: `/users/${created.json().id}`, headers })
+  t.equal(read.statusCode, 200)
+  t.equal(read.json().email, 'ada@spare.test')
+  const health = await ctx.app.inject({ method: 'GET', url: '/', headers })
+  t.equal(health.json().database.currentSchema, 'from-spare', 'requests run in the renamed schema')
+
+  t.ok(await stocked(), 'the stock is topped up again')
+  t.notOk(
+    (await spares()).some((candidate) => candidate.oid === oid),
+    'with a new spare'
+  )
+
+  const deleted = await ctx.app.inject({ method: 'DELETE', url: '/auth/tenants/from-spare', headers: ctx.auth.admin() })
+  t.equal(deleted.statusCode, 204, 'and it is deleted like any tenant')
+  t.same(await exists({ schema: 'from-spare', role }), { schema: false, role: false })
+})
+
+t.test('a spare cannot be named by a request or a creation, nor reached by a tenant role', async (t) => {
+  await createTenant(ctx, 'spare-probe')
+  t.ok(await stocked())
+  const [spare] = await spares()
+
+  const asHeader = await ctx.app.inject({ method: 'GET', url: '/users', headers: { ...ctx.auth.tenantUser('spare-probe'), 'x-tenant-id': spare.schema } })
+  t.equal(asHeader.statusCode, 400)
+  t.equal(asHeader.json().code, 'TENANT_ID_INVALID')
+
+  const asId = await post(spare.schema)
+  t.equal(asId.statusCode, 400, 'no tenant can be created under a spare\'s name')
+  const { rows: registered } = await ctx.admin.query(`SELECT count(*)::int AS n FROM public.tenants WHERE id = $1`, [spare.schema])
+  t.equal(registered[0].n, 0)
+
+  const role = `${ctx.config.TENANT_ROLE_PREFIX}spare-probe`
+  const client = await ctx.admin.connect()
+  try {
+    await client.query('BEGIN')
+    await client.query(`SET LOCAL ROLE "${role}"`)
+    await t.rejects(client.query(`INSERT INTO "${spare.schema}".users (email, name) VALUES ('x@x.test', 'x')`), { code: '42501' }, 'no write into a spare')
+    await client.query('ROLLBACK')
+    await client.query('BEGIN')
+    await client.query(`SET LOCAL ROLE "${role}"`)
+    await t.rejects(client.query(`SELECT * FROM "${spare.schema}".users`), { code: '42501' }, 'no read of a spare')
+  } finally {
+    await client.query('ROLLBACK')
+    client.release()
+  }
+  const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM "${spare.schema}".users`)
+  t.equal(rows[0].n, 0, 'nothing was written into the spare')
+  t.ok((await spares()).some((candidate) => candidate.schema === spare.schema), 'and it is still a spare')
+})
+
+t.test('a creation that fails puts its spare back', async (t) => {
+  await createTenant(ctx, 'dupe-spare', 'Original')
+  t.ok(await stocked())
+  const before = await spares()
+  const response = await post('dupe-spare', 'Impostor')
+  t.equal(response.statusCode, 409)
+  t.equal(response.json().code, 'TENANT_EXISTS')
+  const after = new Set((await spares()).map((spare) => spare.schema))
+  t.ok(
+    before.every((spare) => after.has(spare.schema)),
+    'every spare is still there, under its own name'
+  )
+  const { rows } = await ctx.admin.query(`SELECT name FROM public.tenants WHERE id = 'dupe-spare'`)
+  t.same(rows, [{ name: 'Original' }])
+})
+
+t.test('concurrent creations take different spares, and more creations than spares all succeed', async (t) => {
+  t.ok(await stocked())
+  const ids = Array.from({ length: SPARES * 2 }, (_, i) => `burst-${i}`)
+  const answers = await Promise.all(ids.map((id) => post(id)))
+  t.same(
+    answers.map((answer) => answer.statusCode),
+    ids.map(() => 201)
+  )
+  const oids = await Promise.all(ids.map(schemaOid))
+  t.equal(new Set(oids).size, ids.length, 'each its own schema')
+  for (const id of ids) {
+    const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = $1`, [id])
+    t.equal(rows[0].n, 2, `${id} has its tables`)
+  }
+  t.ok(await stocked(), 'the stock is topped up again')
+})
+
+t.test('a spare of an older migration version is never taken, and is dropped', async (t) => {
+  t.ok(await stocked())
+  const [old] = await spares()
+  await ctx.admin.query('UPDATE public.tenant_spares SET schema_version = schema_version - 1 WHERE schema = $1', [old.schema])
+  for (let i = 0; i < SPARES; i++) t.equal((await post(`newer-${i}`)).statusCode, 201)
+  const oids = await Promise.all(Array.from({ length: SPARES }, (_, i) => schemaOid(`newer-${i}`)))
+  t.notOk(oids.includes(old.oid), 'no tenant got the old spare')
+  ctx.app.tenantSpares.check()
+  t.ok(await eventually(async () => !(await exists(old)).schema && !(await exists(old)).role), 'the old spare was dropped')
+  t.ok(await stocked(), 'and the stock is whole at the current version')
+})
