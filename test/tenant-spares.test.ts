@@ -185,3 +185,11 @@ t.test('a spare of an older migration version is never taken, and is dropped', a
   t.ok(await eventually(async () => !(await exists(old)).schema && !(await exists(old)).role), 'the old spare was dropped')
   t.ok(await stocked(), 'and the stock is whole at the current version')
 })
+
+t.test('without the control-plane table of spares (migrations pending), tenants are built on the spot', async (t) => {
+  await ctx.admin.query('DROP TABLE public.tenant_spares')
+  const response = await post('no-spares-table')
+  t.equal(response.statusCode, 201)
+  const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'no-spares-table'`)
+  t.equal(rows[0].n, 2, 'with its tables')
+})

@@ -76,13 +76,22 @@ export class TenantSpares {
     // TENANT_SPARES=0 means every tenant is built on the spot, spares left from before included.
     if (this.#options.target === 0 || version !== this.#version) return null
     for (let attempt = 0; attempt < 2; attempt++) {
-      const results = (await client.query(
-        `BEGIN;
-         DELETE FROM public.tenant_spares WHERE schema = (
-           SELECT schema FROM public.tenant_spares WHERE schema_version = ${this.#version}
-            ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
-         ) RETURNING schema, role`
-      )) as unknown as pg.QueryResult<TenantIdentity>[]
+      let results: pg.QueryResult<TenantIdentity>[]
+      try {
+        results = (await client.query(
+          `BEGIN;
+           DELETE FROM public.tenant_spares WHERE schema = (
+             SELECT schema FROM public.tenant_spares WHERE schema_version = ${this.#version}
+              ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+           ) RETURNING schema, role`
+        )) as unknown as pg.QueryResult<TenantIdentity>[]
+      } catch (error) {
+        // No public.tenant_spares yet (control-plane migrations pending, MIGRATE_ON_START=false):
+        // the tenant is built on the spot, as before spares existed.
+        if ((error as { code?: string }).code !== '42P01') throw error
+        await client.query('ROLLBACK')
+        return null
+      }
       const spare = results[1].rows[0]
       if (spare) return spare
       await client.query('ROLLBACK')
