@@ -1,7 +1,7 @@
 import t from 'tap'
 import { latestVersion, loadMigrations } from '../plugins/domain/migrations.ts'
 import { eventually } from './helpers/wait.ts'
-import { createTenant, setupApp, type TestContext } from './helpers/app.ts'
+import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 
 /**
  * Tenant schemas built ahead of need (TENANT_SPARES): creating a tenant renames one. Each test
@@ -78,15 +78,7 @@ t.test('creating a tenant renames a spare: its rights, its data path, and the st
   t.same(await exists(spare!), { schema: false, role: false }, 'the spare names are gone')
 
   const role = `${ctx.config.TENANT_ROLE_PREFIX}from-spare`
-  const { rows } = await ctx.admin.query(
-    `SELECT r.rolcanlogin AS login, r.rolpassword IS NULL AS no_password, r.rolsuper AS superuser,
-            has_schema_privilege(r.rolname, 'from-spare', 'USAGE') AS uses_schema,
-            has_table_privilege(r.rolname, '"from-spare".users', 'SELECT, INSERT, UPDATE, DELETE') AS uses_tables,
-            has_table_privilege(r.rolname, 'public.tenants', 'SELECT') AS reads_registry
-       FROM pg_authid r WHERE r.rolname = $1`,
-    [role]
-  )
-  t.same(rows[0], { login: true, no_password: true, superuser: false, uses_schema: true, uses_tables: true, reads_registry: false })
+  t.same(await tenantRoleRights(ctx.admin, 'from-spare', role), TENANT_ROLE_RIGHTS)
 
   const headers = ctx.auth.tenantUser('from-spare')
   const created = await ctx.app.inject({ method: 'POST', url: '/users', headers, payload: { email: 'ada@spare.test', name: 'Ada' } })

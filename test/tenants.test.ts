@@ -1,7 +1,7 @@
 import t from 'tap'
 import { latestVersion, loadMigrations } from '../plugins/domain/migrations.ts'
 import { provisionTenant } from '../plugins/domain/tenants.ts'
-import { createTenant, setupApp, type TestContext } from './helpers/app.ts'
+import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 
@@ -35,15 +35,7 @@ t.test('POST /auth/tenants creates the row, the schema and the role', async (t) 
   t.equal(response.headers.location, '/auth/tenants/acme-corp')
   t.same(await traces('acme-corp'), { row: true, schema: true, role: true })
 
-  const { rows } = await ctx.admin.query(
-    `SELECT r.rolcanlogin AS login, r.rolpassword IS NULL AS no_password, r.rolsuper AS superuser,
-            has_schema_privilege(r.rolname, 'acme-corp', 'USAGE') AS uses_schema,
-            has_table_privilege(r.rolname, '"acme-corp".users', 'SELECT, INSERT, UPDATE, DELETE') AS uses_tables,
-            has_table_privilege(r.rolname, 'public.tenants', 'SELECT') AS reads_registry
-       FROM pg_authid r WHERE r.rolname = $1`,
-    [roleOf('acme-corp')]
-  )
-  t.same(rows[0], { login: true, no_password: true, superuser: false, uses_schema: true, uses_tables: true, reads_registry: false })
+  t.same(await tenantRoleRights(ctx.admin, 'acme-corp', roleOf('acme-corp')), TENANT_ROLE_RIGHTS)
   const { rows: tables } = await ctx.admin.query(`SELECT tablename FROM pg_tables WHERE schemaname = 'acme-corp' ORDER BY 1`)
   t.ok(tables.some((row) => row.tablename === 'users'), 'the tenant migrations ran in the schema')
 })

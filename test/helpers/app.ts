@@ -162,3 +162,19 @@ export async function createTenant(context: Pick<TestContext, 'app' | 'auth'>, i
   })
   if (response.statusCode !== 201) throw new Error(`creating tenant ${id}: ${response.statusCode} ${response.body}`)
 }
+
+/** What a tenant's role is and may do, as PostgreSQL sees it: the rights every tenant role must have, and no more. */
+export async function tenantRoleRights(admin: pg.Pool, tenant: string, role: string) {
+  const { rows } = await admin.query(
+    `SELECT r.rolcanlogin AS login, r.rolpassword IS NULL AS no_password, r.rolsuper AS superuser,
+            has_schema_privilege(r.rolname, $2, 'USAGE') AS uses_schema,
+            has_table_privilege(r.rolname, format('%I.users', $2::text), 'SELECT, INSERT, UPDATE, DELETE') AS uses_tables,
+            has_table_privilege(r.rolname, 'public.tenants', 'SELECT') AS reads_registry
+       FROM pg_authid r WHERE r.rolname = $1`,
+    [role, tenant]
+  )
+  return rows[0]
+}
+
+/** tenantRoleRights of a correctly provisioned tenant. */
+export const TENANT_ROLE_RIGHTS = { login: true, no_password: true, superuser: false, uses_schema: true, uses_tables: true, reads_registry: false }
