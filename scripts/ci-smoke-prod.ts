@@ -28,6 +28,8 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 
 interface Dependencies {
   databaseUrl: string
+  /** The scratch database's role prefix: the tenant and spare roles the server makes are dropped with it. */
+  rolePrefix: string
   issuer: string
   s3Endpoint: string
   bucket: string
@@ -41,6 +43,7 @@ function productionEnv(deps: Dependencies): Record<string, string> {
     PORT: '0',
     LOG_LEVEL: 'info',
     DATABASE_URL: deps.databaseUrl,
+    TENANT_ROLE_PREFIX: deps.rolePrefix,
     JWT_ISSUER: deps.issuer,
     JWT_CLIENT_ID: 'ci-smoke-client',
     S3_BUCKET: deps.bucket,
@@ -77,11 +80,11 @@ function runCommand(command: string, args: string[]): Promise<number> {
   })
 }
 
-async function createDatabase(): Promise<string> {
+async function createDatabase(): Promise<{ url: string; rolePrefix: string }> {
   const clusterUrl = process.env.SMOKE_PG_URL ?? process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
   const database = await createScratchDatabase(clusterUrl, 'smoke')
   cleanups.push(() => database.drop())
-  return database.url
+  return { url: database.url, rolePrefix: database.rolePrefix }
 }
 
 /** An issuer publishing one freshly generated RS256 key, as Cognito does under the pool's URL. */
@@ -142,8 +145,10 @@ async function smoke() {
   }
 
   const bucket = 'ci-smoke'
+  const database = await createDatabase()
   const deps: Dependencies = {
-    databaseUrl: await createDatabase(),
+    databaseUrl: database.url,
+    rolePrefix: database.rolePrefix,
     issuer: await startIssuer(),
     s3Endpoint: await startS3(bucket),
     bucket
