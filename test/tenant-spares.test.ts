@@ -1,5 +1,8 @@
+import type { FastifyBaseLogger } from 'fastify'
+import pg from 'pg'
 import t from 'tap'
 import { latestVersion, loadMigrations } from '../plugins/domain/migrations.ts'
+import { TenantSpares } from '../plugins/domain/tenant-spares.ts'
 import { eventually } from './helpers/wait.ts'
 import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 
@@ -184,4 +187,18 @@ t.test('without the control-plane table of spares (migrations pending), tenants 
   t.equal(response.statusCode, 201)
   const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'no-spares-table'`)
   t.equal(rows[0].n, 2, 'with its tables')
+})
+
+t.test('a database that does not answer stops building quietly: logged, never thrown', async (t) => {
+  // Nothing listens on port 1: every connection is refused, as during an outage.
+  const pool = new pg.Pool({ connectionString: 'postgres://postgres@127.0.0.1:1/postgres', connectionTimeoutMillis: 500 })
+  pool.on('error', () => undefined)
+  const warnings: string[] = []
+  const log = { warn: (_details: unknown, message: string) => warnings.push(message) } as unknown as FastifyBaseLogger
+  const spares = new TenantSpares(pool, { target: 2, rolePrefix: ctx.config.TENANT_ROLE_PREFIX, migrations: await loadMigrations('tenant'), log })
+  spares.replace()
+  spares.check()
+  t.ok(await eventually(() => warnings.length >= 2), 'both the builders and the check reported the failure')
+  await spares.close()
+  await pool.end()
 })

@@ -157,23 +157,25 @@ export class TenantSpares {
    * decision can still make one too many, which the next creation takes).
    */
   async #buildWhileShort(): Promise<void> {
-    while (!this.#closed) {
-      const { rows } = await this.#pool.query<{ ready: number }>(
-        'SELECT count(*)::int AS ready FROM public.tenant_spares WHERE schema_version = $1',
-        [this.#version]
-      )
-      if (this.#closed || rows[0].ready + this.#building >= this.#options.target) return
-      this.#building++
-      try {
-        await this.#build()
-      } catch (error) {
-        // The periodic check retries.
-        this.#options.log.warn({ err: error }, 'building a spare tenant schema failed; retried later')
-        return
-      } finally {
-        this.#building--
-        this.#wake()
+    try {
+      while (!this.#closed) {
+        const { rows } = await this.#pool.query<{ ready: number }>(
+          'SELECT count(*)::int AS ready FROM public.tenant_spares WHERE schema_version = $1',
+          [this.#version]
+        )
+        if (this.#closed || rows[0].ready + this.#building >= this.#options.target) return
+        this.#building++
+        try {
+          await this.#build()
+        } finally {
+          this.#building--
+          this.#wake()
+        }
       }
+    } catch (error) {
+      // Never thrown out of the background: a database away or refusing stops this round, and
+      // the periodic check tries again.
+      this.#options.log.warn({ err: error }, 'building spare tenant schemas failed; retried later')
     }
   }
 
