@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import type { Migration } from '../plugins/domain/migrations.ts'
 import { provisionTenant } from '../plugins/domain/tenants.ts'
@@ -83,4 +84,138 @@ export async function provisionTenants(pool: pg.Pool, ids: string[], options: Pr
   }
   await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency, ids.length)) }, worker))
   return tenants
+}
+
+/** The login that the service, the bare process and the bench's own provisioning connect with. */
+export interface ServiceLogin {
+  url: string
+  role: string
+  superuser: boolean
+}
+
+/**
+ * Production runs the service as an ordinary role that is a member of every tenant role (DESIGN
+ * §6), and PostgreSQL checks that membership on every switch to a tenant role, a check a superuser
+ * skips. So when the cluster's user is a superuser, the database is handed to a role of the bench's
+ * own (`<prefix>service`: LOGIN, CREATEROLE, not a superuser), dropped with the tenant roles; with
+ * `asClusterUser` (or a cluster user that is no superuser) the cluster's user is used as it is.
+ */
+export async function createServiceLogin(database: BenchDatabase, asClusterUser: boolean): Promise<ServiceLogin> {
+  const admin = new pg.Client({ connectionString: database.url })
+  await admin.connect()
+  try {
+    const { rows } = await admin.query<{ role: string; superuser: boolean }>(
+      `SELECT current_user AS role, current_setting('is_superuser') = 'on' AS superuser`
+    )
+    if (asClusterUser || !rows[0].superuser) return { url: database.url, ...rows[0] }
+    const role = `${database.rolePrefix}service`
+    const password = randomBytes(16).toString('hex')
+    await admin.query(`CREATE ROLE ${pg.escapeIdentifier(role)} LOGIN CREATEROLE PASSWORD ${pg.escapeLiteral(password)}`)
+    // The owner of the database owns its public schema too (pg_database_owner), where the registry lives.
+    await admin.query(`ALTER DATABASE ${pg.escapeIdentifier(database.name)} OWNER TO ${pg.escapeIdentifier(role)}`)
+    const url = new URL(database.url)
+    url.username = role
+    url.password = password
+    return { url: url.toString(), role, superuser: false }
+  } finally {
+    await admin.end()
+  }
+}
+
+export interface Settled {
+  seconds: number
+  /** What could not be done with the cluster user's rights (VACUUM of shared catalogs, CHECKPOINT). */
+  skipped: string[]
+}
+
+const SETTLE_QUIET_MS = 2000
+const SETTLE_LIMIT_MS = 120_000
+
+/**
+ * Bulk provisioning leaves PostgreSQL minutes of background work: autovacuum on the catalogs that
+ * thousands of tenants grew, and a checkpoint writing and syncing every new file. A phase measured
+ * during it measures that work, not the number of tenants. So before each phase the catalogs are
+ * vacuumed and analysed, a checkpoint is forced, and the bench waits until no autovacuum worker has
+ * run in the database for two seconds (two minutes at most): the steady state an operator's
+ * database reaches minutes after tenants are created.
+ */
+export async function settleDatabase(database: BenchDatabase): Promise<Settled> {
+  const begun = performance.now()
+  const skipped: string[] = []
+  const admin = new pg.Client({ connectionString: database.url })
+  await admin.connect()
+  try {
+    const { rows } = await admin.query<{ name: string; shared: boolean }>(
+      `SELECT c.oid::regclass::text AS name, c.relisshared AS shared FROM pg_class c
+        WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r' ORDER BY 1`
+    )
+    // Without the rights, VACUUM warns and skips a table; the warnings are collected, not fatal.
+    admin.on('notice', (notice) => skipped.push(`VACUUM: ${notice.message}`))
+    await admin.query(`VACUUM (ANALYZE) ${rows.map((row) => row.name).join(', ')}`)
+    try {
+      await admin.query('CHECKPOINT')
+    } catch (error) {
+      skipped.push(`CHECKPOINT: ${(error as Error).message}`)
+    }
+    let quietSince = performance.now()
+    while (performance.now() - quietSince < SETTLE_QUIET_MS && performance.now() - begun < SETTLE_LIMIT_MS) {
+      const { rows: workers } = await admin.query<{ count: number }>(
+        `SELECT count(*)::int AS count FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND datname = $1`,
+        [database.name]
+      )
+      if (workers[0].count > 0) quietSince = performance.now()
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+  } finally {
+    await admin.end()
+  }
+  return { seconds: Math.round((performance.now() - begun) / 100) / 10, skipped }
+}
+
+export interface RoleSwitchProbe {
+  /** Median of 20 switches on a connection that has switched before. */
+  warmMs: number
+  /** Median of 5 first switches after a role of the cluster was created and dropped. */
+  afterRoleChangeMs: number
+}
+
+/**
+ * What one switch to a tenant role costs on a connection of the service's login, round trip
+ * included. PostgreSQL checks that the login is a member of the tenant role against a list of the
+ * login's memberships that each connection caches, and recomputes that list on its next switch
+ * after any role of the cluster is created, renamed or dropped (creating or deleting a tenant, or
+ * building a spare, does that). The recomputation grows with the number of memberships: this is
+ * the once-per-connection cost of a tenant creation at the phase's number of tenants.
+ */
+export async function probeRoleSwitch(serviceUrl: string, adminUrl: string, rolePrefix: string, tenantRole: string): Promise<RoleSwitchProbe> {
+  const service = new pg.Client({ connectionString: serviceUrl })
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await service.connect()
+  await admin.connect()
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
+  const switchMs = async () => {
+    await service.query('BEGIN')
+    const begun = performance.now()
+    await service.query(`SELECT set_config('role', $1, true)`, [tenantRole])
+    const ms = performance.now() - begun
+    await service.query('COMMIT')
+    return ms
+  }
+  try {
+    await switchMs()
+    const warm: number[] = []
+    for (let i = 0; i < 20; i++) warm.push(await switchMs())
+    const afterChange: number[] = []
+    const probe = pg.escapeIdentifier(`${rolePrefix}role_change_probe`)
+    for (let i = 0; i < 5; i++) {
+      await admin.query(`CREATE ROLE ${probe} NOLOGIN`)
+      await admin.query(`DROP ROLE ${probe}`)
+      afterChange.push(await switchMs())
+    }
+    const round = (value: number) => Math.round(value * 1000) / 1000
+    return { warmMs: round(median(warm)), afterRoleChangeMs: round(median(afterChange)) }
+  } finally {
+    await service.end()
+    await admin.end()
+  }
 }

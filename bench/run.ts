@@ -17,6 +17,7 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { latestVersion, loadMigrations, migrateControlPlane, MIGRATIONS_ROOT, type Migration } from '../plugins/domain/migrations.ts'
+import { tenantRoleName } from '../plugins/domain/tenant-sql.ts'
 import { startEmbeddedS3 } from '../plugins/embedded/s3.ts'
 import { EnvSchema } from '../schemas/env.ts'
 import { startTestIssuer, type TestIssuer } from '../test/helpers/issuer.ts'
@@ -24,10 +25,15 @@ import {
   benchTenantId,
   chooseCluster,
   createBenchDatabase,
+  createServiceLogin,
   insertTenantRows,
+  probeRoleSwitch,
   provisionTenants,
+  settleDatabase,
   type BenchDatabase,
-  type BenchTenant
+  type BenchTenant,
+  type RoleSwitchProbe,
+  type Settled
 } from './database.ts'
 import { percentile, runLoad, uniform, zipf, type Picker, type RequestSpec, type RunStats } from './load.ts'
 import {
@@ -89,6 +95,8 @@ Options:
   --skip LIST                leave out parts, comma-separated: ${PARTS.join(', ')}
   --provision-concurrency N  tenants provisioned at once (default 4)
   --env NAME=VALUE           extra service configuration, repeatable (e.g. --env PG_POOL_MAX=10)
+  --as-cluster-user          the service connects as the cluster's own user, even a superuser
+                             (default: a login role of the bench's own, no superuser, as deployed)
   --quick                    CI guard: few tenants, short cases, cases a to c only; exits 1 when a
                              tenant-scoped/floor throughput ratio is below ${GUARD_MIN_RATIO}
   --summary FILE             write {passed, failed, exitCode} to FILE (for .ci/run)
@@ -118,6 +126,7 @@ interface Options {
   provisionConcurrency: number
   skip: Set<Part>
   env: Record<string, string>
+  asClusterUser: boolean
   summary?: string
   output?: string
   profile?: string
@@ -145,6 +154,7 @@ const parseCommandLine = (argv: string[]) =>
       skip: { type: 'string' },
       'provision-concurrency': { type: 'string' },
       env: { type: 'string', multiple: true },
+      'as-cluster-user': { type: 'boolean' },
       quick: { type: 'boolean' },
       summary: { type: 'string' },
       output: { type: 'string' },
@@ -206,6 +216,7 @@ function parseOptions(argv: string[]): Options | null {
     provisionConcurrency: integer('provision-concurrency', 4, 1, 64),
     skip,
     env,
+    asClusterUser: values['as-cluster-user'] === true,
     summary: values.summary,
     output: values.output,
     profile: values.profile
@@ -269,6 +280,8 @@ interface CaseSummary {
 interface PhaseResult {
   name: string
   tenantsInDatabase: number
+  settled: Settled
+  roleSwitch: RoleSwitchProbe
   warmup: { case: string; stats: RunStats }[]
   runs: RoundRun[]
   summary: CaseSummary[]
@@ -358,7 +371,11 @@ async function bench(options: Options): Promise<number> {
   const database: BenchDatabase = await createBenchDatabase(cluster)
   onCleanup(`dropping database ${database.name} and its tenant roles`, () => database.drop())
   log(`database ${database.name} created (tenant roles ${database.rolePrefix}*)`)
-  const pool = new pg.Pool({ connectionString: database.url, max: options.provisionConcurrency + 1, application_name: 'tenant-service-bench' })
+  // Provisioning connects as the service does, so tenant roles are granted to the service's login.
+  const login = await createServiceLogin(database, options.asClusterUser)
+  report.serviceLogin = { role: login.role, superuser: login.superuser }
+  log(`the service connects as ${login.role}${login.superuser ? ', a superuser: PostgreSQL skips its role-membership checks' : ' (not a superuser)'}`)
+  const pool = new pg.Pool({ connectionString: login.url, max: options.provisionConcurrency + 1, application_name: 'tenant-service-bench' })
   // The drop at the end ends these connections; that must not crash the bench.
   pool.on('error', () => undefined)
   onCleanup('closing the bench pool', () => pool.end())
@@ -385,7 +402,7 @@ async function bench(options: Options): Promise<number> {
     HOST: '127.0.0.1',
     PORT: '0',
     LOG_LEVEL: 'warn',
-    DATABASE_URL: database.url,
+    DATABASE_URL: login.url,
     TENANT_ROLE_PREFIX: database.rolePrefix,
     MIGRATE_ON_START: 'false',
     JWT_ISSUER: issuer.url,
@@ -570,6 +587,10 @@ async function bench(options: Options): Promise<number> {
     // Tokens are minted (and headers built) now, not on a tenant's first request under load.
     for (const phaseCase of cases) for (const tenant of phaseCase.tenants) phaseCase.def.request(tenant)
     const tenantsInDatabase = await countTenants()
+    checkpoint()
+    log(`${name}: letting PostgreSQL settle (catalogs vacuumed, a checkpoint, autovacuum idle)`)
+    const settled = await settleDatabase(database)
+    for (const note of new Set(settled.skipped)) log(`${name}: settle: ${note}`)
     const warmup: PhaseResult['warmup'] = []
     if (options.warmup > 0) {
       for (const phaseCase of cases) {
@@ -596,10 +617,14 @@ async function bench(options: Options): Promise<number> {
         )
       }
     }
-    const phase: PhaseResult = { name, tenantsInDatabase, warmup, runs, summary: summarise(cases, runs) }
+    checkpoint()
+    const roleSwitch = await probeRoleSwitch(login.url, database.url, database.rolePrefix, tenantRoleName(database.rolePrefix, tenants[0].id))
+    const phase: PhaseResult = { name, tenantsInDatabase, settled, roleSwitch, warmup, runs, summary: summarise(cases, runs) }
     process.stdout.write(
       `\n${name}: ${tenantsInDatabase} tenants in the database, ${options.connections} connections, ` +
-        `${options.rounds} × ${options.duration} s per case (medians over rounds)\n${phaseTable(phase)}\n\n`
+        `${options.rounds} × ${options.duration} s per case (medians over rounds); settled in ${settled.seconds} s\n${phaseTable(phase)}\n` +
+        `switch to a tenant role as ${login.role}: ${cell(roleSwitch.warmMs, 3)} ms, ` +
+        `${cell(roleSwitch.afterRoleChangeMs, 3)} ms the first time on a connection after a role of the cluster changed\n\n`
     )
     return phase
   }
