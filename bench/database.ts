@@ -145,13 +145,15 @@ export async function settleDatabase(database: BenchDatabase): Promise<Settled> 
   const admin = new pg.Client({ connectionString: database.url })
   await admin.connect()
   try {
-    const { rows } = await admin.query<{ name: string; shared: boolean }>(
-      `SELECT c.oid::regclass::text AS name, c.relisshared AS shared FROM pg_class c
+    const { rows } = await admin.query<{ name: string }>(
+      `SELECT c.oid::regclass::text AS name FROM pg_class c
         WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r' ORDER BY 1`
     )
-    // Without the rights, VACUUM warns and skips a table; the warnings are collected, not fatal.
-    admin.on('notice', (notice) => skipped.push(`VACUUM: ${notice.message}`))
+    // Without the rights (shared catalogs need a superuser), VACUUM warns and skips a table.
+    const notVacuumed: string[] = []
+    admin.on('notice', (notice) => notVacuumed.push(notice.message ?? ''))
     await admin.query(`VACUUM (ANALYZE) ${rows.map((row) => row.name).join(', ')}`)
+    if (notVacuumed.length > 0) skipped.push(`VACUUM skipped ${notVacuumed.length} catalogs, first: ${notVacuumed[0]}`)
     try {
       await admin.query('CHECKPOINT')
     } catch (error) {
