@@ -3,6 +3,7 @@ import pg from 'pg'
 import type { Migration } from '../plugins/domain/migrations.ts'
 import { provisionTenant } from '../plugins/domain/tenants.ts'
 import { createScratchDatabase, findScratchCluster, type ScratchCluster, type ScratchDatabase } from '../plugins/embedded/postgres.ts'
+import { median, round } from './report.ts'
 
 export type Cluster = ScratchCluster
 
@@ -171,7 +172,7 @@ export async function settleDatabase(database: BenchDatabase): Promise<Settled> 
   } finally {
     await admin.end()
   }
-  return { seconds: Math.round((performance.now() - begun) / 100) / 10, skipped }
+  return { seconds: round((performance.now() - begun) / 1000, 1)!, skipped }
 }
 
 export interface RoleSwitchProbe {
@@ -192,9 +193,6 @@ export interface RoleSwitchProbe {
 export async function probeRoleSwitch(serviceUrl: string, adminUrl: string, rolePrefix: string, tenantRole: string): Promise<RoleSwitchProbe> {
   const service = new pg.Client({ connectionString: serviceUrl })
   const admin = new pg.Client({ connectionString: adminUrl })
-  await service.connect()
-  await admin.connect()
-  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
   const switchMs = async () => {
     await service.query('BEGIN')
     const begun = performance.now()
@@ -204,6 +202,8 @@ export async function probeRoleSwitch(serviceUrl: string, adminUrl: string, role
     return ms
   }
   try {
+    await service.connect()
+    await admin.connect()
     await switchMs()
     const warm: number[] = []
     for (let i = 0; i < 20; i++) warm.push(await switchMs())
@@ -214,10 +214,9 @@ export async function probeRoleSwitch(serviceUrl: string, adminUrl: string, role
       await admin.query(`DROP ROLE ${probe}`)
       afterChange.push(await switchMs())
     }
-    const round = (value: number) => Math.round(value * 1000) / 1000
-    return { warmMs: round(median(warm)), afterRoleChangeMs: round(median(afterChange)) }
+    return { warmMs: round(median(warm))!, afterRoleChangeMs: round(median(afterChange))! }
   } finally {
-    await service.end()
-    await admin.end()
+    await service.end().catch(() => undefined)
+    await admin.end().catch(() => undefined)
   }
 }
