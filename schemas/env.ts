@@ -53,7 +53,7 @@ export const EnvSchema = Type.Object({
    * Tenant schemas kept built ahead of need (plugins/domain/tenant-spares.ts): creating a tenant
    * renames one instead of creating its tables while the client waits. 0 builds every tenant on the spot.
    */
-  TENANT_SPARES: Integer(16, 0, 1000),
+  TENANT_SPARES: Integer(128, 0, 1000),
   /** How long a cached registry entry is trusted when change notifications are not arriving. */
   TENANT_CACHE_TTL_MS: Integer(1000, 0),
 

@@ -3,6 +3,7 @@ import pg from 'pg'
 import t from 'tap'
 import { latestVersion, loadMigrations } from '../plugins/domain/migrations.ts'
 import { TenantSpares } from '../plugins/domain/tenant-spares.ts'
+import { provisionTenant } from '../plugins/domain/tenants.ts'
 import { eventually } from './helpers/wait.ts'
 import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 
@@ -52,8 +53,8 @@ const exists = async (spare: Pick<Spare, 'schema' | 'role'>) => {
 
 const post = (id: string, name = id) => ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: ctx.auth.admin(), payload: { id, name } })
 
-t.test('spares are built in the background, each a schema and a role made as a tenant', async (t) => {
-  t.ok(await stocked(), `${SPARES} spares ready`)
+t.test('spares are built before the service starts, each a schema and a role made as a tenant', async (t) => {
+  t.ok((await spares()).length >= SPARES, `${SPARES} spares ready once the service is`)
   for (const spare of await spares()) {
     t.match(spare.schema, /^_spare_[0-9a-f]{12}$/)
     t.ok(spare.role.startsWith(ctx.config.TENANT_ROLE_PREFIX), 'its role carries the deployment prefix (dropped with its roles)')
@@ -169,16 +170,51 @@ t.test('concurrent creations take different spares, and more creations than spar
   t.ok(await stocked(), 'the stock is topped up again')
 })
 
-t.test('a spare of an older migration version is never taken, and is dropped', async (t) => {
+t.test('a spare of an older migration version is never taken, and is dropped once it is not fresh', async (t) => {
   t.ok(await stocked())
-  const [old] = await spares()
-  await ctx.admin.query('UPDATE public.tenant_spares SET schema_version = schema_version - 1 WHERE schema = $1', [old.schema])
+  const [old, fresh] = await spares()
+  // An hour old: left over from before a deploy. Just built: the stock of an instance still running the older code.
+  await ctx.admin.query(
+    `UPDATE public.tenant_spares SET schema_version = schema_version - 1,
+       created_at = CASE WHEN schema = $1 THEN now() - interval '1 hour' ELSE now() END
+      WHERE schema IN ($1, $2)`,
+    [old.schema, fresh.schema]
+  )
   for (let i = 0; i < SPARES; i++) t.equal((await post(`newer-${i}`)).statusCode, 201)
   const oids = await Promise.all(Array.from({ length: SPARES }, (_, i) => schemaOid(`newer-${i}`)))
-  t.notOk(oids.includes(old.oid), 'no tenant got the old spare')
-  ctx.app.tenantSpares.check()
-  t.ok(await eventually(async () => !(await exists(old)).schema && !(await exists(old)).role), 'the old spare was dropped')
+  t.notOk(oids.includes(old.oid) || oids.includes(fresh.oid), 'no tenant got an older spare')
+  await ctx.app.tenantSpares.check()
+  t.same(await exists(old), { schema: false, role: false }, 'the old spare was dropped')
+  t.same(await exists(fresh), { schema: true, role: true }, 'the fresh one is left to the instances that can use it')
   t.ok(await stocked(), 'and the stock is whole at the current version')
+  await ctx.admin.query(`UPDATE public.tenant_spares SET created_at = now() - interval '1 hour' WHERE schema = $1`, [fresh.schema])
+  await ctx.app.tenantSpares.check()
+  t.same(await exists(fresh), { schema: false, role: false }, 'until it is not fresh either')
+})
+
+t.test('a burst of creations is served from the stock; replacements wait for a pause, or for the stock to run low', async (t) => {
+  const target = 8 // low water: 2
+  const log = { info: () => undefined, warn: () => undefined } as unknown as FastifyBaseLogger
+  const migrations = await loadMigrations('tenant')
+  // Creations never pause during this test: only a low stock starts the builders.
+  const burst = new TenantSpares(ctx.admin, { target, rolePrefix: ctx.config.TENANT_ROLE_PREFIX, migrations, log, quietMs: 60_000 })
+  t.teardown(() => burst.close())
+  await burst.start()
+  t.ok((await spares()).length >= target, 'the stock is built at start')
+  const create = async (id: string) => {
+    await provisionTenant(ctx.admin, { id, name: id }, { rolePrefix: ctx.config.TENANT_ROLE_PREFIX, migrations, spares: burst })
+    burst.replace()
+  }
+
+  const before = (await spares()).length
+  for (let i = 0; i < 4; i++) await create(`quick-${i}`)
+  await burst.check()
+  t.equal((await spares()).length, before - 4, 'four creations took four spares, and nothing was built meanwhile')
+
+  let low = 0
+  while ((await spares()).length > 2) await create(`quick-low-${low++}`)
+  await burst.check()
+  t.ok((await spares()).length > 2, 'once the stock ran low, building started at once, and keeps it above the low water')
 })
 
 t.test('without the control-plane table of spares (migrations pending), tenants are built on the spot', async (t) => {

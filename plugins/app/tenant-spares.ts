@@ -19,7 +19,8 @@ export default fp(
       log: fastify.log
     })
     fastify.decorate('tenantSpares', spares)
-    // Built in the background: the service is ready without them, and creates tenants on the spot meanwhile.
+    // Before listening, the stock is built for up to a few seconds (the rest in the background),
+    // so that the first creations after a deploy find spares; without them tenants are built on the spot.
     fastify.addHook('onReady', async () => spares.start())
     fastify.addHook('preClose', async () => spares.close())
   },
