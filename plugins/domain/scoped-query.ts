@@ -232,7 +232,9 @@ export class ScopedQuery extends PgQueryClass {
         this._accumulateRows = true
       }
     }
-    connection.stream.write(flight.length === 1 ? flight[0] : Buffer.concat(flight))
+    const bytes = flight.length === 1 ? flight[0] : Buffer.concat(flight)
+    if (this.lane === null) connection.stream.write(bytes)
+    else writeThisTurn(connection.stream, bytes)
     return null
   }
 
@@ -293,5 +295,36 @@ export class ScopedQuery extends PgQueryClass {
 
 /** The part of pg's connection this writes to: its socket. */
 interface PgConnection {
-  stream: { writable: boolean; write(buffer: Buffer): boolean }
+  stream: LaneStream
+}
+
+interface LaneStream {
+  writable: boolean
+  write(buffer: Buffer): boolean
+  cork(): void
+  uncork(): void
+}
+
+/** Lane sockets holding flights until this turn of the event loop has run its I/O callbacks. */
+const corkedLanes = new Set<LaneStream>()
+
+function uncorkLanes(): void {
+  for (const stream of corkedLanes) stream.uncork()
+  corkedLanes.clear()
+}
+
+/**
+ * Writes a flight to a read lane's socket at the end of this turn of the event loop, together with
+ * the flights of every other request handled in the same turn: one system call per lane and turn
+ * instead of one per request, and PostgreSQL reads them all at once and answers them in one write.
+ * The flights wait only for the requests already being handled (setImmediate runs right after this
+ * turn's I/O callbacks), so a lone request is not delayed.
+ */
+function writeThisTurn(stream: LaneStream, bytes: Buffer): void {
+  if (!corkedLanes.has(stream)) {
+    if (corkedLanes.size === 0) setImmediate(uncorkLanes)
+    stream.cork()
+    corkedLanes.add(stream)
+  }
+  stream.write(bytes)
 }
