@@ -60,7 +60,7 @@ export interface TenantSparesOptions {
  * a deploy find one.
  *
  * Spares of an older migration version than this code's are never taken, and are dropped when
- * the stock is checked; spares of a newer version (another instance running newer code) are left
+ * the stock is checked once STALE_SPARE_AGE old; spares of a newer version (another instance running newer code) are left
  * alone. The stock may exceed `target` by a spare or two (builders of several instances counting
  * at once), which the next creations take.
  */
