@@ -10,6 +10,45 @@ export type ContextSwitchObserver = (seconds: number) => void
 
 const contextSwitchObservers = new WeakMap<pg.Pool, ContextSwitchObserver>()
 
+/** What settles the promise of a handle's query. */
+interface Settle {
+  resolve: (result: pg.QueryResult) => void
+  reject: (error: unknown) => void
+}
+
+/** A query of one handle, carrying what its answer settles (see TenantScopedDb.#answered). */
+class HandleQuery extends ScopedQuery implements Settle {
+  readonly handle: TenantScopedDb
+  /** This query's flight opens the mutation's transaction (BEGIN and the tenant's context). */
+  readonly opensTransaction: boolean
+  readonly resolve: Settle['resolve']
+  readonly reject: Settle['reject']
+  /** The second sending of a query whose prepared statement had gone stale. */
+  readonly isRetry: boolean
+
+  constructor(
+    handle: TenantScopedDb,
+    text: string,
+    values: unknown[] | undefined,
+    opensTransaction: boolean,
+    resolve: Settle['resolve'],
+    reject: Settle['reject'],
+    isRetry: boolean
+  ) {
+    super(text, values, {
+      begin: opensTransaction ? 'BEGIN' : null,
+      context: handle.readOnly || opensTransaction ? handle.tenant.context : null,
+      readOnly: handle.readOnly,
+      naming: handle.tenant
+    })
+    this.handle = handle
+    this.opensTransaction = opensTransaction
+    this.resolve = resolve
+    this.reject = reject
+    this.isRetry = isRetry
+  }
+}
+
 /**
  * The request's database handle, bound to one tenant (DESIGN §3).
  *
@@ -48,7 +87,8 @@ export class TenantScopedDb {
 
   readonly #pool: pg.Pool
   readonly #lanes: ReadLanes | null
-  readonly #tenant: ResolvedTenant
+  /** The tenant every query of this handle is scoped to. */
+  readonly tenant: ResolvedTenant
   readonly #readOnly: boolean
   #client: pg.PoolClient | null = null
   /** The read lane #client belongs to (shared: never released by this handle). */
@@ -56,7 +96,7 @@ export class TenantScopedDb {
   /** A connection was asked for (it may still be on its way). */
   #used = false
   /** Queries asked for before the connection arrived, in order. */
-  #waiting: ScopedQuery[] | null = null
+  #waiting: HandleQuery[] | null = null
   /** Set when taking a connection failed: every waiting and later query fails with it. */
   #connectError: unknown = null
   /** A mutation's transaction has been opened (its BEGIN is on the wire). */
@@ -71,7 +111,7 @@ export class TenantScopedDb {
   constructor(pool: pg.Pool, tenant: ResolvedTenant, readOnly: boolean, lanes: ReadLanes | null = null) {
     this.#pool = pool
     this.#lanes = readOnly ? lanes : null
-    this.#tenant = tenant
+    this.tenant = tenant
     this.#readOnly = readOnly
   }
 
@@ -99,46 +139,49 @@ export class TenantScopedDb {
     this.#inflight++
 
     return new Promise<pg.QueryResult<Row>>((resolve, reject) => {
-      let retried = false
-      const submit = () => {
-        const query = new ScopedQuery(sql, parameters, {
-          begin: opensTransaction ? 'BEGIN' : null,
-          context: this.#readOnly || opensTransaction ? this.#tenant.context : null,
-          readOnly: this.#readOnly,
-          naming: this.#tenant
-        })
-        query.callback = (error, result) => {
-          if (query.lane) laneAnswered(query.lane)
-          if (error && !retried && this.#canRetry(error, opensTransaction)) {
-            retried = true
-            // The statement was planned before a migration changed what it reads; the failed
-            // flight forgot it, so this one parses it afresh. A mutation's transaction, opened by
-            // this very flight, is rolled back first.
-            if (opensTransaction) this.#client!.query('ROLLBACK').catch(() => undefined)
-            return submit()
-          }
-          if (error) {
-            this.#acquiredAt = 0
-            this.#failed = true
-            reject(toApiError(error) ?? error)
-          } else {
-            if (this.#acquiredAt !== 0) {
-              contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
-              this.#acquiredAt = 0
-            }
-            resolve(result as pg.QueryResult<Row>)
-          }
-          if (--this.#inflight === 0 && this.#settled) this.#settled()
-        }
-        if (this.#client) {
-          this.#send(query)
-        } else {
-          ;(this.#waiting ??= []).push(query)
-          if (!this.#used) this.#connect()
-        }
-      }
-      submit()
+      this.#submit(new HandleQuery(this, sql, parameters, opensTransaction, resolve as Settle['resolve'], reject, false))
     })
+  }
+
+  /**
+   * pg calls a query's `callback` as a method of the query: this one function serves every query
+   * of every handle, so a query allocates no closures of its own.
+   */
+  static readonly #onAnswer = function (this: HandleQuery, error: Error | null, result: pg.QueryResult) {
+    this.handle.#answered(this, error, result)
+  }
+
+  #submit(query: HandleQuery): void {
+    query.callback = TenantScopedDb.#onAnswer
+    if (this.#client) {
+      this.#send(query)
+    } else {
+      ;(this.#waiting ??= []).push(query)
+      if (!this.#used) this.#connect()
+    }
+  }
+
+  #answered(query: HandleQuery, error: Error | null, result: pg.QueryResult): void {
+    if (query.lane) laneAnswered(query.lane)
+    if (error && !query.isRetry && this.#canRetry(error, query.opensTransaction)) {
+      // The statement was planned before a migration changed what it reads; the failed flight
+      // forgot it, so this one parses it afresh. A mutation's transaction, opened by this very
+      // flight, is rolled back first.
+      if (query.opensTransaction) this.#client!.query('ROLLBACK').catch(() => undefined)
+      return this.#submit(new HandleQuery(this, query.text, query.values, query.opensTransaction, query.resolve, query.reject, true))
+    }
+    if (error) {
+      this.#acquiredAt = 0
+      this.#failed = true
+      query.reject(toApiError(error) ?? error)
+    } else {
+      if (this.#acquiredAt !== 0) {
+        contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
+        this.#acquiredAt = 0
+      }
+      query.resolve(result)
+    }
+    if (--this.#inflight === 0 && this.#settled) this.#settled()
   }
 
   /**
@@ -153,7 +196,7 @@ export class TenantScopedDb {
     return this.#readOnly || (opensTransaction && this.#inflight === 1)
   }
 
-  #send(query: ScopedQuery): void {
+  #send(query: HandleQuery): void {
     const lane = this.#lane
     if (lane !== null) {
       if (!lane.open) {
