@@ -145,7 +145,7 @@ export class TenantScopedDb {
 
   /**
    * pg calls a query's `callback` as a method of the query: this one function serves every query
-   * of every handle, so a query allocates no closures of its own.
+   * of every handle, so no query needs a callback closure of its own.
    */
   static readonly #onAnswer = function (this: HandleQuery, error: Error | null, result: pg.QueryResult) {
     this.handle.#answered(this, error, result)
