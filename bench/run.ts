@@ -99,6 +99,11 @@ Options:
                              (default: a login role of the bench's own, no superuser, as deployed)
   --quick                    CI guard: few tenants, short cases, cases a to c only; exits 1 when a
                              tenant-scoped/floor throughput ratio is below ${GUARD_MIN_RATIO}
+  --serve                    measure nothing: provision --tenants tenants, start the service and
+                             the bare process, write their addresses, the tenants, their users and
+                             tokens to --output (default bench/results/serve-<timestamp>.json), and
+                             keep serving for a load generator of your own until Ctrl-C, which
+                             drops the database
   --summary FILE             write {passed, failed, exitCode} to FILE (for .ci/run)
   --output FILE              the JSON report (default bench/results/<timestamp>.json)
   --profile DIR              V8 CPU profiles of the service and the bare process into DIR
@@ -112,6 +117,7 @@ class UsageError extends Error {}
 
 interface Options {
   quick: boolean
+  serve: boolean
   tenants: number
   zipfTenants: number
   rows: number
@@ -156,6 +162,7 @@ const parseCommandLine = (argv: string[]) =>
       env: { type: 'string', multiple: true },
       'as-cluster-user': { type: 'boolean' },
       quick: { type: 'boolean' },
+      serve: { type: 'boolean' },
       summary: { type: 'string' },
       output: { type: 'string' },
       profile: { type: 'string' },
@@ -181,6 +188,8 @@ function parseOptions(argv: string[]): Options | null {
     return value
   }
   const quick = values.quick === true
+  const serve = values.serve === true
+  if (quick && serve) throw new UsageError('--quick and --serve exclude each other')
   const scale = integer('scale', 0, 1, 99_999)
   const skip = new Set<Part>()
   for (const part of (values.skip ?? '').split(',').map((word) => word.trim()).filter(Boolean)) {
@@ -188,7 +197,7 @@ function parseOptions(argv: string[]): Options | null {
     skip.add(part as Part)
   }
   if (values['skip-scale']) skip.add('scale')
-  if (quick) for (const part of PARTS) skip.add(part)
+  if (quick || serve) for (const part of PARTS) skip.add(part)
   const env: Record<string, string> = {}
   for (const assignment of values.env ?? []) {
     const match = /^([A-Z][A-Z0-9_]*)=(.*)$/s.exec(assignment)
@@ -202,6 +211,7 @@ function parseOptions(argv: string[]): Options | null {
   if (scaleTenants <= tenants) skip.add('scale')
   return {
     quick,
+    serve,
     tenants,
     zipfTenants: integer('zipf-tenants', 1000, 1, 99_999),
     rows: integer('rows', 20, 1, 10_000),
@@ -551,6 +561,17 @@ async function bench(options: Options): Promise<number> {
   const urlOf = (def: CaseDef) => (def.bareProcess ? bareProcess.url : service.url)
   const pidOf = (def: CaseDef) => (def.bareProcess ? bareProcess.pid : service.pid)
   const adminToken = issuer.token({ groups: [adminGroup], expiresInSeconds: TOKEN_LIFETIME_S })
+  if (options.serve) {
+    return serveUntilStopped({
+      output: options.output,
+      database: database.name,
+      tenantRolePrefix: database.rolePrefix,
+      service: service.url,
+      bareProcess: bareProcess.url,
+      adminToken,
+      tenants: tenants.map((tenant) => ({ id: tenant.id, token: tokenOf(tenant), userIds: tenant.userIds }))
+    })
+  }
 
   const load = async (phaseCase: PhaseCase, seconds: number) => {
     const cpuBefore = cpuSecondsOf(pidOf(phaseCase.def))
@@ -836,6 +857,74 @@ async function bench(options: Options): Promise<number> {
   await writeFile(output, `${JSON.stringify(report, null, 2)}\n`)
   process.stdout.write(`results: ${path.relative(process.cwd(), output)}\n`)
   return exitCode
+}
+
+interface ServedTenant {
+  id: string
+  token: string
+  userIds: string[]
+}
+
+/**
+ * --serve: what a load generator of one's own needs to measure the service against the bare
+ * process, written to a file, and the processes kept up until Ctrl-C (the signal handler cleans up
+ * as at the end of a run, and exits 130). The service is configured as for a run, its rate limit
+ * out of the way included.
+ */
+async function serveUntilStopped(serving: {
+  output?: string
+  database: string
+  tenantRolePrefix: string
+  service: string
+  bareProcess: string
+  adminToken: string
+  tenants: ServedTenant[]
+}): Promise<never> {
+  const output = serving.output
+    ? path.resolve(serving.output)
+    : path.join(RESULTS_DIR, `serve-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`)
+  const file = {
+    tool: 'npm run bench -- --serve',
+    database: serving.database,
+    tenantRolePrefix: serving.tenantRolePrefix,
+    service: serving.service,
+    bareProcess: serving.bareProcess,
+    routes: {
+      service: {
+        'GET /': 'tenant-scoped; X-Tenant-ID',
+        'GET /users/:id': 'tenant-scoped; X-Tenant-ID and the tenant\'s token',
+        'GET /bench/floor': 'floor of GET /: the same hooks and query, no tenant context; X-Tenant-ID',
+        'GET /bench/floor/users/:id': 'floor of GET /users/:id: the same token check, a schema-qualified query',
+        'GET /bench/prototype': "the old prototype's SET search_path, query, RESET; X-Tenant-ID",
+        'POST /auth/tenants': 'tenant creation; adminToken'
+      },
+      bareProcess: {
+        'GET /': 'bare Fastify + pg: SELECT current_schema(); X-Tenant-ID echoed',
+        'GET /users/:id': 'bare Fastify + pg: @fastify/jwt against the JWKS, a schema-qualified query'
+      }
+    },
+    tokensExpireAt: new Date(Date.now() + TOKEN_LIFETIME_S * 1000).toISOString(),
+    adminToken: serving.adminToken,
+    tenants: serving.tenants
+  }
+  await mkdir(path.dirname(output), { recursive: true })
+  await writeFile(output, `${JSON.stringify(file, null, 2)}\n`)
+  const [tenant] = serving.tenants
+  const user = tenant.userIds[0]
+  const autocannon = (url: string, auth = '') => `  npx autocannon -c 50 -d 10 -H 'x-tenant-id=${tenant.id}'${auth} ${url}\n`
+  const bearer = ` -H "authorization=Bearer $TOKEN"`
+  process.stdout.write(
+    `serving ${serving.tenants.length} tenants; addresses, tenants, users and tokens: ${output}\n` +
+      `  service        ${serving.service}\n  bare process   ${serving.bareProcess}\n` +
+      `for example, one tenant (a load generator of your own can spread over all of them):\n` +
+      autocannon(`${serving.service}/`) +
+      autocannon(`${serving.bareProcess}/`) +
+      `  TOKEN=$(node -p 'require(${JSON.stringify(output)}).tenants[0].token')\n` +
+      autocannon(`${serving.service}/users/${user}`, bearer) +
+      autocannon(`${serving.bareProcess}/users/${user}`, bearer) +
+      `Ctrl-C stops both and drops the database ${serving.database} and its tenant roles\n`
+  )
+  return new Promise<never>(() => undefined)
 }
 
 /**
