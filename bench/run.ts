@@ -907,21 +907,31 @@ async function serveUntilStopped(serving: {
     adminToken: serving.adminToken,
     tenants: serving.tenants
   }
+  // The same tenants as lines of id, token and a user id, for load generators that cannot read
+  // JSON (bench/wrk.lua).
+  const tenantsFile = output.replace(/(\.json)?$/, '.tenants.tsv')
   await mkdir(path.dirname(output), { recursive: true })
   await writeFile(output, `${JSON.stringify(file, null, 2)}\n`)
+  await writeFile(tenantsFile, serving.tenants.map((tenant) => `${tenant.id}\t${tenant.token}\t${tenant.userIds[0]}\n`).join(''))
   const [tenant] = serving.tenants
   const user = tenant.userIds[0]
   const autocannon = (url: string, auth = '') => `  npx autocannon -c 50 -d 10 -H 'x-tenant-id=${tenant.id}'${auth} ${url}\n`
   const bearer = ` -H "authorization=Bearer $TOKEN"`
+  const wrk = (url: string, route: string) => `  wrk -t2 -c50 -d10 -s bench/wrk.lua ${url} -- ${tenantsFile} ${route}\n`
   process.stdout.write(
-    `serving ${serving.tenants.length} tenants; addresses, tenants, users and tokens: ${output}\n` +
+    `serving ${serving.tenants.length} tenants; addresses, routes, tenants, users and tokens: ${output}\n` +
       `  service        ${serving.service}\n  bare process   ${serving.bareProcess}\n` +
-      `for example, one tenant (a load generator of your own can spread over all of them):\n` +
+      `for example, from the project's directory: one tenant with autocannon,\n` +
       autocannon(`${serving.service}/`) +
       autocannon(`${serving.bareProcess}/`) +
       `  TOKEN=$(node -p 'require(${JSON.stringify(output)}).tenants[0].token')\n` +
       autocannon(`${serving.service}/users/${user}`, bearer) +
       autocannon(`${serving.bareProcess}/users/${user}`, bearer) +
+      `or every tenant, picked at random per request, with wrk (Debian's package wrk):\n` +
+      wrk(serving.service, 'root') +
+      wrk(serving.bareProcess, 'root') +
+      wrk(serving.service, 'users') +
+      wrk(serving.bareProcess, 'users') +
       `Ctrl-C stops both and drops the database ${serving.database} and its tenant roles\n`
   )
   return new Promise<never>(() => undefined)

@@ -48,6 +48,11 @@ t.test('npm run bench -- --serve: the service and the bare process over its tena
   if (!ready || bench.exitCode !== null) return
   const served = JSON.parse(await readFile(output, 'utf8')) as Served
   t.equal(served.tenants.length, 2, 'every tenant, with its token and users, is in the file')
+  t.same(
+    (await readFile(output.replace(/\.json$/, '.tenants.tsv'), 'utf8')).split('\n'),
+    [...served.tenants.map((tenant) => `${tenant.id}\t${tenant.token}\t${tenant.userIds[0]}`), ''],
+    'and in the tenants file for bench/wrk.lua, a line each'
+  )
   const [first, second] = served.tenants
   t.match(printed, `x-tenant-id=${first.id}`, 'ready-made load commands are printed')
 
