@@ -6,9 +6,10 @@
  * (bench/server.ts: the real service plus the comparison routes of bench/comparison-routes.ts),
  * and loads each case with autocannon in alternating rounds, so that every tenant-scoped figure is
  * compared with a floor measured minutes apart at most. Then it times tenant creation through the
- * API and `npm run migrate` with one new migration, and repeats the cases with 10,000 tenants in
- * the database. The database, its tenant roles and every process it started are gone at the end,
- * Ctrl-C included.
+ * API and `npm run migrate` with one new migration, and loads the same cases once the database
+ * holds 10,000 tenants, side by side with a second database of 100 tenants and a service of its
+ * own. The databases, their tenant roles and every process it started are gone at the end, Ctrl-C
+ * included.
  */
 import { execFileSync } from 'node:child_process'
 import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
@@ -32,6 +33,7 @@ import {
   settleDatabase,
   type BenchDatabase,
   type BenchTenant,
+  type Cluster,
   type RoleSwitchProbe,
   type Settled
 } from './database.ts'
@@ -88,7 +90,8 @@ Options:
   --migrate-tenants N        tenants in the database when npm run migrate is timed (default 1000,
                              or --tenants when more)
   --migrate-concurrency N    npm run migrate --concurrency (default 4)
-  --scale-tenants N          tenants in the database for the scale comparison (default 10000);
+  --scale-tenants N          tenants in the database for the scale comparison (default 10000),
+                             loaded side by side with a second database of --tenants tenants;
                              left out when not more than --tenants
   --scale N                  sets both --scale-tenants and --migrate-tenants (e.g. --scale 10000)
   --skip-scale               leave out the scale comparison
@@ -255,6 +258,8 @@ interface PhaseCase {
   tenants: BenchTenant[]
   pick: Picker
   distribution: string
+  /** The process serving the case, when it is neither the service nor the bare process. */
+  servedBy?: { url: string; pid: number }
 }
 
 interface RoundRun {
@@ -338,10 +343,11 @@ function summarise(cases: PhaseCase[], runs: RoundRun[]): CaseSummary[] {
 }
 
 function phaseTable(phase: PhaseResult): string {
+  const keyWidth = Math.max(...phase.summary.map((row) => row.key.length))
   return table(
     ['case', 'tenants', 'req/s', 'p50 ms', 'p97.5 ms', 'p99 ms', 'CPU µs', '÷ floor', '+p99 ms', '÷ bare', '+p99 ms'],
     phase.summary.map((row) => [
-      `${row.key.padEnd(8)} ${row.label}`,
+      `${row.key.padEnd(keyWidth)} ${row.label}`,
       `${row.tenants} ${row.distribution}`,
       cell(row.rps, 0),
       cell(row.p50),
@@ -378,18 +384,9 @@ async function bench(options: Options): Promise<number> {
   }
   if (cluster.stop) onCleanup('stopping the embedded PostgreSQL', cluster.stop)
   log(`PostgreSQL: ${cluster.label}`)
-  const database: BenchDatabase = await createBenchDatabase(cluster)
-  onCleanup(`dropping database ${database.name} and its tenant roles`, () => database.drop())
-  log(`database ${database.name} created (tenant roles ${database.rolePrefix}*)`)
-  // Provisioning connects as the service does, so tenant roles are granted to the service's login.
-  const login = await createServiceLogin(database, options.asClusterUser)
+  const { database, login, pool } = await openBenchDatabase(cluster, options)
   report.serviceLogin = { role: login.role, superuser: login.superuser }
   log(`the service connects as ${login.role}${login.superuser ? ', a superuser: PostgreSQL skips its role-membership checks' : ' (not a superuser)'}`)
-  const pool = new pg.Pool({ connectionString: login.url, max: options.provisionConcurrency + 1, application_name: 'tenant-service-bench' })
-  // The drop at the end ends these connections; that must not crash the bench.
-  pool.on('error', () => undefined)
-  onCleanup('closing the bench pool', () => pool.end())
-  await migrateControlPlane(pool)
   const tenantMigrations: Migration[] = await loadMigrations('tenant')
 
   const issuer: TestIssuer = await startTestIssuer({ clientId: 'tenant-service-bench', poolPath: '/bench-pool' })
@@ -558,10 +555,15 @@ async function bench(options: Options): Promise<number> {
     { script: path.join('bench', 'bare-floor.ts'), nodeArgs }
   )
   log(`bare Fastify + pg process listening at ${bareProcess.url}`)
-  const urlOf = (def: CaseDef) => (def.bareProcess ? bareProcess.url : service.url)
-  const pidOf = (def: CaseDef) => (def.bareProcess ? bareProcess.pid : service.pid)
+  const serverOf = (phaseCase: PhaseCase) => phaseCase.servedBy ?? (phaseCase.def.bareProcess ? bareProcess : service)
   const adminToken = issuer.token({ groups: [adminGroup], expiresInSeconds: TOKEN_LIFETIME_S })
   if (options.serve) {
+    // As before a measured phase: a load test of one's own then measures the tenants, not the
+    // background work that provisioning them left behind.
+    log('letting PostgreSQL settle (catalogs vacuumed, a checkpoint, autovacuum idle)')
+    const settled = await settleDatabase(database)
+    for (const note of new Set(settled.skipped)) log(`settle: ${note}`)
+    log(`settled in ${settled.seconds} s`)
     return serveUntilStopped({
       output: options.output,
       database: database.name,
@@ -574,15 +576,15 @@ async function bench(options: Options): Promise<number> {
   }
 
   const load = async (phaseCase: PhaseCase, seconds: number) => {
-    const cpuBefore = cpuSecondsOf(pidOf(phaseCase.def))
+    const cpuBefore = cpuSecondsOf(serverOf(phaseCase).pid)
     const stats = await runLoad({
-      url: urlOf(phaseCase.def),
+      url: serverOf(phaseCase).url,
       connections: options.connections,
       durationS: seconds,
       next: () => phaseCase.def.request(phaseCase.tenants[phaseCase.pick()]),
       onStart: (stop) => (state.stopLoad = stop)
     }).finally(() => (state.stopLoad = null))
-    const cpuAfter = cpuSecondsOf(pidOf(phaseCase.def))
+    const cpuAfter = cpuSecondsOf(serverOf(phaseCase).pid)
     const cpuUsPerRequest = cpuBefore === null || cpuAfter === null || stats.ok === 0 ? null : round(((cpuAfter - cpuBefore) * 1e6) / stats.ok, 1)
     return { stats, cpuUsPerRequest }
   }
@@ -600,7 +602,7 @@ async function bench(options: Options): Promise<number> {
     for (const phaseCase of cases) {
       for (const tenant of [phaseCase.tenants[0], phaseCase.tenants[phaseCase.tenants.length - 1]]) {
         const spec = phaseCase.def.request(tenant)
-        const answer = await call(urlOf(phaseCase.def), 'GET', spec.path, spec.headers)
+        const answer = await call(serverOf(phaseCase).url, 'GET', spec.path, spec.headers)
         const problem = answer.status === 200 ? phaseCase.def.check(tenant, answer.body, spec) : `${answer.status} ${JSON.stringify(answer.body)}`
         if (problem) throw new BenchError(`case ${phaseCase.def.key}: GET ${spec.path} as ${tenant.id}: ${problem}`)
       }
@@ -750,45 +752,92 @@ async function bench(options: Options): Promise<number> {
     steps.push({
       tenants: options.scaleTenants,
       run: async () => {
-        const scale = await runPhase('scale', [uniformCase(CASES.a), uniformCase(CASES.b), uniformCase(CASES.cFloor), uniformCase(CASES.c)])
+        // Side by side, as every other comparison: a second database with --tenants tenants and a
+        // service of its own, configured alike, loaded in the same rounds as the large one.
+        log(`a database of ${options.tenants} tenants, served by a service of its own, beside the one of ${tenants.length}`)
+        const small = await openBenchDatabase(cluster, options)
+        const smallTenants = await provisionTenants(
+          small.pool,
+          Array.from({ length: options.tenants }, (_, i) => benchTenantId(i + 1)),
+          {
+            rolePrefix: small.database.rolePrefix,
+            migrations: tenantMigrations,
+            rows: options.rows,
+            concurrency: options.provisionConcurrency,
+            stopped: () => state.interrupted
+          }
+        )
+        checkpoint()
+        const smallService = await startService(
+          { ...serviceEnv, DATABASE_URL: small.login.url, TENANT_ROLE_PREFIX: small.database.rolePrefix },
+          { nodeArgs }
+        )
+        await waitUntilReady(smallService.url)
+        // runPhase lets the large database settle; the small one settles first.
+        await settleDatabase(small.database)
+        // The large side loads as many tenants, spread over the order they were created in: the
+        // role-membership check PostgreSQL makes on each switch scans memberships in that order.
+        const spread = Array.from({ length: options.tenants }, (_, i) => tenants[Math.floor((i * tenants.length) / options.tenants)])
+        const suffix = `@${options.tenants}`
+        const large = (def: CaseDef): PhaseCase => ({ def, tenants: spread, pick: uniform(spread.length), distribution: 'spread' })
+        const smallCase = (def: CaseDef): PhaseCase => ({
+          def: {
+            ...def,
+            key: `${def.key}${suffix}`,
+            label: `${def.label}; ${options.tenants} tenants in the database`,
+            floor: def.floor && `${def.floor}${suffix}`,
+            bare: undefined
+          },
+          tenants: smallTenants,
+          pick: uniform(smallTenants.length),
+          distribution: 'uniform',
+          servedBy: smallService
+        })
+        const sideBySide = [CASES.a, CASES.b, CASES.cFloor, CASES.c]
+        // Each case beside its counterpart, so that the two are measured seconds apart.
+        const scale = await runPhase('scale', sideBySide.flatMap((def) => [smallCase(def), large(def)]))
         phases.push(scale)
-        // Floor a does not depend on how many tenants exist: its own change is the machine's drift
-        // between the two runs, which the corrected ratios divide out.
-        const floorBefore = mainRow('a')!
-        const floorAfter = scale.summary.find((row) => row.key === 'a')!
-        const drift = { p50: floorAfter.p50 / floorBefore.p50, p99: floorAfter.p99 / floorBefore.p99 }
         const comparison = ['b', 'c'].map((key) => {
-          const before = mainRow(key)!
-          const after = scale.summary.find((row) => row.key === key)!
+          const rounds = scale.runs.flatMap((run) => {
+            const beside = run.case === key && scale.runs.find((other) => other.case === `${key}${suffix}` && other.round === run.round)
+            if (!beside) return []
+            const [largeStats, smallStats] = [run.stats, beside.stats]
+            return [
+              {
+                p50: largeStats.latencyMs.p50 / smallStats.latencyMs.p50,
+                p99: largeStats.latencyMs.p99 / smallStats.latencyMs.p99,
+                rps: largeStats.rps / smallStats.rps
+              }
+            ]
+          })
+          const of = (figure: 'p50' | 'p99' | 'rps') => round(median(rounds.map((entry) => entry[figure])))
           return {
             case: key,
-            tenantsBefore: main.tenantsInDatabase,
-            tenantsAfter: scale.tenantsInDatabase,
-            p50Ratio: round(after.p50 / before.p50),
-            p99Ratio: round(after.p99 / before.p99),
-            rpsRatio: round(after.rps / before.rps),
-            floorDrift: { p50: round(drift.p50), p99: round(drift.p99) },
-            p50RatioCorrected: round(after.p50 / before.p50 / drift.p50),
-            p99RatioCorrected: round(after.p99 / before.p99 / drift.p99),
-            floorRatioBefore: before.ratio,
-            floorRatioAfter: after.ratio
+            tenantsSmall: options.tenants,
+            tenantsLarge: scale.tenantsInDatabase,
+            p50Ratio: of('p50'),
+            p99Ratio: of('p99'),
+            rpsRatio: of('rps'),
+            perRoundP50: rounds.map((entry) => round(entry.p50)),
+            perRoundP99: rounds.map((entry) => round(entry.p99)),
+            floorRatioSmall: scale.summary.find((row) => row.key === `${key}${suffix}`)?.ratio ?? null,
+            floorRatioLarge: scale.summary.find((row) => row.key === key)?.ratio ?? null
           }
         })
         report.scale = comparison
         process.stdout.write(
-          `with ${scale.tenantsInDatabase} tenants in the database ÷ with ${main.tenantsInDatabase} (same cases, the same ${options.tenants} tenants loaded);\n` +
-            `floor a itself changed p50 ×${cell(drift.p50)}, p99 ×${cell(drift.p99)} (the machine's drift, divided out in "corrected"):\n` +
+          `with ${scale.tenantsInDatabase} tenants in the database ÷ with ${options.tenants}, side by side ` +
+            `(medians of the per-round ratios; ${options.tenants} tenants loaded on each side):\n` +
             `${table(
-              ['case', 'p50 ×', 'p99 ×', 'req/s ×', 'p50 × corrected', 'p99 × corrected', '÷ floor before', '÷ floor after'],
+              ['case', 'p50 ×', 'p99 ×', 'req/s ×', 'p50 × per round', `÷ floor, ${options.tenants}`, `÷ floor, ${scale.tenantsInDatabase}`],
               comparison.map((row) => [
                 row.case,
                 cell(row.p50Ratio ?? NaN),
                 cell(row.p99Ratio ?? NaN),
                 cell(row.rpsRatio ?? NaN),
-                cell(row.p50RatioCorrected ?? NaN),
-                cell(row.p99RatioCorrected ?? NaN),
-                cell(row.floorRatioBefore ?? NaN),
-                cell(row.floorRatioAfter ?? NaN)
+                row.perRoundP50.map((value) => cell(value ?? NaN)).join(' '),
+                cell(row.floorRatioSmall ?? NaN),
+                cell(row.floorRatioLarge ?? NaN)
               ])
             )}\n\n`
         )
@@ -857,6 +906,24 @@ async function bench(options: Options): Promise<number> {
   await writeFile(output, `${JSON.stringify(report, null, 2)}\n`)
   process.stdout.write(`results: ${path.relative(process.cwd(), output)}\n`)
   return exitCode
+}
+
+/**
+ * A database of the bench's own, dropped with its tenant roles at the end, the service's login on
+ * it, and a pool connected as that login, the control plane migrated.
+ */
+async function openBenchDatabase(cluster: Cluster, options: Options) {
+  const database: BenchDatabase = await createBenchDatabase(cluster)
+  onCleanup(`dropping database ${database.name} and its tenant roles`, () => database.drop())
+  log(`database ${database.name} created (tenant roles ${database.rolePrefix}*)`)
+  // Provisioning connects as the service does, so tenant roles are granted to the service's login.
+  const login = await createServiceLogin(database, options.asClusterUser)
+  const pool = new pg.Pool({ connectionString: login.url, max: options.provisionConcurrency + 1, application_name: 'tenant-service-bench' })
+  // The drop at the end ends these connections; that must not crash the bench.
+  pool.on('error', () => undefined)
+  onCleanup(`closing the pool on ${database.name}`, () => pool.end())
+  await migrateControlPlane(pool)
+  return { database, login, pool }
 }
 
 interface ServedTenant {
@@ -1074,19 +1141,15 @@ function evaluateTargets(report: Record<string, unknown>, phases: PhaseResult[],
   atMost('tenant creation p50', (report.tenantCreation as { p50Ms: number } | undefined)?.p50Ms, 10, ' ms')
   interface ScaleEntry {
     case: string
-    tenantsBefore: number
-    tenantsAfter: number
+    tenantsSmall: number
+    tenantsLarge: number
     p50Ratio: number
     p99Ratio: number
-    p50RatioCorrected: number
-    p99RatioCorrected: number
   }
   for (const entry of (report.scale as ScaleEntry[] | undefined) ?? []) {
-    const figure = (percentileName: string) => `${percentileName} with ${entry.tenantsAfter} tenants ÷ ${entry.tenantsBefore}, case ${entry.case}`
+    const figure = (percentileName: string) => `${percentileName} with ${entry.tenantsLarge} tenants ÷ ${entry.tenantsSmall}, case ${entry.case}`
     atMost(figure('p50'), entry.p50Ratio, 1.1)
     atMost(figure('p99'), entry.p99Ratio, 1.1)
-    atMost(`${figure('p50')}, corrected for drift`, entry.p50RatioCorrected, 1.1)
-    atMost(`${figure('p99')}, corrected for drift`, entry.p99RatioCorrected, 1.1)
   }
   const migration = report.migration as { tenants: number; wallSeconds: number } | undefined
   if (migration) atMost(`npm run migrate over ${migration.tenants} tenants`, migration.wallSeconds, 120, ' s', 1)
