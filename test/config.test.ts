@@ -1,4 +1,6 @@
+import type { FastifyInstance } from 'fastify'
 import t from 'tap'
+import { poolOptions } from '../plugins/external/postgres.ts'
 import { loadConfig } from '../schemas/env.ts'
 import { configProblems } from './helpers/app.ts'
 import { runScript, serverEnv } from './helpers/server.ts'
@@ -13,6 +15,7 @@ t.test('defaults', async (t) => {
     HOST: '0.0.0.0',
     LOG_LEVEL: 'info',
     PG_POOL_MAX: 20,
+    PG_POOL_MIN: 0,
     PG_ACQUIRE_TIMEOUT_MS: 2000,
     PG_STATEMENT_TIMEOUT_MS: 5000,
     TENANT_ROLE_PREFIX: 't_',
@@ -50,6 +53,7 @@ t.test('every bad value is reported on its own line, naming the variable', async
     PORT: ['http', '-1', '65536', '80.5', '1e3', '0x50'],
     PG_STATEMENT_TIMEOUT_MS: ['5e3', '2.5'],
     PG_POOL_MAX: ['0', 'lots'],
+    PG_POOL_MIN: ['-1', 'some'],
     PG_ACQUIRE_TIMEOUT_MS: ['0'],
     LOG_LEVEL: ['loud'],
     NODE_ENV: ['staging'],
@@ -71,6 +75,16 @@ t.test('every bad value is reported on its own line, naming the variable', async
   const error = t.throws(() => loadConfig({ PORT: 'x' })) as Error
   t.match(error.message, /Invalid configuration:\n {2}PORT: /)
   t.match(about('PORT', { PORT: 'x' })[0], /"x"/, 'the offending value is quoted back')
+})
+
+t.test('PG_POOL_MIN is the connections the pool keeps when idle, never more than PG_POOL_MAX', async (t) => {
+  const minimumOf = (env: Record<string, string>) => {
+    const config = loadConfig({ DATABASE_URL: 'postgres://db/tenants', ...env })
+    return (poolOptions({ config } as FastifyInstance) as { min?: number }).min
+  }
+  t.equal(minimumOf({}), 0, 'by default every idle connection closes after the idle timeout')
+  t.equal(minimumOf({ PG_POOL_MIN: '4' }), 4)
+  t.equal(minimumOf({ PG_POOL_MIN: '50', PG_POOL_MAX: '10' }), 10, 'clamped to the pool size')
 })
 
 t.test('production requires DATABASE_URL', async (t) => {

@@ -11,6 +11,8 @@ export function poolOptions(fastify: FastifyInstance): PostgresPluginOptions {
     pg,
     connectionString: config.DATABASE_URL,
     max: config.PG_POOL_MAX,
+    // Below it, idle connections are kept rather than closed after idleTimeoutMillis.
+    min: Math.min(config.PG_POOL_MIN, config.PG_POOL_MAX),
     // Bounds the wait for a free connection; past it the request is a 503, not a hang.
     connectionTimeoutMillis: config.PG_ACQUIRE_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,
