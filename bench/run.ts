@@ -104,9 +104,10 @@ Options:
                              tenant-scoped/floor throughput ratio is below ${GUARD_MIN_RATIO}
   --serve                    measure nothing: provision --tenants tenants, start the service and
                              the bare process, write their addresses, the tenants, their users and
-                             tokens to --output (default bench/results/serve-<timestamp>.json), and
-                             keep serving for a load generator of your own until Ctrl-C, which
-                             drops the database
+                             tokens to --output (default bench/results/serve-<timestamp>.json), the
+                             tenants once more beside it for bench/wrk.lua (.tenants.tsv), and keep
+                             serving for a load generator of your own until Ctrl-C, which drops
+                             the database
   --summary FILE             write {passed, failed, exitCode} to FILE (for .ci/run)
   --output FILE              the JSON report (default bench/results/<timestamp>.json)
   --profile DIR              V8 CPU profiles of the service and the bare process into DIR
