@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
-import type { Migration } from '../plugins/domain/migrations.ts'
+import { migrateControlPlane, type Migration } from '../plugins/domain/migrations.ts'
 import { provisionTenant } from '../plugins/domain/tenants.ts'
 import { createScratchDatabase, findScratchCluster, type ScratchCluster, type ScratchDatabase } from '../plugins/embedded/postgres.ts'
+import { log, onCleanup } from './process.ts'
 import { median, round } from './report.ts'
 
 export type Cluster = ScratchCluster
@@ -85,6 +86,32 @@ export async function provisionTenants(pool: pg.Pool, ids: string[], options: Pr
   }
   await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency, ids.length)) }, worker))
   return tenants
+}
+
+/** A bench database in use: the database, the service's login on it, and the bench's own pool. */
+export interface OpenedDatabase {
+  database: BenchDatabase
+  login: ServiceLogin
+  /** Connected as the login, for provisioning and the bench's own queries. */
+  pool: pg.Pool
+}
+
+/**
+ * A database of the bench's own, dropped with its tenant roles at the end, the service's login on
+ * it, and a pool connected as that login, the control plane migrated.
+ */
+export async function openBenchDatabase(cluster: Cluster, options: { asClusterUser: boolean; provisionConcurrency: number }): Promise<OpenedDatabase> {
+  const database = await createBenchDatabase(cluster)
+  onCleanup(`dropping database ${database.name} and its tenant roles`, () => database.drop())
+  log(`database ${database.name} created (tenant roles ${database.rolePrefix}*)`)
+  // Provisioning connects as the service does, so tenant roles are granted to the service's login.
+  const login = await createServiceLogin(database, options.asClusterUser)
+  const pool = new pg.Pool({ connectionString: login.url, max: options.provisionConcurrency + 1, application_name: 'tenant-service-bench' })
+  // The drop at the end ends these connections; that must not crash the bench.
+  pool.on('error', () => undefined)
+  onCleanup(`closing the pool on ${database.name}`, () => pool.end())
+  await migrateControlPlane(pool)
+  return { database, login, pool }
 }
 
 /** The login that the service, the bare process and the bench's own provisioning connect with. */

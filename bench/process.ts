@@ -9,6 +9,8 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+/** Where reports go unless --output says otherwise (ignored by git). */
+export const RESULTS_DIR = path.join(ROOT, 'bench', 'results')
 
 /** The bench cannot produce a valid measurement. */
 export class BenchError extends Error {}
@@ -16,6 +18,8 @@ export class BenchError extends Error {}
 export class Interrupted extends Error {}
 
 export const startedAt = new Date()
+/** The start time as a file name: reports are named after it. */
+export const startStamp = startedAt.toISOString().replace(/[:.]/g, '-')
 export const clock = performance.now()
 export const log = (message: string) => process.stderr.write(`[${((performance.now() - clock) / 1000).toFixed(1).padStart(7)} s] ${message}\n`)
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))

@@ -1,0 +1,138 @@
+/**
+ * Latency with many tenants in the database against latency with few, side by side, as every other
+ * comparison: a second database of --tenants tenants with a service of its own, configured alike,
+ * loaded in the same rounds as the large one (BENCHMARKS.md, "100 → 10,000 tenants").
+ */
+import type { Migration } from '../plugins/domain/migrations.ts'
+import type { CaseDef, PhaseCase, Server } from './cases.ts'
+import { benchTenantId, openBenchDatabase, provisionTenants, settleDatabase, type BenchTenant, type Cluster } from './database.ts'
+import { uniform } from './load.ts'
+import type { Options } from './options.ts'
+import { runPhase, type PhaseEnvironment, type PhaseResult } from './phase.ts'
+import { checkpoint, log, startService, state, waitUntilReady } from './process.ts'
+import { cell, median, round, table } from './report.ts'
+
+export interface ScaleComparison {
+  case: string
+  tenantsSmall: number
+  tenantsLarge: number
+  /** Medians over rounds of the large side's figure ÷ the small side's in the same round. */
+  p50Ratio: number | null
+  p99Ratio: number | null
+  rpsRatio: number | null
+  perRoundP50: (number | null)[]
+  perRoundP99: (number | null)[]
+  /** Each side's throughput ÷ its own floor. */
+  floorRatioSmall: number | null
+  floorRatioLarge: number | null
+}
+
+export interface ScaleSetup {
+  /** The large database's phase environment: it is the one settled and probed. */
+  environment: PhaseEnvironment
+  cluster: Cluster
+  options: Options
+  migrations: Migration[]
+  /** The service's configuration, which the small side's service gets too, with its own database. */
+  serviceEnv: Record<string, string>
+  nodeArgs: string[]
+  /** Every tenant of the large database, in the order they were created. */
+  largeTenants: BenchTenant[]
+  largeService: Server
+  /** The cases loaded on both sides: tenant-scoped ones and their floors. */
+  cases: CaseDef[]
+}
+
+export async function compareAtScale(setup: ScaleSetup): Promise<{ phase: PhaseResult; comparison: ScaleComparison[] }> {
+  const { options, largeTenants } = setup
+  const small = options.tenants
+  log(`a database of ${small} tenants, served by a service of its own, beside the one of ${largeTenants.length}`)
+  const smallDb = await openBenchDatabase(setup.cluster, options)
+  const smallTenants = await provisionTenants(
+    smallDb.pool,
+    Array.from({ length: small }, (_, i) => benchTenantId(i + 1)),
+    {
+      rolePrefix: smallDb.database.rolePrefix,
+      migrations: setup.migrations,
+      rows: options.rows,
+      concurrency: options.provisionConcurrency,
+      stopped: () => state.interrupted
+    }
+  )
+  checkpoint()
+  const smallService = await startService(
+    { ...setup.serviceEnv, DATABASE_URL: smallDb.login.url, TENANT_ROLE_PREFIX: smallDb.database.rolePrefix },
+    { nodeArgs: setup.nodeArgs }
+  )
+  await waitUntilReady(smallService.url)
+  // runPhase lets the large database settle; the small one settles first.
+  await settleDatabase(smallDb.database)
+
+  // The large side loads as many tenants, spread over the order they were created in: the
+  // role-membership check PostgreSQL makes on each switch scans memberships in that order.
+  const spread = Array.from({ length: small }, (_, i) => largeTenants[Math.floor((i * largeTenants.length) / small)])
+  const suffix = `@${small}`
+  const large = (def: CaseDef): PhaseCase => ({ def, tenants: spread, pick: uniform(spread.length), distribution: 'spread', server: setup.largeService })
+  const smallCase = (def: CaseDef): PhaseCase => ({
+    def: {
+      ...def,
+      key: `${def.key}${suffix}`,
+      label: `${def.label}; ${small} tenants in the database`,
+      floor: def.floor && `${def.floor}${suffix}`,
+      bare: undefined
+    },
+    tenants: smallTenants,
+    pick: uniform(smallTenants.length),
+    distribution: 'uniform',
+    server: smallService
+  })
+  // Each case beside its counterpart, so that the two are measured seconds apart.
+  const phase = await runPhase(setup.environment, 'scale', setup.cases.flatMap((def) => [smallCase(def), large(def)]))
+
+  // The tenant-scoped cases (those with a floor) are compared.
+  const scoped = setup.cases.filter((def) => def.floor).map((def) => def.key)
+  const comparison = scoped.map((key): ScaleComparison => {
+    const rounds = phase.runs.flatMap((run) => {
+      const beside = run.case === key && phase.runs.find((other) => other.case === `${key}${suffix}` && other.round === run.round)
+      if (!beside) return []
+      const [largeStats, smallStats] = [run.stats, beside.stats]
+      return [
+        {
+          p50: largeStats.latencyMs.p50 / smallStats.latencyMs.p50,
+          p99: largeStats.latencyMs.p99 / smallStats.latencyMs.p99,
+          rps: largeStats.rps / smallStats.rps
+        }
+      ]
+    })
+    const of = (figure: 'p50' | 'p99' | 'rps') => round(median(rounds.map((entry) => entry[figure])))
+    return {
+      case: key,
+      tenantsSmall: small,
+      tenantsLarge: phase.tenantsInDatabase,
+      p50Ratio: of('p50'),
+      p99Ratio: of('p99'),
+      rpsRatio: of('rps'),
+      perRoundP50: rounds.map((entry) => round(entry.p50)),
+      perRoundP99: rounds.map((entry) => round(entry.p99)),
+      floorRatioSmall: phase.summary.find((row) => row.key === `${key}${suffix}`)?.ratio ?? null,
+      floorRatioLarge: phase.summary.find((row) => row.key === key)?.ratio ?? null
+    }
+  })
+  process.stdout.write(
+    `with ${phase.tenantsInDatabase} tenants in the database ÷ with ${small}, side by side ` +
+      `(medians of the per-round ratios; ${small} tenants loaded on each side):\n` +
+      `${table(
+        ['case', 'p50 ×', 'p99 ×', 'req/s ×', 'p50 × per round', `÷ floor, ${small}`, `÷ floor, ${phase.tenantsInDatabase}`],
+        comparison.map((row) => [
+          row.case,
+          cell(row.p50Ratio ?? NaN),
+          cell(row.p99Ratio ?? NaN),
+          cell(row.rpsRatio ?? NaN),
+          row.perRoundP50.map((value) => cell(value ?? NaN)).join(' '),
+          cell(row.floorRatioSmall ?? NaN),
+          cell(row.floorRatioLarge ?? NaN)
+        ])
+      )}\n\n`
+  )
+  return { phase, comparison }
+}
