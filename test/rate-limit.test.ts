@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
@@ -236,6 +236,61 @@ t.test('with REDIS_URL two instances share one limit', { skip: sharedRedis ? fal
   t.equal(await redis.get(`${prefix}tenant:${ACME}`), '10')
   const ttl = await redis.pttl(`${prefix}tenant:${ACME}`)
   t.ok(ttl > 0 && ttl <= 60_000, 'counters expire with the window')
+})
+
+/**
+ * A TCP proxy to Redis that holds each new connection for `delayMs` before passing it on: a Redis
+ * that is slow to reach, as across a busy network or from a busy machine.
+ */
+async function slowToConnect(target: string, delayMs: number) {
+  const { hostname, port } = new URL(target)
+  const sockets = new Set<net.Socket>()
+  const timers = new Set<NodeJS.Timeout>()
+  const server = net.createServer((client) => {
+    sockets.add(client)
+    client.pause()
+    client.on('error', () => client.destroy())
+    const timer = setTimeout(() => {
+      timers.delete(timer)
+      if (client.destroyed) return
+      const upstream = net.connect(Number(port), hostname, () => {
+        client.pipe(upstream) // resumes the client, paused until now
+        upstream.pipe(client)
+      })
+      sockets.add(upstream)
+      const end = () => (client.destroy(), upstream.destroy())
+      upstream.on('error', end).on('close', end)
+      client.on('close', end)
+    }, delayMs)
+    timers.add(timer)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: `redis://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const timer of timers) clearTimeout(timer)
+        for (const socket of sockets) socket.destroy()
+        server.close(() => resolve())
+      })
+  }
+}
+
+t.test('a new instance counts its very first request in Redis: it is ready only once Redis is', { skip: sharedRedis ? false : `no Redis answers at ${SHARED_REDIS}` }, async (t) => {
+  const prefix = `tenant-service-test:${randomBytes(6).toString('hex')}:`
+  const proxy = await slowToConnect(SHARED_REDIS, 300)
+  t.teardown(() => proxy.close())
+  const ctx = await setupApp(t, { RATE_LIMIT_MAX: '6', REDIS_URL: proxy.url, RATE_LIMIT_REDIS_PREFIX: prefix })
+  t.teardown(() => dropKeys(SHARED_REDIS, prefix))
+  await createTenant(ctx, ACME)
+  for (let started = 1; started <= 3; started++) {
+    const fresh = await buildApp(ctx.config)
+    const response = await listUsers(fresh, ctx.auth.tenantUser(ACME))
+    await fresh.close()
+    t.equal(response.statusCode, 200)
+    // Counted by Redis, or the header would be missing (a store error lets a request through uncounted).
+    t.equal(response.headers['x-ratelimit-remaining'], String(6 - started), `instance ${started}'s first request spent the shared budget`)
+  }
 })
 
 /** A Redis of this test's own, which it can stop and start again on the same port. */

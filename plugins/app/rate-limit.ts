@@ -117,6 +117,8 @@ export class RedisStore implements WindowStore {
   }
 }
 
+const REDIS_CONNECT_TIMEOUT_MS = 2000
+
 /**
  * A Redis client that never makes a request wait for Redis: while it is disconnected commands
  * fail at once (no offline queue), a command that hangs gives up after half a second, and it
@@ -128,7 +130,7 @@ export function createRedis(url: string, log: FastifyBaseLogger) {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     commandTimeout: 500,
-    connectTimeout: 2000,
+    connectTimeout: REDIS_CONNECT_TIMEOUT_MS,
     retryStrategy: (attempt) => Math.min(attempt * 200, 5000)
   })
   let healthy = true
@@ -148,6 +150,27 @@ export function createRedis(url: string, log: FastifyBaseLogger) {
   })
   return {
     redis,
+    /**
+     * Settles once Redis is ready, or after the connect timeout and a little more, whichever comes
+     * first: long enough for a few attempts (a slow first answer to the ready check fails an
+     * attempt, and the client retries within 200 ms), and short enough for a start with Redis down
+     * to go on, its requests served unlimited. Without this wait a new instance would serve its
+     * first requests uncounted while it connects (commands fail at once, with no offline queue).
+     */
+    connected(): Promise<void> {
+      if (redis.status === 'ready') return Promise.resolve()
+      return new Promise((resolve) => {
+        const settle = () => {
+          clearTimeout(timer)
+          redis.off('ready', settle)
+          redis.off('end', settle)
+          resolve()
+        }
+        const timer = setTimeout(settle, REDIS_CONNECT_TIMEOUT_MS + 500)
+        redis.once('ready', settle)
+        redis.once('end', settle)
+      })
+    },
     close() {
       closing = true
       redis.disconnect()
@@ -206,6 +229,11 @@ export default fp(
     const { config } = fastify
     const redis = config.REDIS_URL ? createRedis(config.REDIS_URL, fastify.log) : undefined
     if (redis) {
+      // Ready once Redis is (or 2.5 s have passed, and the log says it is unreachable): the first
+      // requests an instance serves spend the shared budget like every later one.
+      fastify.addHook('onReady', async () => {
+        await redis.connected()
+      })
       fastify.addHook('onClose', async () => {
         redis.close()
       })
