@@ -110,8 +110,10 @@ t.test('SIGTERM under load: every accepted request completes, readiness goes 503
   }
 
   const loops = [...Array.from({ length: LOOPS }, loop), probe()]
-  // Sustained load first: a few hundred requests through the keep-alive connections.
-  while (outcomes.filter((o) => o.status === 200).length < 300 && !exited) await sleep(10)
+  // Sustained load first: a few hundred requests through the keep-alive connections, and readiness
+  // answered under that load at least twice (on a busy machine the load alone can get there first).
+  const underWay = () => outcomes.filter((o) => o.status === 200).length >= 300 && readiness.filter((o) => o.status !== undefined).length >= 2
+  while (!underWay() && !exited) await sleep(10)
   // A readiness probe whose headers are half sent: its connection is busy, not idle, so the
   // shutdown does not cut it, and the probe completes while the server drains.
   const lateProbe = await openPartialRequest(server.port, '/health/ready')
@@ -163,7 +165,8 @@ t.test('SIGTERM under load: every accepted request completes, readiness goes 503
   )
 
   const readyBefore = readiness.filter((o) => o.answeredBeforeSigterm)
-  t.ok(readyBefore.length > 0 && readyBefore.every((o) => o.status === 200), 'ready while serving')
+  t.ok(readyBefore.length > 0, `readiness was probed while serving (${readyBefore.length} probes)`)
+  t.same(readyBefore.filter((o) => o.status !== 200).map((o) => o.status ?? o.error), [], 'ready while serving')
   const readyAfter = readiness.filter((o) => o.sentDuringShutdown && o.status !== undefined)
   t.same(
     readyAfter.filter((o) => o.status !== 503).map((o) => o.status),
