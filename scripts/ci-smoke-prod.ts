@@ -3,7 +3,11 @@
  * NODE_ENV=production, nothing embedded) against a fresh database on the machine's PostgreSQL. It
  * must listen, answer /health/live and /health/ready, and exit 0 on SIGTERM.
  *
- *   tsx scripts/ci-smoke-prod.ts [--summary FILE] [--no-build]
+ *   tsx scripts/ci-smoke-prod.ts [--summary FILE] [--no-build] [--node PATH]
+ *
+ * --node runs the compiled server with another Node.js binary than the one running this script:
+ * CI passes Node 24 LTS, the container image's runtime, so the image's `node dist/server.js` is
+ * proven on the version it ships with even when the whole suite runs on the machine's Node 20.
  *
  * Production refuses to start without its dependencies, so a JWKS issuer and an S3-compatible
  * bucket are started here, on loopback. `productionEnv` below is the whole environment the server
@@ -11,7 +15,7 @@
  * else postgres://postgres@127.0.0.1:5432/postgres. Prints `N passed, M failed` last, and writes
  * the same counts as JSON to --summary.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import http from 'node:http'
@@ -57,8 +61,9 @@ function productionEnv(deps: Dependencies): Record<string, string> {
 }
 
 const { values: options } = parseArgs({
-  options: { summary: { type: 'string' }, 'no-build': { type: 'boolean', default: false } }
+  options: { summary: { type: 'string' }, 'no-build': { type: 'boolean', default: false }, node: { type: 'string' } }
 })
+const nodeBinary = options.node ?? process.execPath
 
 const started = performance.now()
 const results: { name: string; ok: boolean; detail?: string }[] = []
@@ -139,6 +144,8 @@ async function until200(url: string, timeoutMs: number) {
 }
 
 async function smoke() {
+  const nodeVersion = spawnSync(nodeBinary, ['--version'], { encoding: 'utf8' }).stdout?.trim()
+  if (!check(`${nodeBinary} runs`, Boolean(nodeVersion))) return
   if (!options['no-build']) {
     const built = check('npm run build', (await runCommand('npm', ['run', 'build'])) === 0)
     if (!built) return
@@ -155,7 +162,7 @@ async function smoke() {
   }
 
   const { NODE_OPTIONS: _loaders, ...inherited } = process.env
-  const server: ChildProcess = spawn(process.execPath, ['dist/server.js'], {
+  const server: ChildProcess = spawn(nodeBinary, ['dist/server.js'], {
     cwd: root,
     env: { ...inherited, ...productionEnv(deps) },
     stdio: ['ignore', 'pipe', 'pipe']
@@ -181,7 +188,7 @@ async function smoke() {
     base = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(stdout)?.[1]
     if (!base) await sleep(100)
   }
-  if (!check('the compiled server listens in production mode', base !== undefined, `${stdout}\n${stderr}`.trim().slice(-2000))) return
+  if (!check(`the compiled server listens in production mode on Node ${nodeVersion}`, base !== undefined, `${stdout}\n${stderr}`.trim().slice(-2000))) return
 
   const live = await until200(`${base}/health/live`, 10_000)
   check('GET /health/live is 200', live.status === 200, `${live.status} ${live.body}`)
