@@ -2,6 +2,7 @@ import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { toApiError } from './domain/pg-errors.ts'
+import { RequestFinishedError } from './domain/tenant-db.ts'
 import type { ErrorBody } from '../schemas/error.ts'
 
 /** Fastify's own client errors, renamed into our vocabulary. */
@@ -29,6 +30,13 @@ const statusAsCode = (statusCode: number) =>
 export default fp(
   async function errorHandler(fastify: FastifyInstance) {
     fastify.setErrorHandler(function handleError(error: FastifyError, request, reply) {
+      if (error instanceof RequestFinishedError && reply.raw.destroyed) {
+        // The client went away while the handler still had queries to run (the queries were
+        // not run): nobody hears the answer, and nothing failed on our side, so the log says so
+        // at info rather than as an error. 499 is nginx's "client closed request".
+        request.log.info({ tenant: request.tenant?.id, code: 'CLIENT_CLOSED_REQUEST' }, 'the client went away before the answer')
+        return reply.code(499).type('application/json; charset=utf-8').send(body(499, 'CLIENT_CLOSED_REQUEST', 'The client closed the connection'))
+      }
       const apiError = toApiError(error)
       let payload: ErrorBody
       if (apiError) {

@@ -250,6 +250,51 @@ t.test('an exhausted pool answers 503 DATABASE_BUSY with Retry-After, and recove
   await assertClean(t)
 })
 
+t.test('a client that gives up while its request waits for a connection: the connection goes back, and no error is logged', async (t) => {
+  const lines: string[] = []
+  const pooled = await buildApp(
+    { ...ctx.config, PG_READ_LANES: 0, PG_ACQUIRE_TIMEOUT_MS: 10_000, LOG_LEVEL: 'info' },
+    { beforeReady: testRoutes, logStream: { write: (line: string) => void lines.push(line) } }
+  )
+  await pooled.listen({ port: 0, host: '127.0.0.1' })
+  const on = { port: (pooled.server.address() as AddressInfo).port }
+  const pool = pooled.pg.pool
+  const holders = [call('GET', '/test/sleep?seconds=0.5', on), call('GET', '/test/sleep?seconds=0.5', { ...on, tenant: OTHER })]
+  t.ok(await eventually(async () => (await sessions()).sleeping === 2), 'both pooled connections are busy')
+
+  let waiter: http.ClientRequest | undefined
+  const gaveUp = call('GET', '/users', { ...on, onRequest: (request) => (waiter = request) }).then(
+    () => 'answered',
+    (error: NodeJS.ErrnoException) => error.code ?? 'error'
+  )
+  t.ok(await eventually(() => pool.waitingCount === 1), 'a third request waits for a connection')
+  waiter!.destroy()
+  t.equal(await gaveUp, 'ECONNRESET', 'its client gave up before any answer')
+
+  t.same(
+    (await Promise.all(holders)).map((answer) => answer.status),
+    [200, 200],
+    'the requests holding the connections completed'
+  )
+  t.ok(await eventually(() => pool.idleCount === pool.totalCount && pool.waitingCount === 0), 'every connection went back to the pool')
+  t.equal((await call('GET', '/users', on)).status, 200, 'and it serves again')
+  const exposition = (await pooled.inject({ method: 'GET', url: '/metrics' })).body
+  t.notMatch(exposition, /http_request_duration_seconds_count\{[^}]*status_code="5\d\d"/, 'no 5xx is counted')
+  await pooled.close()
+
+  const entries = lines.map((line) => JSON.parse(line) as { level: number; msg: string; reqId?: string; code?: string })
+  t.same(
+    entries.filter((entry) => entry.level >= 50).map((entry) => `${entry.msg} ${entry.code ?? ''}`),
+    [],
+    'a client going away is not an error of the service'
+  )
+  t.ok(
+    entries.some((entry) => entry.level === 30 && /client went away/.test(entry.msg)),
+    'the log says the client went away'
+  )
+  await assertClean(t)
+})
+
 t.test('a slow read on the read lane holds up no read that comes after it', async (t) => {
   const answered: string[] = []
   const slow = call('GET', `/test/sleep?seconds=${HOLD_SECONDS}`).then((answer) => {

@@ -74,6 +74,18 @@ class HandleQuery extends ScopedQuery implements Settle {
  * taken with callback APIs, queries asked for while it is on its way wait in a list, and a read
  * has nothing to give back, or gives its pooled connection back synchronously.
  */
+/**
+ * A query asked of a request that has ended: its client went away (an abort, a socket timeout)
+ * while the handler still had queries to run, so they were not run. The error handler answers
+ * it as a departed client, not as a fault of the service.
+ */
+export class RequestFinishedError extends Error {
+  constructor() {
+    super('The request has finished; its database handle is closed')
+    this.name = 'RequestFinishedError'
+  }
+}
+
 export class TenantScopedDb {
   /**
    * Reports the context switch of every handle on `pool` (one observer per pool, so that several
@@ -129,7 +141,7 @@ export class TenantScopedDb {
   }
 
   query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult<Row>> {
-    if (this.#finished) return Promise.reject(new Error('The request has finished; its database handle is closed'))
+    if (this.#finished) return Promise.reject(new RequestFinishedError())
     if (this.#connectError !== null) return Promise.reject(this.#connectError)
 
     const sql = typeof text === 'string' ? text : text.text
@@ -248,13 +260,13 @@ export class TenantScopedDb {
     const waiting = this.#waiting ?? []
     this.#waiting = null
     if (error || !client) {
-      const failure = error ? (this.#connectError = toApiError(error) ?? error) : new Error('The request has finished; its database handle is closed')
+      const failure = error ? (this.#connectError = toApiError(error) ?? error) : new RequestFinishedError()
       for (const query of waiting) query.callback!(failure as Error, undefined as never)
       return
     }
     if (this.#finished) {
       // Only a lane can get here: it is shared, so there is nothing to give back.
-      for (const query of waiting) query.callback!(new Error('The request has finished; its database handle is closed'), undefined as never)
+      for (const query of waiting) query.callback!(new RequestFinishedError(), undefined as never)
       return
     }
     this.#client = client
