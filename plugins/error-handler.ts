@@ -31,10 +31,11 @@ export default fp(
   async function errorHandler(fastify: FastifyInstance) {
     fastify.setErrorHandler(function handleError(error: FastifyError, request, reply) {
       if (error instanceof RequestFinishedError && reply.raw.destroyed) {
-        // The client went away while the handler still had queries to run (the queries were
-        // not run): nobody hears the answer, and nothing failed on our side, so the log says so
-        // at info rather than as an error. 499 is nginx's "client closed request".
-        request.log.info({ tenant: request.tenant?.id, code: 'CLIENT_CLOSED_REQUEST' }, 'the client went away before the answer')
+        // The connection closed (the client left, or its socket timed out: REQUEST_TIMEOUT_MS)
+        // while the handler still had queries to run, and they were not run. Nobody hears the
+        // answer and nothing failed on our side, so the log says so at info rather than as an
+        // error. 499 is nginx's "client closed request".
+        request.log.info({ tenant: request.tenant?.id, code: 'CLIENT_CLOSED_REQUEST' }, 'the connection closed before the answer')
         return reply.code(499).type('application/json; charset=utf-8').send(body(499, 'CLIENT_CLOSED_REQUEST', 'The client closed the connection'))
       }
       const apiError = toApiError(error)

@@ -75,9 +75,9 @@ class HandleQuery extends ScopedQuery implements Settle {
  * has nothing to give back, or gives its pooled connection back synchronously.
  */
 /**
- * A query asked of a request that has ended: its client went away (an abort, a socket timeout)
- * while the handler still had queries to run, so they were not run. The error handler answers
- * it as a departed client, not as a fault of the service.
+ * A query asked of a request that has ended: its connection closed (a client abort, a socket
+ * timeout) while the handler still had queries to run, so they were not run. The error handler
+ * answers it as a closed connection, not as a fault of the service.
  */
 export class RequestFinishedError extends Error {
   constructor() {
