@@ -36,7 +36,7 @@ export default fp(
         // answer and nothing failed on our side, so the log says so at info rather than as an
         // error. 499 is nginx's "client closed request".
         request.log.info({ tenant: request.tenant?.id, code: 'CLIENT_CLOSED_REQUEST' }, 'the connection closed before the answer')
-        return reply.code(499).type('application/json; charset=utf-8').send(body(499, 'CLIENT_CLOSED_REQUEST', 'The client closed the connection'))
+        return reply.code(499).type('application/json; charset=utf-8').send(body(499, 'CLIENT_CLOSED_REQUEST', 'The connection closed before the answer'))
       }
       const apiError = toApiError(error)
       let payload: ErrorBody

@@ -50,6 +50,18 @@ class HandleQuery extends ScopedQuery implements Settle {
 }
 
 /**
+ * A query asked of a request that has ended: its connection closed (a client abort, a socket
+ * timeout) while the handler still had queries to run, so they were not run. The error handler
+ * answers it as a closed connection, not as a fault of the service.
+ */
+export class RequestFinishedError extends Error {
+  constructor() {
+    super('The request has finished; its database handle is closed')
+    this.name = 'RequestFinishedError'
+  }
+}
+
+/**
  * The request's database handle, bound to one tenant (DESIGN §3).
  *
  * Lazy: a pooled connection is taken at the first query, so a request rejected by validation or
@@ -74,18 +86,6 @@ class HandleQuery extends ScopedQuery implements Settle {
  * taken with callback APIs, queries asked for while it is on its way wait in a list, and a read
  * has nothing to give back, or gives its pooled connection back synchronously.
  */
-/**
- * A query asked of a request that has ended: its connection closed (a client abort, a socket
- * timeout) while the handler still had queries to run, so they were not run. The error handler
- * answers it as a closed connection, not as a fault of the service.
- */
-export class RequestFinishedError extends Error {
-  constructor() {
-    super('The request has finished; its database handle is closed')
-    this.name = 'RequestFinishedError'
-  }
-}
-
 export class TenantScopedDb {
   /**
    * Reports the context switch of every handle on `pool` (one observer per pool, so that several
