@@ -213,6 +213,19 @@ t.test('a client abort while the query runs rolls back and releases', async (t) 
   await abortWhileRunning(t, 'POST', '/test/insert-then-sleep', { email: 'aborted@example.test' })
   await assertClean(t)
   t.equal(await userRows('aborted@example.test'), 0, "the aborted mutation's write was rolled back")
+
+  // Counted by route and method, the GET aborted while its request was still arriving as far as
+  // Node is concerned, the POST after its body was read in full: Fastify sees the two differently.
+  const metrics = async () => (await ctx.app.inject({ method: 'GET', url: '/metrics' })).body
+  const aborted = (route: string, method: string) => `tenant_service_http_requests_aborted_total{route="${route}",method="${method}"} 1`
+  t.ok(
+    await eventually(async () => {
+      const text = await metrics()
+      return text.includes(aborted('/test/sleep', 'GET')) && text.includes(aborted('/test/insert-then-sleep', 'POST'))
+    }),
+    'both aborts are counted, once each'
+  )
+  t.notMatch(await metrics(), /http_request_duration_seconds_count\{route="\/test\/(sleep|insert-then-sleep)"/, 'and neither has a duration')
 })
 
 t.test('a statement past PG_STATEMENT_TIMEOUT_MS is 504 STATEMENT_TIMEOUT', async (t) => {

@@ -115,6 +115,14 @@ export function createMetrics(fastify: FastifyInstance) {
     return series
   }
 
+  // Not on the request path: a label hash per aborted request is cheap enough.
+  const httpAborted = new Counter({
+    name: 'tenant_service_http_requests_aborted_total',
+    help: 'Requests whose connection closed before their response was sent (the client left, or REQUEST_TIMEOUT_MS passed), by route pattern and method; they are not in http_request_duration_seconds',
+    labelNames: ['route', 'method'] as const,
+    registers
+  })
+
   const contextSwitch = new FastHistogram({
     name: 'tenant_service_tenant_context_switch_seconds',
     help: "Time from having a connection (a read lane or a pooled one) to the result of the request's first query, tenant context included",
@@ -252,6 +260,7 @@ export function createMetrics(fastify: FastifyInstance) {
     registry,
     /** The duration series of a route pattern (`unmatched` for 404s), method and status. */
     httpSeriesOf,
+    httpAborted,
     contextSwitch,
     tenantRequests,
     topTenants,
@@ -283,6 +292,13 @@ export default fp(
       metrics.httpSeriesOf(request.routeOptions.url ?? 'unmatched', request.method, reply.statusCode).observe(reply.elapsedTime / 1000)
       if (request.tenant) metrics.tenantRequests.inc(metrics.topTenants.record(request.tenant.id))
       done()
+    })
+    // onResponse never runs for a request whose connection closed before its answer. onSend runs
+    // once for every request, however it ended: while its body arrived (when Fastify runs
+    // onRequestAbort), after that (when it does not), or past REQUEST_TIMEOUT_MS.
+    fastify.addHook('onSend', (request, reply, payload, done) => {
+      if (reply.raw.destroyed) metrics.httpAborted.inc({ route: request.routeOptions.url ?? 'unmatched', method: request.method })
+      done(null, payload)
     })
 
     fastify.addHook('onClose', async () => {
