@@ -1,9 +1,12 @@
+import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
+import net, { type AddressInfo } from 'node:net'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { parse } from 'yaml'
 import { createTenant, setupApp } from './helpers/app.ts'
+import { eventually } from './helpers/wait.ts'
 
 interface Rule {
   alert?: string
@@ -100,6 +103,17 @@ t.test('every series an alert reads is one the service exports, with the labels 
   await app.inject({ method: 'GET', url: '/users/not-a-uuid', headers: auth.tenantUser('acme') })
   await app.inject({ method: 'GET', url: '/no/such/route' })
   await app.inject({ method: 'GET', url: '/health/ready' })
+  // And a request aborted for real: a client that leaves while its body is still arriving.
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const socket = net.connect((app.server.address() as AddressInfo).port, '127.0.0.1')
+  const headers = { ...auth.tenantUser('acme'), 'content-type': 'application/json', 'content-length': '100', expect: '100-continue' }
+  socket.write(`POST /users HTTP/1.1\r\nhost: localhost\r\n${Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('')}\r\n`)
+  // "100 Continue": the service has the request and waits for its body.
+  await once(socket, 'data')
+  socket.end('{"email":')
+  socket.destroy()
+  const scrape = async () => (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.ok(await eventually(async () => (await scrape()).includes('tenant_service_http_requests_aborted_total{')), 'the abort is counted')
 
   const response = await app.inject({ method: 'GET', url: '/metrics' })
   t.equal(response.statusCode, 200)
