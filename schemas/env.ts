@@ -41,11 +41,13 @@ export const EnvSchema = Type.Object({
   PG_POOL_MAX: Integer(20, 1, 1000),
   /**
    * Connections the pool keeps open however long they stay idle (at most PG_POOL_MAX); the others
-   * close after 30 s idle. On PostgreSQL 15 a new connection's first switch to a tenant role costs
-   * time that grows with the square of the tenants (0.2–0.3 s at 10,000), so a pool that keeps its
-   * connections pays it once rather than after every quiet spell.
+   * close after 30 s idle. Unset, the whole pool is kept, as a fixed-size pool: on PostgreSQL 15 a
+   * new connection's first switch to a tenant role costs time that grows with the square of the
+   * tenants (0.2–0.3 s at 10,000), and a pool that keeps its connections pays it once at start
+   * rather than in requests after every quiet spell (BENCHMARKS.md, "100 → 10,000 tenants").
+   * 0 gives every idle connection back to PostgreSQL.
    */
-  PG_POOL_MIN: Integer(0, 0, 1000),
+  PG_POOL_MIN: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000 })),
   /**
    * Connections of the pool that carry every request's reads, pipelined (plugins/domain/read-lanes.ts);
    * 0: each read takes a pooled connection of its own. At most PG_POOL_MAX − 1 are used, so that
@@ -196,6 +198,11 @@ export function loadConfigOrExit(env: NodeJS.ProcessEnv = process.env): Config {
     for (const problem of error.problems) console.error(`config error: ${problem}`)
     process.exit(1)
   }
+}
+
+/** The connections the pool keeps open when idle: PG_POOL_MIN, or the whole pool when it is unset. */
+export function keptConnections(config: Pick<Config, 'PG_POOL_MIN' | 'PG_POOL_MAX'>): number {
+  return Math.min(config.PG_POOL_MIN ?? config.PG_POOL_MAX, config.PG_POOL_MAX)
 }
 
 /**

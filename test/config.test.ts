@@ -15,7 +15,6 @@ t.test('defaults', async (t) => {
     HOST: '0.0.0.0',
     LOG_LEVEL: 'info',
     PG_POOL_MAX: 20,
-    PG_POOL_MIN: 0,
     PG_ACQUIRE_TIMEOUT_MS: 2000,
     PG_STATEMENT_TIMEOUT_MS: 5000,
     TENANT_ROLE_PREFIX: 't_',
@@ -82,7 +81,9 @@ t.test('PG_POOL_MIN is the connections the pool keeps when idle, never more than
     const config = loadConfig({ DATABASE_URL: 'postgres://db/tenants', ...env })
     return (poolOptions({ config } as FastifyInstance) as { min?: number }).min
   }
-  t.equal(minimumOf({}), 0, 'by default every idle connection closes after the idle timeout')
+  t.equal(minimumOf({}), 20, 'by default the whole pool is kept')
+  t.equal(minimumOf({ PG_POOL_MAX: '6' }), 6, 'whatever its size')
+  t.equal(minimumOf({ PG_POOL_MIN: '0' }), 0, '0: every idle connection closes after the idle timeout')
   t.equal(minimumOf({ PG_POOL_MIN: '4' }), 4)
   t.equal(minimumOf({ PG_POOL_MIN: '50', PG_POOL_MAX: '10' }), 10, 'clamped to the pool size')
 })

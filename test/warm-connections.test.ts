@@ -5,9 +5,9 @@ import { buildApp, createTenant, setupApp, testConfig, type TestContext } from '
 import { eventually } from './helpers/wait.ts'
 
 /**
- * PG_POOL_MIN connections are opened at start, each having made its first switch to a tenant role
- * (PostgreSQL 15 builds the login's membership list then, in time that grows with the square of
- * the tenants), and /health/ready waits for them.
+ * PG_POOL_MIN connections (unset: PG_POOL_MAX) are opened at start, each having made its first
+ * switch to a tenant role (PostgreSQL 15 builds the login's membership list then, in time that
+ * grows with the square of the tenants), and /health/ready waits for them.
  */
 
 let ctx: TestContext
@@ -79,9 +79,20 @@ t.test('PG_POOL_MIN connections are opened and switched once before the service 
   t.equal(rows[0].path, '"$user", public')
 })
 
-t.test('without PG_POOL_MIN nothing is opened ahead and readiness has no such check', async (t) => {
+t.test('PG_POOL_MIN unset: the whole pool is opened and switched before ready', async (t) => {
+  const app = await buildApp(
+    testConfig(ctx.database, { JWT_ISSUER: ctx.issuer.url, JWT_CLIENT_ID: ctx.issuer.clientId, PG_POOL_MIN: '', PG_POOL_MAX: '3' })
+  )
+  t.teardown(() => app.close())
+  t.ok(await eventually(async () => (await readiness(app)).statusCode === 200, 10_000), 'ready once they are open')
+  t.match((await readiness(app)).checks.connections, { ok: true, detail: /^3 connections opened at start, in \d+ ms$/ })
+  t.equal(app.pg.pool.totalCount, 3, 'and kept')
+})
+
+t.test('PG_POOL_MIN=0: nothing is opened ahead and readiness has no such check', async (t) => {
   const { checks } = await readiness(ctx.app)
   t.notOk('connections' in checks)
+  t.equal(ctx.config.PG_POOL_MIN, 0)
 })
 
 t.test('a database that cannot be reached at start: reported, and readiness is left to the database check', async (t) => {

@@ -1,17 +1,19 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { keptConnections } from '../../schemas/env.ts'
 import { warmConnections } from '../domain/warm-connections.ts'
 
 /**
- * With PG_POOL_MIN set, the connections the pool keeps are opened at start, each having made its
- * first switch to a tenant role, before /health/ready says ready: the first requests after a
- * deploy then find connections that PostgreSQL 15 need not build a membership list for. It runs
+ * The connections the pool keeps (PG_POOL_MIN, the whole pool unless set lower) are opened at
+ * start, each having made its first switch to a tenant role, before /health/ready says ready: the
+ * first requests after a deploy then find connections that PostgreSQL 15 need not build a
+ * membership list for. It runs
  * after the spare schemas' first build (which changes roles, and so would undo it), while the
  * service already listens and answers /health/live.
  */
 export default fp(
   async function warmConnectionsAtStart(fastify: FastifyInstance) {
-    const count = Math.min(fastify.config.PG_POOL_MIN, fastify.config.PG_POOL_MAX)
+    const count = keptConnections(fastify.config)
     if (count === 0) return
     /** What the readiness check reports once the warm-up is over; null while it runs. */
     let outcome: string | null = null

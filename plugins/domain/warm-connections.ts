@@ -15,8 +15,8 @@ const FIRST_SWITCH = `SELECT set_config('role', r.rolname, true)
 
 /**
  * Opens `count` pooled connections and makes each one's first switch to a tenant role, then gives
- * them back to the pool, which keeps PG_POOL_MIN of them however long they stay idle. Answers how
- * many were warmed; rejects with the first failure, after releasing every connection it took.
+ * them back to the pool, which keeps them however long they stay idle. Answers how many were
+ * warmed; rejects with the first failure, after releasing every connection it took.
  */
 export async function warmConnections(pool: pg.Pool, count: number, tenantRolePrefix: string): Promise<number> {
   // Taken together: one after another, the pool would hand out the same connection each time.

@@ -2,6 +2,7 @@ import fastifyPostgres, { type PostgresPluginOptions } from '@fastify/postgres'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
+import { keptConnections } from '../../schemas/env.ts'
 
 /** The pool options derived from configuration. */
 export function poolOptions(fastify: FastifyInstance): PostgresPluginOptions {
@@ -12,7 +13,7 @@ export function poolOptions(fastify: FastifyInstance): PostgresPluginOptions {
     connectionString: config.DATABASE_URL,
     max: config.PG_POOL_MAX,
     // Below it, idle connections are kept rather than closed after idleTimeoutMillis.
-    min: Math.min(config.PG_POOL_MIN, config.PG_POOL_MAX),
+    min: keptConnections(config),
     // Bounds the wait for a free connection; past it the request is a 503, not a hang.
     connectionTimeoutMillis: config.PG_ACQUIRE_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,

@@ -88,6 +88,9 @@ export function testConfig(database: TestDatabase, env: Record<string, string> =
     TENANT_ROLE_PREFIX: database.rolePrefix,
     // No spare schemas built in the background of every test; test/tenant-spares.test.ts has them.
     TENANT_SPARES: '0',
+    // Connections open as requests need them, not the whole pool at every start (the default,
+    // which test/warm-connections.test.ts covers): test files run side by side on one server.
+    PG_POOL_MIN: '0',
     ...env
   })
 }

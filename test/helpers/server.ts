@@ -28,6 +28,7 @@ export function serverEnv(context?: { config: Config }, overrides: Env = {}): Re
     env.DATABASE_URL = context.config.DATABASE_URL
     env.TENANT_ROLE_PREFIX = context.config.TENANT_ROLE_PREFIX
     env.TENANT_SPARES = String(context.config.TENANT_SPARES)
+    if (context.config.PG_POOL_MIN !== undefined) env.PG_POOL_MIN = String(context.config.PG_POOL_MIN)
     // Production requires an issuer: the context's, so its tokens work against the process too.
     env.JWT_ISSUER = context.config.JWT_ISSUER
     env.JWT_CLIENT_ID = context.config.JWT_CLIENT_ID
