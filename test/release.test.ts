@@ -25,6 +25,21 @@ function testRoutes(app: FastifyInstance) {
     await request.db!.query('SELECT pg_sleep($1)', [Number(request.query.seconds)])
     return { slept: true }
   })
+  app.get<{ Querystring: { seconds: string } }>(
+    '/test/sleep-then-failing-onsend',
+    {
+      ...scoped,
+      // A hook that fails on an answer nobody receives: the error answer passes through onSend again.
+      onSend: async (request, reply, payload) => {
+        if (reply.raw.destroyed) throw new Error('onSend bug on a closed connection')
+        return payload
+      }
+    },
+    async (request) => {
+      await request.db!.query('SELECT pg_sleep($1)', [Number(request.query.seconds)])
+      return { slept: true }
+    }
+  )
   app.get('/test/throw-after-query', scoped, async (request) => {
     await request.db!.query('SELECT 1')
     throw new Error('handler bug after a query')
@@ -213,6 +228,8 @@ t.test('a client abort while the query runs rolls back and releases', async (t) 
   await abortWhileRunning(t, 'POST', '/test/insert-then-sleep', { email: 'aborted@example.test' })
   await assertClean(t)
   t.equal(await userRows('aborted@example.test'), 0, "the aborted mutation's write was rolled back")
+  await abortWhileRunning(t, 'GET', '/test/sleep-then-failing-onsend?seconds=0.3')
+  await assertClean(t)
 
   // Counted by route and method, the GET aborted while its request was still arriving as far as
   // Node is concerned, the POST after its body was read in full: Fastify sees the two differently.
@@ -221,9 +238,13 @@ t.test('a client abort while the query runs rolls back and releases', async (t) 
   t.ok(
     await eventually(async () => {
       const text = await metrics()
-      return text.includes(aborted('/test/sleep', 'GET')) && text.includes(aborted('/test/insert-then-sleep', 'POST'))
+      return (
+        text.includes(aborted('/test/sleep', 'GET')) &&
+        text.includes(aborted('/test/insert-then-sleep', 'POST')) &&
+        text.includes(aborted('/test/sleep-then-failing-onsend', 'GET'))
+      )
     }),
-    'both aborts are counted, once each'
+    'every abort is counted, once, even when a later onSend hook fails on it'
   )
   t.notMatch(await metrics(), /http_request_duration_seconds_count\{route="\/test\/(sleep|insert-then-sleep)"/, 'and neither has a duration')
 })

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
 import { FastCounter, FastHistogram, type HistogramSeries } from '../domain/hot-metrics.ts'
@@ -294,10 +294,15 @@ export default fp(
       done()
     })
     // onResponse never runs for a request whose connection closed before its answer. onSend runs
-    // once for every request, however it ended: while its body arrived (when Fastify runs
-    // onRequestAbort), after that (when it does not), or past REQUEST_TIMEOUT_MS.
+    // for every request, however it ended: while its body arrived (when Fastify runs
+    // onRequestAbort), after that (when it does not), or past REQUEST_TIMEOUT_MS; and once more
+    // for the error answer when a later onSend hook fails, hence the set.
+    const countedAborts = new WeakSet<FastifyRequest>()
     fastify.addHook('onSend', (request, reply, payload, done) => {
-      if (reply.raw.destroyed) metrics.httpAborted.inc({ route: request.routeOptions.url ?? 'unmatched', method: request.method })
+      if (reply.raw.destroyed && !countedAborts.has(request)) {
+        countedAborts.add(request)
+        metrics.httpAborted.inc({ route: request.routeOptions.url ?? 'unmatched', method: request.method })
+      }
       done(null, payload)
     })
 
