@@ -7,9 +7,8 @@ import { warmConnections } from '../domain/warm-connections.ts'
  * The connections the pool keeps (PG_POOL_MIN, the whole pool unless set lower) are opened at
  * start, each having made its first switch to a tenant role, before /health/ready says ready: the
  * first requests after a deploy then find connections that PostgreSQL 15 need not build a
- * membership list for. It runs
- * after the spare schemas' first build (which changes roles, and so would undo it), while the
- * service already listens and answers /health/live.
+ * membership list for. It runs after the spare schemas' first build (which changes roles, and so
+ * would undo it), while the service already listens and answers /health/live.
  */
 export default fp(
   async function warmConnectionsAtStart(fastify: FastifyInstance) {
