@@ -279,12 +279,13 @@ async function bench(options: Options): Promise<number> {
           serviceEnv,
           nodeArgs,
           largeTenants: tenants,
-          largeService: service,
+          replacedService: service,
           cases: [cases.a, cases.b, cases.cFloor, cases.c]
         })
         phases.push(compared.phase)
         scale = compared.comparison
         report.scale = scale
+        report.scaleServiceLogs = compared.serviceLogs
       }
     })
   }

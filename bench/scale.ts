@@ -3,13 +3,15 @@
  * comparison: a second database of --tenants tenants with a service of its own, configured alike,
  * loaded in the same rounds as the large one (BENCHMARKS.md, "100 → 10,000 tenants").
  */
+import type pg from 'pg'
 import type { Migration } from '../plugins/domain/migrations.ts'
-import type { CaseDef, PhaseCase, Server } from './cases.ts'
+import { EnvSchema } from '../schemas/env.ts'
+import type { CaseDef, PhaseCase } from './cases.ts'
 import { benchTenantId, openBenchDatabase, provisionTenants, settleDatabase, type BenchTenant, type Cluster } from './database.ts'
 import { uniform } from './load.ts'
 import type { Options } from './options.ts'
 import { runPhase, type PhaseEnvironment, type PhaseResult } from './phase.ts'
-import { checkpoint, log, startService, state, waitUntilReady } from './process.ts'
+import { BenchError, checkpoint, log, sleep, startService, state, waitUntilReady, type Service } from './process.ts'
 import { cell, median, round, table } from './report.ts'
 
 export interface ScaleComparison {
@@ -38,12 +40,20 @@ export interface ScaleSetup {
   nodeArgs: string[]
   /** Every tenant of the large database, in the order they were created. */
   largeTenants: BenchTenant[]
-  largeService: Server
+  /** The service that has served the large database so far: stopped, and replaced by one started after the last role change. */
+  replacedService: Service
   /** The cases loaded on both sides: tenant-scoped ones and their floors. */
   cases: CaseDef[]
 }
 
-export async function compareAtScale(setup: ScaleSetup): Promise<{ phase: PhaseResult; comparison: ScaleComparison[] }> {
+export interface ScaleResult {
+  phase: PhaseResult
+  comparison: ScaleComparison[]
+  /** What the two services logged (warn and above): the last lines, and how many in all. */
+  serviceLogs: { side: string; lines: number; last: string[] }[]
+}
+
+export async function compareAtScale(setup: ScaleSetup): Promise<ScaleResult> {
   const { options, largeTenants } = setup
   const small = options.tenants
   log(`a database of ${small} tenants, served by a service of its own, beside the one of ${largeTenants.length}`)
@@ -60,11 +70,28 @@ export async function compareAtScale(setup: ScaleSetup): Promise<{ phase: PhaseR
     }
   )
   checkpoint()
+
+  // Both sides are served by services started after the cluster's last role change, each once its
+  // spare stock is full. A role change (provisioning a tenant, building a spare, the role-switch
+  // probe) makes every open connection of the cluster rebuild its login's membership list on its
+  // next switch to a tenant role, about 0.3 s at 10,000 tenants on PostgreSQL 15 (BENCHMARKS.md,
+  // "Tenant roles and PostgreSQL versions"); a service switches each of its connections once at
+  // start. Measured without this, a connection still owing its rebuild stalled the requests behind
+  // it for up to 1.4 s mid-round, which is the cost of a role change, not of the tenants' number.
+  // The large side's service is new too, as the small side's is: the one that served the earlier
+  // phases would bring their history into the comparison.
+  const spareTarget = Number(setup.serviceEnv.TENANT_SPARES ?? EnvSchema.properties.TENANT_SPARES.default)
   const smallService = await startService(
     { ...setup.serviceEnv, DATABASE_URL: smallDb.login.url, TENANT_ROLE_PREFIX: smallDb.database.rolePrefix },
     { nodeArgs: setup.nodeArgs }
   )
   await waitUntilReady(smallService.url)
+  await waitForSpareStock(smallDb.pool, spareTarget, `${small} tenants`)
+  await waitForSpareStock(setup.environment.db.pool, spareTarget, `${largeTenants.length} tenants`)
+  await setup.replacedService.stop()
+  const largeService = await startService(setup.serviceEnv, { nodeArgs: setup.nodeArgs })
+  await waitUntilReady(largeService.url)
+  log(`a service of its own for the database of ${largeTenants.length} tenants, its connections switched once since the last role change`)
   // runPhase lets the large database settle; the small one settles first.
   await settleDatabase(smallDb.database)
 
@@ -72,7 +99,7 @@ export async function compareAtScale(setup: ScaleSetup): Promise<{ phase: PhaseR
   // role-membership check PostgreSQL makes on each switch scans memberships in that order.
   const spread = Array.from({ length: small }, (_, i) => largeTenants[Math.floor((i * largeTenants.length) / small)])
   const suffix = `@${small}`
-  const large = (def: CaseDef): PhaseCase => ({ def, tenants: spread, pick: uniform(spread.length), distribution: 'spread', server: setup.largeService })
+  const large = (def: CaseDef): PhaseCase => ({ def, tenants: spread, pick: uniform(spread.length), distribution: 'spread', server: largeService })
   const smallCase = (def: CaseDef): PhaseCase => ({
     def: {
       ...def,
@@ -88,6 +115,7 @@ export async function compareAtScale(setup: ScaleSetup): Promise<{ phase: PhaseR
   })
   // Each case beside its counterpart, so that the two are measured seconds apart.
   const phase = await runPhase(setup.environment, 'scale', setup.cases.flatMap((def) => [smallCase(def), large(def)]))
+  await Promise.all([smallService.stop(), largeService.stop()])
 
   // The tenant-scoped cases (those with a floor) are compared.
   const scoped = setup.cases.filter((def) => def.floor).map((def) => def.key)
@@ -134,5 +162,23 @@ export async function compareAtScale(setup: ScaleSetup): Promise<{ phase: PhaseR
         ])
       )}\n\n`
   )
-  return { phase, comparison }
+  const serviceLogs = [
+    { side: `${small} tenants`, service: smallService },
+    { side: `${largeTenants.length} tenants`, service: largeService }
+  ].map(({ side, service }) => ({ side, lines: service.lineCount(), last: service.lines }))
+  return { phase, comparison, serviceLogs }
+}
+
+/** Waits until the database holds `target` spare tenant schemas, which a service builds in the background. */
+async function waitForSpareStock(pool: pg.Pool, target: number, which: string): Promise<void> {
+  const begun = performance.now()
+  const deadline = begun + 300_000
+  for (;;) {
+    checkpoint()
+    const { rows } = await pool.query<{ ready: number }>('SELECT count(*)::int AS ready FROM public.tenant_spares')
+    if (rows[0].ready >= target) break
+    if (performance.now() > deadline) throw new BenchError(`the database of ${which} holds ${rows[0].ready} spare schemas after 300 s, not ${target}`)
+    await sleep(500)
+  }
+  log(`the database of ${which}: ${target} spare schemas ready (waited ${((performance.now() - begun) / 1000).toFixed(1)} s)`)
 }
