@@ -145,6 +145,19 @@ t.test('a database outage under load: live stays 200, ready and tenant requests 
   t.ok(duringLive.length > 0 && duringLive.every((answer) => answer.status === 200), `liveness stayed 200 (${duringLive.length} probes)`)
   t.ok(duringReady.length > 0 && duringReady.every((answer) => answer.status === 503 && answer.retryAfter), `readiness stayed 503 with Retry-After (${duringReady.length} probes)`)
   t.equal(exited, false, 'the process is still running')
+  const lost = server.logs.filter((line) => line.msg === 'database connection lost')
+  t.ok(lost.length > 0, `the dropped connections were logged (${lost.length} lines)`)
+  t.same(
+    lost.filter((line) => {
+      const err = line.err as Record<string, unknown> | undefined
+      return typeof err?.message !== 'string' || 'client' in err || JSON.stringify(line).length > 1000
+    }),
+    [],
+    'each line says what happened, without the client object pg-pool attaches to the error'
+  )
+  const pids = lost.map((line) => line.backendPid)
+  t.ok(pids.every((pid) => typeof pid === 'number'), 'each names the backend it lost')
+  t.equal(new Set(pids).size, pids.length, 'and each lost connection is logged once, not once by the client and again by the pool')
 
   // The database comes back on the same address; nobody touches the service.
   await database.resume()

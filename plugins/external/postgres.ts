@@ -28,12 +28,22 @@ export default fp(
   async function postgres(fastify: FastifyInstance) {
     await fastify.register(fastifyPostgres, poolOptions(fastify))
     const pool = fastify.pg.pool
-    // An idle connection the server dropped emits 'error' on the pool; a checked-out one emits it on
-    // the client. Unhandled, either would crash the process, so both are logged and the pool
-    // replaces the connection.
-    pool.on('error', (error) => fastify.log.warn({ err: error }, 'idle database connection lost'))
+    // A connection the server dropped emits 'error' on its client, and when it was idle pg-pool
+    // emits the same error on the pool too. Unhandled, either would crash the process; the pool
+    // replaces the connection, and the loss is logged once.
+    const logged = new WeakSet<Error>()
+    const connectionLost = (error: Error, client: pg.ClientBase) => {
+      if (logged.has(error)) return
+      logged.add(error)
+      // Not the error object itself: pg-pool attaches the whole client to it (err.client), which
+      // the log serializer would write out, connection settings and all, for every connection.
+      const { code, severity } = error as Partial<pg.DatabaseError>
+      const backendPid = (client as { processID?: number }).processID
+      fastify.log.warn({ err: { type: error.name, message: error.message, code, severity }, backendPid }, 'database connection lost')
+    }
+    pool.on('error', connectionLost)
     pool.on('connect', (client) => {
-      client.on('error', (error) => fastify.log.warn({ err: error }, 'database connection lost'))
+      client.on('error', (error) => connectionLost(error, client))
     })
   },
   { name: 'postgres' }
