@@ -234,7 +234,8 @@ async function startEmbeddedDefaults(config: Config, log: (message: string) => v
   const resolved = { ...config }
   if (!resolved.DATABASE_URL) {
     const { startEmbeddedPostgres } = await import('./plugins/embedded/postgres.ts')
-    const postgres = await startEmbeddedPostgres({ dataDir: path.join(DATA_DIR, 'postgres') })
+    // Stopped by main()'s shutdown once the drain has closed the pool, not by the package on the signal.
+    const postgres = await startEmbeddedPostgres({ dataDir: path.join(DATA_DIR, 'postgres'), stopOnSignal: false })
     resolved.DATABASE_URL = postgres.url
     stops.push(postgres.stop)
     log(`embedded PostgreSQL started on 127.0.0.1:${postgres.port} with data in .data/postgres (set DATABASE_URL to use your own)`)

