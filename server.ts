@@ -228,9 +228,8 @@ export function serverOptions(config: Config): FastifyHttpOptions<Server> {
  * .data/postgres, a token issuer with its key in .data/issuer and an S3-compatible store in
  * .data/s3. Each says so in the log, and each is stopped on shutdown.
  */
-async function startEmbeddedDefaults(config: Config, log: (message: string) => void) {
-  const stops: (() => Promise<void>)[] = []
-  if (config.NODE_ENV === 'production') return { config, stops }
+async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>)[], log: (message: string) => void): Promise<Config> {
+  if (config.NODE_ENV === 'production') return config
   const resolved = { ...config }
   if (!resolved.DATABASE_URL) {
     const { startEmbeddedPostgres } = await import('./plugins/embedded/postgres.ts')
@@ -267,7 +266,7 @@ async function startEmbeddedDefaults(config: Config, log: (message: string) => v
         `${s3.createdBucket ? 'created' : 'already there'} (set S3_BUCKET to use your own)`
     )
   }
-  return { config: resolved, stops }
+  return resolved
 }
 
 export async function main() {
@@ -277,11 +276,18 @@ export async function main() {
   let config = loadConfigOrExit()
 
   const fastify = Fastify(serverOptions(config))
-  const embedded = await startEmbeddedDefaults(config, (message) => fastify.log.info(message))
+  // Each embedded service started registers its stop here, so a failure part-way stops the others.
+  const embeddedStops: (() => Promise<void>)[] = []
   const stopEmbedded = async () => {
-    for (const stop of embedded.stops.reverse()) await stop().catch(() => undefined)
+    for (const stop of embeddedStops.reverse()) await stop().catch(() => undefined)
   }
-  config = embedded.config
+  try {
+    config = await startEmbeddedDefaults(config, embeddedStops, (message) => fastify.log.info(message))
+  } catch (error) {
+    fastify.log.error({ err: error }, 'startup failed')
+    await stopEmbedded()
+    process.exit(1)
+  }
 
   const graceful = {
     delay: config.SHUTDOWN_GRACE_MS,

@@ -127,6 +127,19 @@ async function startInOwnProcessGroup(clusterDir: string, port: number, asRoot: 
   })
 }
 
+/** The pid in `ownerFile` when that process is still running. */
+async function liveOwner(ownerFile: string): Promise<number | undefined> {
+  const pid = Number.parseInt(await readFile(ownerFile, 'utf8').catch(() => ''), 10)
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return undefined
+  try {
+    process.kill(pid, 0)
+    return pid
+  } catch (error) {
+    // EPERM: it runs, under another user.
+    return (error as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined
+  }
+}
+
 async function idOf(flag: '-u' | '-g'): Promise<number> {
   const { stdout } = await execFileAsync('id', [flag, 'postgres'])
   return Number.parseInt(stdout, 10)
@@ -141,6 +154,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   const database = options.database ?? 'tenant_service'
   const clusterDir = path.resolve(options.dataDir, 'cluster')
   const passwordFile = path.resolve(options.dataDir, 'password')
+  const ownerFile = path.resolve(options.dataDir, 'owner.pid')
   await mkdir(options.dataDir, { recursive: true })
   const asRoot = process.getuid?.() === 0
   if (asRoot) {
@@ -184,11 +198,23 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   })
 
   if (!initialised) await cluster.initialise()
-  else await stopServer(clusterDir) // one that a crash left running
+  else {
+    // A server whose owner still runs is in use (a second npm start, or npm run migrate): stopping
+    // it would take the database away from that process. One whose owner died is stopped.
+    const owner = await liveOwner(ownerFile)
+    if (owner !== undefined) {
+      throw new Error(
+        `The embedded PostgreSQL in ${options.dataDir} is in use by process ${owner}: stop that process first, ` +
+          'or set DATABASE_URL to a PostgreSQL of your own.'
+      )
+    }
+    await stopServer(clusterDir)
+  }
   const ownsLifetime = options.stopOnSignal === false
   const start = ownsLifetime ? () => startInOwnProcessGroup(clusterDir, port, asRoot) : () => cluster.start()
   const halt = ownsLifetime ? () => stopServer(clusterDir) : () => cluster.stop()
   await start()
+  await writeFile(ownerFile, String(process.pid))
 
   const base = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}`
   const admin = new pg.Client({ connectionString: `${base}/postgres` })
@@ -206,6 +232,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     port,
     async stop() {
       await halt()
+      await rm(ownerFile, { force: true })
       if (options.persistent === false) await rm(clusterDir, { recursive: true, force: true })
     },
     pause: halt,
