@@ -6,7 +6,7 @@ import { tenantRoleName } from '../plugins/domain/tenant-sql.ts'
 import type { PhaseCase } from './cases.ts'
 import { probeRoleSwitch, settleDatabase, type OpenedDatabase, type RoleSwitchProbe, type Settled } from './database.ts'
 import { runLoad, type RunStats } from './load.ts'
-import { call, BenchError, checkpoint, cpuSecondsOf, log, state } from './process.ts'
+import { call, BenchError, checkpoint, clusterCpuSnapshot, clusterCpuSpent, cpuSecondsOf, log, state } from './process.ts'
 import { cell, median, round, signed, table } from './report.ts'
 
 export interface RoundRun {
@@ -15,6 +15,8 @@ export interface RoundRun {
   stats: RunStats
   /** CPU the process serving the case (the service, or the bare process) spent per 2xx answer, in µs. */
   cpuUsPerRequest: number | null
+  /** CPU PostgreSQL spent per 2xx answer, in µs, every process of the cluster counted; null when it runs elsewhere. */
+  dbCpuUsPerRequest: number | null
 }
 
 export interface CaseSummary {
@@ -37,6 +39,8 @@ export interface CaseSummary {
   bareAddedP99Ms: number | null
   /** Median over rounds of the serving process's CPU per answer, in µs. */
   cpuUsPerRequest: number | null
+  /** The same for PostgreSQL. */
+  dbCpuUsPerRequest: number | null
 }
 
 export interface PhaseResult {
@@ -84,7 +88,8 @@ export function summarise(cases: PhaseCase[], runs: RoundRun[]): CaseSummary[] {
       addedP99Ms: floor.addedP99Ms,
       bareRatio: bare.ratio,
       bareAddedP99Ms: bare.addedP99Ms,
-      cpuUsPerRequest: round(median(own.flatMap((run) => (run.cpuUsPerRequest === null ? [] : [run.cpuUsPerRequest]))), 1)
+      cpuUsPerRequest: round(median(own.flatMap((run) => (run.cpuUsPerRequest === null ? [] : [run.cpuUsPerRequest]))), 1),
+      dbCpuUsPerRequest: round(median(own.flatMap((run) => (run.dbCpuUsPerRequest === null ? [] : [run.dbCpuUsPerRequest]))), 1)
     }
   })
 }
@@ -92,7 +97,7 @@ export function summarise(cases: PhaseCase[], runs: RoundRun[]): CaseSummary[] {
 function phaseTable(phase: PhaseResult): string {
   const keyWidth = Math.max(...phase.summary.map((row) => row.key.length))
   return table(
-    ['case', 'tenants', 'req/s', 'p50 ms', 'p97.5 ms', 'p99 ms', 'CPU µs', '÷ floor', '+p99 ms', '÷ bare', '+p99 ms'],
+    ['case', 'tenants', 'req/s', 'p50 ms', 'p97.5 ms', 'p99 ms', 'CPU µs', 'DB µs', '÷ floor', '+p99 ms', '÷ bare', '+p99 ms'],
     phase.summary.map((row) => [
       `${row.key.padEnd(keyWidth)} ${row.label}`,
       `${row.tenants} ${row.distribution}`,
@@ -101,6 +106,7 @@ function phaseTable(phase: PhaseResult): string {
       cell(row.p97_5),
       cell(row.p99),
       cell(row.cpuUsPerRequest ?? NaN, 0),
+      cell(row.dbCpuUsPerRequest ?? NaN, 0),
       row.ratio === null ? '(floor)' : cell(row.ratio),
       row.addedP99Ms === null ? '' : signed(row.addedP99Ms),
       row.bareRatio === null ? '' : cell(row.bareRatio),
@@ -121,11 +127,15 @@ export interface PhaseEnvironment {
   probeTenant: string
   /** Where runs with failed requests are noted: the run's figures are then not valid. */
   problems: string[]
+  /** The postmaster of the cluster, when it runs on this machine: its CPU is read around each run. */
+  postmasterPid: number | null
 }
 
-/** Loads one case for `seconds`, with the CPU its server spent per answer. */
-async function load(phaseCase: PhaseCase, connections: number, seconds: number) {
+/** Loads one case for `seconds`, with the CPU its server and the database spent per answer. */
+async function load(phaseCase: PhaseCase, connections: number, seconds: number, postmasterPid: number | null) {
   const { server } = phaseCase
+  const perAnswer = (seconds: number | null, ok: number) => (seconds === null || ok === 0 ? null : round((seconds * 1e6) / ok, 1))
+  const dbBefore = postmasterPid === null ? null : clusterCpuSnapshot(postmasterPid)
   const cpuBefore = cpuSecondsOf(server.pid)
   const stats = await runLoad({
     url: server.url,
@@ -135,8 +145,12 @@ async function load(phaseCase: PhaseCase, connections: number, seconds: number) 
     onStart: (stop) => (state.stopLoad = stop)
   }).finally(() => (state.stopLoad = null))
   const cpuAfter = cpuSecondsOf(server.pid)
-  const cpuUsPerRequest = cpuBefore === null || cpuAfter === null || stats.ok === 0 ? null : round(((cpuAfter - cpuBefore) * 1e6) / stats.ok, 1)
-  return { stats, cpuUsPerRequest }
+  const dbAfter = postmasterPid === null ? null : clusterCpuSnapshot(postmasterPid)
+  return {
+    stats,
+    cpuUsPerRequest: perAnswer(cpuBefore === null || cpuAfter === null ? null : cpuAfter - cpuBefore, stats.ok),
+    dbCpuUsPerRequest: perAnswer(dbBefore === null || dbAfter === null ? null : clusterCpuSpent(dbBefore, dbAfter), stats.ok)
+  }
 }
 
 function noteFailures(problems: string[], where: string, stats: RunStats): void {
@@ -172,7 +186,7 @@ export async function runPhase(environment: PhaseEnvironment, name: string, case
     for (const phaseCase of cases) {
       checkpoint()
       log(`${name}: warming up ${phaseCase.def.key} for ${environment.warmup} s`)
-      const { stats } = await load(phaseCase, environment.connections, environment.warmup)
+      const { stats } = await load(phaseCase, environment.connections, environment.warmup, null)
       noteFailures(problems, `${name} warm-up ${phaseCase.def.key}`, stats)
       warmup.push({ case: phaseCase.def.key, stats })
     }
@@ -183,10 +197,10 @@ export async function runPhase(environment: PhaseEnvironment, name: string, case
     const order = round % 2 === 1 ? cases : [...cases].reverse()
     for (const phaseCase of order) {
       checkpoint()
-      const { stats, cpuUsPerRequest } = await load(phaseCase, environment.connections, environment.duration)
+      const { stats, cpuUsPerRequest, dbCpuUsPerRequest } = await load(phaseCase, environment.connections, environment.duration, environment.postmasterPid)
       checkpoint()
       noteFailures(problems, `${name} round ${round} ${phaseCase.def.key}`, stats)
-      runs.push({ round, case: phaseCase.def.key, stats, cpuUsPerRequest })
+      runs.push({ round, case: phaseCase.def.key, stats, cpuUsPerRequest, dbCpuUsPerRequest })
       log(
         `${name} round ${round}/${environment.rounds} ${phaseCase.def.key.padEnd(7)} ${cell(stats.rps, 0).padStart(6)} req/s  ` +
           `p50 ${cell(stats.latencyMs.p50)}  p99 ${cell(stats.latencyMs.p99)} ms`

@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import http from 'node:http'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -117,6 +117,50 @@ export function cpuSecondsOf(pid: number): number | null {
   try {
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
     return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return null
+  }
+}
+
+/**
+ * CPU time, in seconds, that each process of a local PostgreSQL has used so far: its postmaster and
+ * every process the postmaster started (backends, autovacuum, the checkpointer). Null without /proc.
+ */
+export function clusterCpuSnapshot(postmasterPid: number): Map<number, number> | null {
+  const own = cpuSecondsOf(postmasterPid)
+  if (own === null) return null
+  const snapshot = new Map([[postmasterPid, own]])
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const fields = readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1].split(' ')
+      if (Number(fields[1]) === postmasterPid) snapshot.set(Number(entry), (Number(fields[11]) + Number(fields[12])) / 100)
+    } catch {
+      // It ended while the list was read.
+    }
+  }
+  return snapshot
+}
+
+/**
+ * CPU seconds the cluster spent between two snapshots, counted over the processes alive at the
+ * second (those started in between from zero). A process that ended in between is not counted:
+ * read it around a load whose connections stay open, as the service's do.
+ */
+export function clusterCpuSpent(before: Map<number, number>, after: Map<number, number>): number {
+  let spent = 0
+  for (const [pid, seconds] of after) spent += Math.max(0, seconds - (before.get(pid) ?? 0))
+  return spent
+}
+
+/** The postmaster of the PostgreSQL that `pool` reaches, when it runs on this machine; else null. */
+export async function localPostmasterPid(pool: { query: (text: string) => Promise<{ rows: { pid: number }[] }> }): Promise<number | null> {
+  const { rows } = await pool.query('SELECT pg_backend_pid() AS pid')
+  try {
+    const stat = readFileSync(`/proc/${rows[0].pid}/stat`, 'utf8')
+    // A pid on this machine that is not a postgres process means the server is elsewhere.
+    if (!/^\d+ \(postgres\)/.test(stat)) return null
+    return Number(stat.split(') ')[1].split(' ')[1])
   } catch {
     return null
   }

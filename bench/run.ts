@@ -37,6 +37,7 @@ import {
   cleanup,
   clock,
   Interrupted,
+  localPostmasterPid,
   log,
   onCleanup,
   onSignal,
@@ -191,7 +192,8 @@ async function bench(options: Options): Promise<number> {
     warmup: options.warmup,
     db,
     probeTenant: tenants[0].id,
-    problems
+    problems,
+    postmasterPid: await localPostmasterPid(db.pool)
   }
   const phases: PhaseResult[] = []
   report.phases = phases

@@ -22,6 +22,9 @@ export interface ScaleComparison {
   p50Ratio: number | null
   p99Ratio: number | null
   rpsRatio: number | null
+  /** CPU per answer of the service, and of PostgreSQL (null when it runs elsewhere). */
+  serviceCpuRatio: number | null
+  dbCpuRatio: number | null
   perRoundP50: (number | null)[]
   perRoundP99: (number | null)[]
   /** Each side's throughput ÷ its own floor. */
@@ -128,11 +131,15 @@ export async function compareAtScale(setup: ScaleSetup): Promise<ScaleResult> {
         {
           p50: largeStats.latencyMs.p50 / smallStats.latencyMs.p50,
           p99: largeStats.latencyMs.p99 / smallStats.latencyMs.p99,
-          rps: largeStats.rps / smallStats.rps
+          rps: largeStats.rps / smallStats.rps,
+          // What each answer cost the service and PostgreSQL, large side ÷ small side.
+          serviceCpu: run.cpuUsPerRequest !== null && beside.cpuUsPerRequest ? run.cpuUsPerRequest / beside.cpuUsPerRequest : null,
+          dbCpu: run.dbCpuUsPerRequest !== null && beside.dbCpuUsPerRequest ? run.dbCpuUsPerRequest / beside.dbCpuUsPerRequest : null
         }
       ]
     })
-    const of = (figure: 'p50' | 'p99' | 'rps') => round(median(rounds.map((entry) => entry[figure])))
+    const of = (figure: 'p50' | 'p99' | 'rps' | 'serviceCpu' | 'dbCpu') =>
+      round(median(rounds.flatMap((entry) => (entry[figure] === null ? [] : [entry[figure]]))))
     return {
       case: key,
       tenantsSmall: small,
@@ -140,6 +147,8 @@ export async function compareAtScale(setup: ScaleSetup): Promise<ScaleResult> {
       p50Ratio: of('p50'),
       p99Ratio: of('p99'),
       rpsRatio: of('rps'),
+      serviceCpuRatio: of('serviceCpu'),
+      dbCpuRatio: of('dbCpu'),
       perRoundP50: rounds.map((entry) => round(entry.p50)),
       perRoundP99: rounds.map((entry) => round(entry.p99)),
       floorRatioSmall: phase.summary.find((row) => row.key === `${key}${suffix}`)?.ratio ?? null,
@@ -150,12 +159,14 @@ export async function compareAtScale(setup: ScaleSetup): Promise<ScaleResult> {
     `with ${phase.tenantsInDatabase} tenants in the database ÷ with ${small}, side by side ` +
       `(medians of the per-round ratios; ${small} tenants loaded on each side):\n` +
       `${table(
-        ['case', 'p50 ×', 'p99 ×', 'req/s ×', 'p50 × per round', `÷ floor, ${small}`, `÷ floor, ${phase.tenantsInDatabase}`],
+        ['case', 'p50 ×', 'p99 ×', 'req/s ×', 'CPU µs ×', 'DB µs ×', 'p50 × per round', `÷ floor, ${small}`, `÷ floor, ${phase.tenantsInDatabase}`],
         comparison.map((row) => [
           row.case,
           cell(row.p50Ratio ?? NaN),
           cell(row.p99Ratio ?? NaN),
           cell(row.rpsRatio ?? NaN),
+          cell(row.serviceCpuRatio ?? NaN),
+          cell(row.dbCpuRatio ?? NaN),
           row.perRoundP50.map((value) => cell(value ?? NaN)).join(' '),
           cell(row.floorRatioSmall ?? NaN),
           cell(row.floorRatioLarge ?? NaN)
