@@ -88,10 +88,15 @@ export function summarise(cases: PhaseCase[], runs: RoundRun[]): CaseSummary[] {
       addedP99Ms: floor.addedP99Ms,
       bareRatio: bare.ratio,
       bareAddedP99Ms: bare.addedP99Ms,
-      cpuUsPerRequest: round(median(own.flatMap((run) => (run.cpuUsPerRequest === null ? [] : [run.cpuUsPerRequest]))), 1),
-      dbCpuUsPerRequest: round(median(own.flatMap((run) => (run.dbCpuUsPerRequest === null ? [] : [run.dbCpuUsPerRequest]))), 1)
+      cpuUsPerRequest: medianCpu(own, 'cpuUsPerRequest'),
+      dbCpuUsPerRequest: medianCpu(own, 'dbCpuUsPerRequest')
     }
   })
+}
+
+/** The median over runs of a CPU figure, leaving out runs where it could not be read. */
+function medianCpu(runs: RoundRun[], figure: 'cpuUsPerRequest' | 'dbCpuUsPerRequest'): number | null {
+  return round(median(runs.flatMap((run) => (run[figure] === null ? [] : [run[figure]]))), 1)
 }
 
 function phaseTable(phase: PhaseResult): string {
@@ -134,7 +139,7 @@ export interface PhaseEnvironment {
 /** Loads one case for `seconds`, with the CPU its server and the database spent per answer. */
 async function load(phaseCase: PhaseCase, connections: number, seconds: number, postmasterPid: number | null) {
   const { server } = phaseCase
-  const perAnswer = (seconds: number | null, ok: number) => (seconds === null || ok === 0 ? null : round((seconds * 1e6) / ok, 1))
+  const perAnswer = (cpuSeconds: number | null, ok: number) => (cpuSeconds === null || ok === 0 ? null : round((cpuSeconds * 1e6) / ok, 1))
   const dbBefore = postmasterPid === null ? null : clusterCpuSnapshot(postmasterPid)
   const cpuBefore = cpuSecondsOf(server.pid)
   const stats = await runLoad({
