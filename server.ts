@@ -18,7 +18,7 @@ import Fastify, {
 import fp from 'fastify-plugin'
 import type { Bindings, ChildLoggerOptions, Logger } from 'pino'
 import app from './app.ts'
-import { migrateControlPlane } from './plugins/domain/migrations.ts'
+import { migrateControlPlane } from './lib/tenants/migrations.ts'
 import { loadConfigOrExit, trustProxy, type Config } from './schemas/env.ts'
 import pg from 'pg'
 
@@ -232,7 +232,7 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
   if (config.NODE_ENV === 'production') return config
   const resolved = { ...config }
   if (!resolved.DATABASE_URL) {
-    const { startEmbeddedPostgres } = await import('./plugins/embedded/postgres.ts')
+    const { startEmbeddedPostgres } = await import('./lib/embedded/postgres.ts')
     // Stopped by main()'s shutdown once the drain has closed the pool, not by the package on the signal.
     const postgres = await startEmbeddedPostgres({ dataDir: path.join(DATA_DIR, 'postgres'), stopOnSignal: false })
     resolved.DATABASE_URL = postgres.url
@@ -241,7 +241,7 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
   }
   if (!resolved.JWT_ISSUER) {
     // Trusted through JWT_ISSUER and JWT_CLIENT_ID like any issuer: the same verification path as Cognito.
-    const { startEmbeddedIssuer } = await import('./plugins/embedded/issuer.ts')
+    const { startEmbeddedIssuer } = await import('./lib/embedded/issuer.ts')
     const issuer = await startEmbeddedIssuer({ dataDir: path.join(DATA_DIR, 'issuer') })
     resolved.JWT_ISSUER = issuer.issuer
     resolved.JWT_CLIENT_ID = issuer.clientId
@@ -253,7 +253,7 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
     log('tenant tokens: npm run -s token -- --tenant <tenant id> [--admin] [--use access|id] [--expires 1h]')
   }
   if (!resolved.S3_BUCKET) {
-    const { startEmbeddedS3 } = await import('./plugins/embedded/s3.ts')
+    const { startEmbeddedS3 } = await import('./lib/embedded/s3.ts')
     const s3 = await startEmbeddedS3({ dataDir: path.join(DATA_DIR, 's3') })
     Object.assign(resolved, s3.config)
     // The service reads credentials from the AWS default provider chain, which starts with these.

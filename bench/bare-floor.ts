@@ -15,7 +15,7 @@ import buildGetJwks from 'get-jwks'
 import pg from 'pg'
 import { TenantHealth } from '../schemas/health.ts'
 import { User } from '../schemas/user.ts'
-import { toUser, USER_COLUMNS, type UserRow } from '../plugins/domain/users.ts'
+import { toUser, USER_COLUMNS, type UserRow } from '../lib/users/index.ts'
 
 const TENANT_ID = /^[a-z][a-z0-9-]{1,61}[a-z0-9]$/
 const tenantClaim = process.env.TENANT_CLAIM ?? 'custom:tenant_id'

@@ -3,9 +3,9 @@ import pg from 'pg'
 import { IdParams, ref, TenantHeaders } from '../schemas/common.ts'
 import { ApiError, errorResponses } from '../schemas/error.ts'
 import { TenantHealth } from '../schemas/health.ts'
-import { toApiError } from '../plugins/domain/pg-errors.ts'
-import { checkTenantId } from '../plugins/domain/tenant-sql.ts'
-import { toUser, USER_COLUMNS, type UserRow } from '../plugins/domain/users.ts'
+import { toApiError } from '../lib/tenant-db/pg-errors.ts'
+import { checkTenantId } from '../lib/tenants/sql.ts'
+import { toUser, USER_COLUMNS, type UserRow } from '../lib/users/index.ts'
 import { User } from '../schemas/user.ts'
 
 const elapsedMs = (started: number) => Math.round((performance.now() - started) * 1000) / 1000

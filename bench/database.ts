@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
-import { migrateControlPlane, type Migration } from '../plugins/domain/migrations.ts'
-import { provisionTenant } from '../plugins/domain/tenants.ts'
-import { createScratchDatabase, findScratchCluster, type ScratchCluster, type ScratchDatabase } from '../plugins/embedded/postgres.ts'
+import { migrateControlPlane, type Migration } from '../lib/tenants/migrations.ts'
+import { provisionTenant } from '../lib/tenants/registry.ts'
+import { createScratchDatabase, findScratchCluster, type ScratchCluster, type ScratchDatabase } from '../lib/embedded/postgres.ts'
 import { log, onCleanup } from './process.ts'
 import { median, round } from './report.ts'
 

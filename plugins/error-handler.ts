@@ -1,8 +1,8 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { toApiError } from './domain/pg-errors.ts'
-import { RequestFinishedError } from './domain/tenant-db.ts'
+import { toApiError } from '../lib/tenant-db/pg-errors.ts'
+import { RequestFinishedError } from '../lib/tenant-db/handle.ts'
 import type { ErrorBody } from '../schemas/error.ts'
 
 /** Fastify's own client errors, renamed into our vocabulary. */

@@ -49,7 +49,7 @@ export const EnvSchema = Type.Object({
    */
   PG_POOL_MIN: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000 })),
   /**
-   * Connections of the pool that carry every request's reads, pipelined (plugins/domain/read-lanes.ts);
+   * Connections of the pool that carry every request's reads, pipelined (lib/tenant-db/read-lanes.ts);
    * 0: each read takes a pooled connection of its own. At most PG_POOL_MAX − 1 are used, so that
    * writes always have a connection.
    */
@@ -59,7 +59,7 @@ export const EnvSchema = Type.Object({
   /** Tenant roles are `<prefix><tenant id>`; roles are cluster-wide, so a cluster shared by several deployments needs distinct prefixes. */
   TENANT_ROLE_PREFIX: Type.String({ default: 't_', pattern: '^[a-z][a-z0-9_]{0,15}$' }),
   /**
-   * Tenant schemas kept built ahead of need (plugins/domain/tenant-spares.ts): creating a tenant
+   * Tenant schemas kept built ahead of need (lib/tenants/spares.ts): creating a tenant
    * renames one instead of creating its tables while the client waits. 0 builds every tenant on the spot.
    */
   TENANT_SPARES: Integer(128, 0, 1000),

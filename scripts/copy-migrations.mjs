@@ -1,5 +1,5 @@
 // Copies migrations/ into the build output (default dist/, or the directory given as the first
-// argument), where plugins/domain/migrations.ts looks for it from dist/plugins/domain/.
+// argument), where lib/tenants/migrations.ts looks for it from dist/lib/tenants/.
 // The old copy is removed first: a migration deleted or renamed in the source must not survive in
 // dist/ and be applied from there.
 import { cp, rm } from 'node:fs/promises'

@@ -11,7 +11,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
-import { migrateAll, type MigrationProgress, type MigrationSummary } from '../plugins/domain/migrations.ts'
+import { migrateAll, type MigrationProgress, type MigrationSummary } from '../lib/tenants/migrations.ts'
 import { ConfigError, loadConfig, type Config } from '../schemas/env.ts'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -180,7 +180,7 @@ async function resolveDatabase(config: Config, log: (message: string) => void): 
     log('using the embedded PostgreSQL that npm start is running (.data/postgres)')
     return { url: running }
   }
-  const { startEmbeddedPostgres } = await import('../plugins/embedded/postgres.ts')
+  const { startEmbeddedPostgres } = await import('../lib/embedded/postgres.ts')
   // Stopped by main() once the tenants under way have finished, not by the package on Ctrl-C.
   const postgres = await startEmbeddedPostgres({ dataDir: EMBEDDED_DATA_DIR, stopOnSignal: false })
   log(`embedded PostgreSQL started on 127.0.0.1:${postgres.port} with data in .data/postgres (set DATABASE_URL to use your own)`)

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process'
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { Parser } from 'tap-parser'
-import { findScratchCluster } from '../plugins/embedded/postgres.ts'
+import { findScratchCluster } from '../lib/embedded/postgres.ts'
 
 const RESULTS_DIR = '.tap/test-results'
 

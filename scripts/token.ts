@@ -6,7 +6,7 @@
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { loadIssuerIdentity, mintToken } from '../plugins/embedded/issuer.ts'
+import { loadIssuerIdentity, mintToken } from '../lib/embedded/issuer.ts'
 import { TENANT_ID_PATTERN } from '../schemas/common.ts'
 import { ConfigError, loadConfig } from '../schemas/env.ts'
 

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { postgresAnswers, startEmbeddedPostgres } from '../plugins/embedded/postgres.ts'
+import { postgresAnswers, startEmbeddedPostgres } from '../lib/embedded/postgres.ts'
 import { PROJECT_ROOT } from './helpers/server.ts'
 
 /**

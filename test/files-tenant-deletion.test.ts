@@ -1,6 +1,6 @@
 import t from 'tap'
-import { deleteTenantObjects } from '../plugins/domain/files.ts'
-import { deleteTenant } from '../plugins/domain/tenants.ts'
+import { deleteTenantObjects } from '../lib/files/files.ts'
+import { deleteTenant } from '../lib/tenants/registry.ts'
 import { createTenant, setupApp } from './helpers/app.ts'
 
 const ctx = await setupApp(t, {}, { s3: true })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { Counter, Registry } from 'prom-client'
 import { createTopTenants, OTHER_TENANTS } from '../plugins/app/metrics.ts'
-import { latestVersion, loadMigrations } from '../plugins/domain/migrations.ts'
+import { latestVersion, loadMigrations } from '../lib/tenants/migrations.ts'
 import { createTenant, setupApp, type TestContext } from './helpers/app.ts'
 import { createSigningKey } from './helpers/issuer.ts'
 

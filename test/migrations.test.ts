@@ -11,8 +11,8 @@ import {
   migrateAll,
   migrateControlPlane,
   type Migration
-} from '../plugins/domain/migrations.ts'
-import { deleteTenant, provisionTenant } from '../plugins/domain/tenants.ts'
+} from '../lib/tenants/migrations.ts'
+import { deleteTenant, provisionTenant } from '../lib/tenants/registry.ts'
 import { createProgressReporter } from '../scripts/migrate.ts'
 import { setupApp, type TestContext } from './helpers/app.ts'
 import { runScript, serverEnv } from './helpers/server.ts'

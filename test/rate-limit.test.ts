@@ -8,7 +8,7 @@ import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { clientAddressKey } from '../plugins/app/rate-limit.ts'
-import { freePort } from '../plugins/embedded/postgres.ts'
+import { freePort } from '../lib/embedded/postgres.ts'
 import { buildApp, createTenant, setupApp, type TestContext } from './helpers/app.ts'
 import { eventually } from './helpers/wait.ts'
 

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { STALL_MS } from '../plugins/domain/read-lanes.ts'
+import { STALL_MS } from '../lib/tenant-db/read-lanes.ts'
 import { buildApp, createTenant, setupApp, type TestContext } from './helpers/app.ts'
 
 /**

@@ -1,9 +1,9 @@
 import type { FastifyBaseLogger } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
-import { latestVersion, loadMigrations } from '../plugins/domain/migrations.ts'
-import { TenantSpares } from '../plugins/domain/tenant-spares.ts'
-import { provisionTenant } from '../plugins/domain/tenants.ts'
+import { latestVersion, loadMigrations } from '../lib/tenants/migrations.ts'
+import { TenantSpares } from '../lib/tenants/spares.ts'
+import { provisionTenant } from '../lib/tenants/registry.ts'
 import { eventually } from './helpers/wait.ts'
 import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 

@@ -1,6 +1,6 @@
 import t from 'tap'
-import { latestVersion, loadMigrations } from '../plugins/domain/migrations.ts'
-import { provisionTenant } from '../plugins/domain/tenants.ts'
+import { latestVersion, loadMigrations } from '../lib/tenants/migrations.ts'
+import { provisionTenant } from '../lib/tenants/registry.ts'
 import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/

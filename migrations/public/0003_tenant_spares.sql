@@ -1,4 +1,4 @@
--- Tenant schemas made ahead of need (plugins/domain/tenant-spares.ts): each row is a schema and a
+-- Tenant schemas made ahead of need (lib/tenants/spares.ts): each row is a schema and a
 -- role built exactly as a tenant's, at a tenant migration version, that no tenant has yet. Creating
 -- a tenant renames one and registers it in one transaction, so the files of the tenant's tables are
 -- not created while its client waits. Every schema the service made is in exactly one of

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { ApiError, errorResponses } from '../../schemas/error.ts'
-import { checkTenantId } from '../domain/tenant-sql.ts'
+import { checkTenantId } from '../../lib/tenants/sql.ts'
 import { VERIFIED_TOKEN_TTL_MS } from '../external/jwt.ts'
 import {
   bearerToken,
@@ -12,7 +12,7 @@ import {
   verificationError,
   type AcceptedTokens,
   type Principal
-} from '../domain/token-claims.ts'
+} from '../../lib/auth/token-claims.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {

@@ -1,8 +1,8 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
-import { FastCounter, FastHistogram, type HistogramSeries } from '../domain/hot-metrics.ts'
-import { TenantScopedDb } from '../domain/tenant-db.ts'
+import { FastCounter, FastHistogram, type HistogramSeries } from '../../lib/metrics/prebound.ts'
+import { TenantScopedDb } from '../../lib/tenant-db/handle.ts'
 
 /** The label value of every tenant outside the top N. No tenant id can take it (ids start with a letter). */
 export const OTHER_TENANTS = '_other'

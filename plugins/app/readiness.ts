@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type pg from 'pg'
 import type { TenantStatus } from '../../schemas/tenant.ts'
-import { controlPlaneVersion, latestVersion, loadMigrations } from '../domain/migrations.ts'
+import { controlPlaneVersion, latestVersion, loadMigrations } from '../../lib/tenants/migrations.ts'
 
 type Check = () => Promise<string | void>
 

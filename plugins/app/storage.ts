@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { serviceUnavailable } from '../../schemas/error.ts'
-import { createStorage } from '../domain/storage.ts'
+import { createStorage } from '../../lib/files/storage.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -1,12 +1,12 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import fp from 'fastify-plugin'
 import { ApiError } from '../../schemas/error.ts'
-import { createTenantCache, type ResolvedTenant } from '../domain/tenant-cache.ts'
-import { ReadLanes } from '../domain/read-lanes.ts'
-import { TenantScopedDb } from '../domain/tenant-db.ts'
-import { toApiError } from '../domain/pg-errors.ts'
-import { assertValidTenantId } from '../domain/tenants.ts'
-import { tenantMismatch } from '../domain/token-claims.ts'
+import { createTenantCache, type ResolvedTenant } from '../../lib/tenant-db/tenant-cache.ts'
+import { ReadLanes } from '../../lib/tenant-db/read-lanes.ts'
+import { TenantScopedDb } from '../../lib/tenant-db/handle.ts'
+import { toApiError } from '../../lib/tenant-db/pg-errors.ts'
+import { assertValidTenantId } from '../../lib/tenants/registry.ts'
+import { tenantMismatch } from '../../lib/auth/token-claims.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

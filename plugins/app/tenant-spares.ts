@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { loadMigrations } from '../domain/migrations.ts'
-import { TenantSpares } from '../domain/tenant-spares.ts'
+import { loadMigrations } from '../../lib/tenants/migrations.ts'
+import { TenantSpares } from '../../lib/tenants/spares.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -2,8 +2,8 @@ import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Config } from '../../schemas/env.ts'
-import { createKeyStore, KeyLookupError, type KeyStore } from '../domain/jwks.ts'
-import { DETERMINISTIC_TOKEN_ERRORS } from '../domain/token-claims.ts'
+import { createKeyStore, KeyLookupError, type KeyStore } from '../../lib/auth/jwks.ts'
+import { DETERMINISTIC_TOKEN_ERRORS } from '../../lib/auth/token-claims.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -12,7 +12,7 @@ import {
   markUploaded,
   toFile,
   type FileRow
-} from '../../plugins/domain/files.ts'
+} from '../../lib/files/files.ts'
 
 /**
  * Files of the tenant named in X-Tenant-ID. The bytes never pass through the service: clients PUT

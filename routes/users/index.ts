@@ -2,8 +2,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
 import { ApiError, errorResponses } from '../../schemas/error.ts'
 import { CreateUserBody, UpdateUserBody, User } from '../../schemas/user.ts'
-import { decodeCursor, toPage } from '../../plugins/domain/pagination.ts'
-import { toUser, USER_COLUMNS, type UserRow } from '../../plugins/domain/users.ts'
+import { decodeCursor, toPage } from '../../lib/pagination.ts'
+import { toUser, USER_COLUMNS, type UserRow } from '../../lib/users/index.ts'
 
 const notFound = (id: string) => new ApiError(404, 'USER_NOT_FOUND', `User ${id} does not exist in this tenant`)
 

@@ -1,4 +1,4 @@
-import { createScratchDatabase, type ScratchDatabase } from '../../plugins/embedded/postgres.ts'
+import { createScratchDatabase, type ScratchDatabase } from '../../lib/embedded/postgres.ts'
 
 /**
  * The cluster the tests run against: TEST_DATABASE_URL names its maintenance database (scripts/test.ts

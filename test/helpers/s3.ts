@@ -4,7 +4,7 @@ import type http from 'node:http'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
-import { startEmbeddedS3, type EmbeddedS3 } from '../../plugins/embedded/s3.ts'
+import { startEmbeddedS3, type EmbeddedS3 } from '../../lib/embedded/s3.ts'
 import { verifyRequest, type Verification } from './sigv4.ts'
 
 export interface SeenRequest {

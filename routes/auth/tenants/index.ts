@@ -2,8 +2,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Page, PageQuery, ref } from '../../../schemas/common.ts'
 import { errorResponses } from '../../../schemas/error.ts'
 import { CreateTenantBody, Tenant, TenantParams, UpdateTenantBody } from '../../../schemas/tenant.ts'
-import { deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../plugins/domain/tenants.ts'
-import { deleteTenantObjects } from '../../../plugins/domain/files.ts'
+import { deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../lib/tenants/registry.ts'
+import { deleteTenantObjects } from '../../../lib/files/files.ts'
 
 /** Tenant lifecycle: the control plane. Each change is announced so every instance's cache drops the tenant. */
 const tenants: FastifyPluginAsyncTypebox = async (fastify) => {

@@ -1,7 +1,7 @@
 import pg from 'pg'
 import type { TenantStatus } from '../../schemas/tenant.ts'
-import { contextValues } from './tenant-sql.ts'
-import { findTenant, TENANT_CHANGED_CHANNEL } from './tenants.ts'
+import { contextValues } from '../tenants/sql.ts'
+import { findTenant, TENANT_CHANGED_CHANNEL } from '../tenants/registry.ts'
 
 /** What a request needs to know of its tenant, with its context statement's values prebuilt. */
 export interface ResolvedTenant {

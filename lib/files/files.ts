@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto'
 import { ApiError } from '../../schemas/error.ts'
 import { ALLOWED_TOP_LEVEL_TYPES, type File, type FileStatus } from '../../schemas/file.ts'
-import { decodeCursor, toPage } from './pagination.ts'
+import { decodeCursor, toPage } from '../pagination.ts'
 import { storageError, type Storage } from './storage.ts'
-import type { TenantScopedDb } from './tenant-db.ts'
-import { checkTenantId } from './tenant-sql.ts'
+import type { TenantScopedDb } from '../tenant-db/handle.ts'
+import { checkTenantId } from '../tenants/sql.ts'
 
 /**
  * Files of one tenant: object keys, file names, and the `files` table in the tenant's schema.

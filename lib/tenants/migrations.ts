@@ -2,7 +2,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
-import { grantTenantRoleSql } from './tenant-sql.ts'
+import { grantTenantRoleSql } from './sql.ts'
 
 export interface Migration {
   version: number

@@ -2,7 +2,7 @@ import type pg from 'pg'
 import { ApiError } from '../../schemas/error.ts'
 import { toApiError } from './pg-errors.ts'
 import { laneAnswered, laneSent, type Lane, type ReadLanes } from './read-lanes.ts'
-import { ScopedQuery } from './scoped-query.ts'
+import { ScopedQuery } from './flight.ts'
 import type { ResolvedTenant } from './tenant-cache.ts'
 
 /** Receives, in seconds, the time from acquiring a connection to the first query's result. */

@@ -2,8 +2,8 @@ import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import pg from 'pg'
 import { latestVersion, type Migration } from './migrations.ts'
-import type { TenantIdentity } from './tenant-sql.ts'
-import { tenantSchemaSql } from './tenants.ts'
+import type { TenantIdentity } from './sql.ts'
+import { tenantSchemaSql } from './registry.ts'
 
 /**
  * Spare schemas are named `_spare_<hex>`: no tenant id starts with `_` (TENANT_ID_REGEX), so no

@@ -2,9 +2,9 @@ import pg from 'pg'
 import { ApiError } from '../../schemas/error.ts'
 import type { Tenant, TenantStatus } from '../../schemas/tenant.ts'
 import { latestVersion, loadMigrations, type Migration } from './migrations.ts'
-import { decodeCursor, toPage } from './pagination.ts'
-import type { TenantSpares } from './tenant-spares.ts'
-import { checkTenantId, tenantPrivilegesSql, tenantRoleName, type TenantIdentity } from './tenant-sql.ts'
+import { decodeCursor, toPage } from '../pagination.ts'
+import type { TenantSpares } from './spares.ts'
+import { checkTenantId, tenantPrivilegesSql, tenantRoleName, type TenantIdentity } from './sql.ts'
 
 /** Channel on which every instance hears that a tenant changed, so caches drop it at once. */
 export const TENANT_CHANGED_CHANNEL = 'tenant_changed'

@@ -1,4 +1,4 @@
-import { ApiError } from '../../schemas/error.ts'
+import { ApiError } from '../schemas/error.ts'
 
 /**
  * Keyset pagination over (created_at, id). The cursor is opaque to clients: base64url of the last
