@@ -1,26 +1,17 @@
-import { randomUUID } from 'node:crypto'
-import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http'
-import type { Socket } from 'node:net'
+import type { Server } from 'node:http'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
-import Fastify, {
-  LogController,
-  type FastifyBaseLogger,
-  type FastifyError,
-  type FastifyHttpOptions,
-  type FastifyInstance,
-  type FastifyReply,
-  type FastifyRequest,
-  type FastifyServerOptions
-} from 'fastify'
+import Fastify, { LogController, type FastifyHttpOptions, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Bindings, ChildLoggerOptions, Logger } from 'pino'
-import app from './app.ts'
-import { migrateControlPlane } from './lib/tenants/migrations.ts'
-import { loadConfigOrExit, trustProxy, type Config } from './schemas/env.ts'
 import pg from 'pg'
+import app from './app.ts'
+import { clientErrorHandler, frameworkErrors, MAX_HEADER_BYTES } from './lib/http/client-errors.ts'
+import { requestId } from './lib/http/request-id.ts'
+import { lazyRequestLogger, requestLines } from './lib/http/request-log.ts'
+import { migrateControlPlane } from './lib/tenants/index.ts'
+import { loadConfigOrExit, trustProxy, type Config } from './schemas/env.ts'
 
 const projectRoot = path.dirname(fileURLToPath(import.meta.url)).replace(/[\\/]dist$/, '')
 export const DATA_DIR = path.join(projectRoot, '.data')
@@ -36,163 +27,8 @@ export function loggerOptions(config: Config): FastifyServerOptions['logger'] {
   }
 }
 
-// A JWT (its header always encodes to "eyJ…") pasted into the URL, where tokens are never read
-// from, must not reach the logs either.
-const JWT_IN_URL = /eyJ[\w-]*\.[\w-]*\.[\w-]*/g
-const loggedUrl = (url: string) => (url.includes('eyJ') ? url.replace(JWT_IN_URL, '[redacted]') : url)
-
-/**
- * One line per request, at completion, carrying the request id (Fastify adds it) and the tenant.
- * The "incoming request" line is demoted to debug: at thousands of requests per second it doubles
- * the log volume and says nothing the completion line does not.
- */
-class RequestLog extends LogController {
-  incomingRequest(request: FastifyRequest) {
-    request.log.debug({ method: request.method, url: loggedUrl(request.url) }, 'incoming request')
-  }
-
-  requestCompleted(error: Error | null, request: FastifyRequest, reply: FastifyReply) {
-    // Checked first: at LOG_LEVEL=warn this runs for every request and writes nothing.
-    if (!error && !(reply.log as Logger).isLevelEnabled('info')) return
-    const line = {
-      tenant: request.tenant?.id ?? request.headers['x-tenant-id'],
-      method: request.method,
-      url: loggedUrl(request.url),
-      statusCode: reply.statusCode,
-      responseTime: Math.round(reply.elapsedTime * 100) / 100
-    }
-    if (error) reply.log.error({ ...line, err: error }, 'request errored')
-    else reply.log.info(line, 'request completed')
-  }
-}
-
-type LogArguments = Parameters<Logger['info']>
-
-/**
- * A request's logger, made when it writes its first line. pino builds a child logger for every
- * request (its bindings serialised, its levels set up); at LOG_LEVEL=warn most requests write
- * nothing, so that work waits until a line is actually written. A route with a log level of its
- * own gets its child at once.
- */
-export class LazyRequestLogger {
-  readonly #parent: Logger
-  readonly #bindings: Bindings
-  readonly #options: ChildLoggerOptions
-  #child: Logger | null = null
-
-  constructor(parent: Logger, bindings: Bindings, options: ChildLoggerOptions) {
-    this.#parent = parent
-    this.#bindings = bindings
-    this.#options = options
-    if (options.level !== undefined) this.#logger()
-  }
-
-  #logger(): Logger {
-    return (this.#child ??= this.#parent.child(this.#bindings, this.#options))
-  }
-
-  get level(): string {
-    return (this.#child ?? this.#parent).level
-  }
-
-  set level(level: string) {
-    this.#logger().level = level
-  }
-
-  isLevelEnabled(level: string): boolean {
-    return (this.#child ?? this.#parent).isLevelEnabled(level)
-  }
-
-  child(bindings: Bindings, options?: ChildLoggerOptions): Logger {
-    return this.#logger().child(bindings, options)
-  }
-
-  fatal(...args: LogArguments): void {
-    if (this.isLevelEnabled('fatal')) this.#logger().fatal(...args)
-  }
-
-  error(...args: LogArguments): void {
-    if (this.isLevelEnabled('error')) this.#logger().error(...args)
-  }
-
-  warn(...args: LogArguments): void {
-    if (this.isLevelEnabled('warn')) this.#logger().warn(...args)
-  }
-
-  info(...args: LogArguments): void {
-    if (this.isLevelEnabled('info')) this.#logger().info(...args)
-  }
-
-  debug(...args: LogArguments): void {
-    if (this.isLevelEnabled('debug')) this.#logger().debug(...args)
-  }
-
-  trace(...args: LogArguments): void {
-    if (this.isLevelEnabled('trace')) this.#logger().trace(...args)
-  }
-
-  silent(): void {}
-}
-
-const lazyRequestLogger = (logger: FastifyBaseLogger, bindings: Bindings, options: ChildLoggerOptions) =>
-  new LazyRequestLogger(logger as Logger, bindings, options) as unknown as FastifyBaseLogger
-
-/** Larger request headers are refused by Node's parser (431 HEADERS_TOO_LARGE); tokens are at most 8 KiB. */
-const MAX_HEADER_BYTES = 16 * 1024
 /** A client has this long to send its request headers (less when REQUEST_TIMEOUT_MS is shorter). */
 const HEADERS_TIMEOUT_MS = 10_000
-
-const CLIENT_ERRORS: Record<string, [number, string, string]> = {
-  ERR_HTTP_REQUEST_TIMEOUT: [408, 'REQUEST_TIMEOUT', 'The request was not received in time'],
-  HPE_HEADER_OVERFLOW: [431, 'HEADERS_TOO_LARGE', `The request headers exceed ${MAX_HEADER_BYTES} bytes`]
-}
-
-/**
- * What Node's HTTP parser refuses before Fastify sees a request (malformed HTTP, oversized
- * headers, a client too slow to send its request) is answered in the one error shape, and the
- * connection is closed.
- */
-function clientErrorHandler(this: FastifyInstance, error: Error & { code?: string }, socket: Socket) {
-  if (error.code === 'ECONNRESET' || socket.destroyed) return
-  const [statusCode, code, message] = CLIENT_ERRORS[error.code ?? ''] ?? [400, 'BAD_REQUEST', 'The request is not valid HTTP']
-  const reason = STATUS_CODES[statusCode] ?? 'Error'
-  const body = JSON.stringify({ statusCode, code, error: reason, message })
-  this.log.debug({ err: error, code }, 'client error')
-  if (socket.writable) {
-    socket.write(
-      `HTTP/1.1 ${statusCode} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
-    )
-  }
-  socket.destroy(error)
-}
-
-const ROUTER_ERRORS: Record<string, [string, string]> = {
-  FST_ERR_BAD_URL: ['INVALID_URL', 'The URL is not valid: a path segment is not correctly percent-encoded'],
-  FST_ERR_MAX_PARAM_LENGTH: ['URI_TOO_LONG', 'A path parameter is longer than 100 characters']
-}
-
-/**
- * What the router refuses before any route is chosen (a malformed URL, an overlong path
- * parameter) bypasses the error handler; it is answered in the one error shape here.
- */
-function frameworkErrors(error: FastifyError, request: FastifyRequest, reply: FastifyReply) {
-  const known = ROUTER_ERRORS[error.code]
-  const statusCode = known && typeof error.statusCode === 'number' ? error.statusCode : 500
-  if (statusCode >= 500) request.log.error({ err: error }, 'request failed in the router')
-  const [code, message] = known ?? ['INTERNAL_ERROR', 'Something went wrong on our side']
-  return reply
-    .code(statusCode)
-    .type('application/json; charset=utf-8')
-    .send({ statusCode, code, error: STATUS_CODES[statusCode] ?? 'Error', message })
-}
-
-// A client-chosen request id ends up in every log line of its request: only short, plain ones are kept.
-const REQUEST_ID = /^[\w.:-]{1,128}$/
-const requestId = (request: IncomingMessage) => {
-  const header = request.headers['x-request-id']
-  return typeof header === 'string' && REQUEST_ID.test(header) ? header : randomUUID()
-}
 
 /**
  * Fastify options for the process: timeouts so slow clients cannot hold a connection forever
@@ -203,7 +39,8 @@ export function serverOptions(config: Config): FastifyHttpOptions<Server> {
   const headersTimeout = config.REQUEST_TIMEOUT_MS > 0 ? Math.min(config.REQUEST_TIMEOUT_MS, HEADERS_TIMEOUT_MS) : HEADERS_TIMEOUT_MS
   return {
     logger: loggerOptions(config),
-    logController: new RequestLog(),
+    // LogController must be Fastify's own class: its request lines are replaced with ours.
+    logController: Object.assign(new LogController(), requestLines),
     childLoggerFactory: lazyRequestLogger,
     requestTimeout: config.REQUEST_TIMEOUT_MS,
     connectionTimeout: config.REQUEST_TIMEOUT_MS,

@@ -13,11 +13,12 @@ import fastifyJwt from '@fastify/jwt'
 import Fastify from 'fastify'
 import buildGetJwks from 'get-jwks'
 import pg from 'pg'
+import { TENANT_ID_PATTERN } from '../schemas/common.ts'
 import { TenantHealth } from '../schemas/health.ts'
 import { User } from '../schemas/user.ts'
 import { toUser, USER_COLUMNS, type UserRow } from '../lib/users/index.ts'
 
-const TENANT_ID = /^[a-z][a-z0-9-]{1,61}[a-z0-9]$/
+const TENANT_ID = new RegExp(TENANT_ID_PATTERN)
 const tenantClaim = process.env.TENANT_CLAIM ?? 'custom:tenant_id'
 
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.PG_POOL_MAX ?? 20) })

@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import pg from 'pg'
 import { IdParams, ref, TenantHeaders } from '../schemas/common.ts'
-import { ApiError, errorResponses } from '../schemas/error.ts'
+import { ApiError, DATABASE_ERRORS, errorResponses, errors, TENANT_SCOPE_ERRORS } from '../schemas/errors.ts'
 import { TenantHealth } from '../schemas/health.ts'
-import { toApiError } from '../lib/tenant-db/pg-errors.ts'
-import { checkTenantId } from '../lib/tenants/sql.ts'
+import { toApiError } from '../lib/tenant-db/index.ts'
+import { checkTenantId } from '../lib/tenants/index.ts'
 import { toUser, USER_COLUMNS, type UserRow } from '../lib/users/index.ts'
 import { User } from '../schemas/user.ts'
 
@@ -12,14 +12,14 @@ const elapsedMs = (started: number) => Math.round((performance.now() - started) 
 
 /** The tenant header of a route without tenant context: checked only so that it is safe to name in SQL. */
 function tenantHeader(value: string): string {
-  if (checkTenantId(value) !== null) throw new ApiError(400, 'TENANT_ID_INVALID', 'Not a tenant id')
+  if (checkTenantId(value) !== null) throw new ApiError('TENANT_ID_INVALID', 'Not a tenant id')
   return value
 }
 
 /** 42P01/3F000: the schema-qualified name points at no tenant. */
 function tenantMissing(error: unknown, tenant: string): never {
   const code = (error as { code?: string }).code
-  if (code === '42P01' || code === '3F000') throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${tenant}" does not exist`)
+  if (code === '42P01' || code === '3F000') throw errors.tenantNotFound(tenant)
   throw toApiError(error) ?? error
 }
 
@@ -41,7 +41,7 @@ const comparisonRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.get(
     '/floor',
-    { schema: { hide, response: { 200: TenantHealth, ...errorResponses(400, 503) } } },
+    { schema: { hide, response: { 200: TenantHealth, ...errorResponses('TENANT_ID_INVALID', ...DATABASE_ERRORS) } } },
     async () => {
       const started = performance.now()
       const { rows } = await pool.query<{ current_schema: string }>('SELECT current_schema()').catch((error: unknown) => {
@@ -64,7 +64,7 @@ const comparisonRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         hide,
         headers: TenantHeaders,
         params: IdParams,
-        response: { 200: ref(User), ...errorResponses(400, 401, 403, 404, 503) }
+        response: { 200: ref(User), ...errorResponses(...TENANT_SCOPE_ERRORS, ...DATABASE_ERRORS, 'USER_NOT_FOUND') }
       }
     },
     async (request) => {
@@ -76,7 +76,7 @@ const comparisonRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
           values: [request.params.id]
         })
         .catch((error: unknown) => tenantMissing(error, tenant))
-      if (!rows[0]) throw new ApiError(404, 'USER_NOT_FOUND', `User ${request.params.id} does not exist in this tenant`)
+      if (!rows[0]) throw errors.userNotFound(request.params.id)
       return toUser(rows[0])
     }
   )
@@ -85,7 +85,7 @@ const comparisonRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     '/prototype',
     {
       onRequest: fastify.resolveTenant,
-      schema: { hide, headers: TenantHeaders, response: { 200: TenantHealth, ...errorResponses(400, 403, 404, 503) } }
+      schema: { hide, headers: TenantHeaders, response: { 200: TenantHealth, ...errorResponses(...TENANT_SCOPE_ERRORS, ...DATABASE_ERRORS) } }
     },
     async (request) => {
       const tenant = request.tenant!

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
-import { migrateControlPlane, type Migration } from '../lib/tenants/migrations.ts'
-import { provisionTenant } from '../lib/tenants/registry.ts'
+import { migrateControlPlane, type Migration, provisionTenant } from '../lib/tenants/index.ts'
 import { createScratchDatabase, findScratchCluster, type ScratchCluster, type ScratchDatabase } from '../lib/embedded/postgres.ts'
 import { log, onCleanup } from './process.ts'
 import { median, round } from './report.ts'

@@ -3,7 +3,7 @@ import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import type pg from 'pg'
-import { latestVersion, loadMigrations, MIGRATIONS_ROOT } from '../lib/tenants/migrations.ts'
+import { latestVersion, loadMigrations, MIGRATIONS_ROOT } from '../lib/tenants/index.ts'
 import { BenchError, checkpoint, log, onCleanup, runCommand } from './process.ts'
 import { cell, round, table } from './report.ts'
 

@@ -2,7 +2,7 @@
  * A phase: cases loaded side by side in alternating rounds after a warm-up, each figure then set
  * against its floor's in the same round (BENCHMARKS.md, "Rounds").
  */
-import { tenantRoleName } from '../lib/tenants/sql.ts'
+import { tenantRoleName } from '../lib/tenants/index.ts'
 import type { PhaseCase } from './cases.ts'
 import { probeRoleSwitch, settleDatabase, type OpenedDatabase, type RoleSwitchProbe, type Settled } from './database.ts'
 import { runLoad, type RunStats } from './load.ts'

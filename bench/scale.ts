@@ -4,7 +4,7 @@
  * loaded in the same rounds as the large one (BENCHMARKS.md, "100 → 10,000 tenants").
  */
 import type pg from 'pg'
-import type { Migration } from '../lib/tenants/migrations.ts'
+import type { Migration } from '../lib/tenants/index.ts'
 import { EnvSchema } from '../schemas/env.ts'
 import type { CaseDef, PhaseCase } from './cases.ts'
 import { benchTenantId, openBenchDatabase, provisionTenants, settleDatabase, type BenchTenant, type Cluster } from './database.ts'

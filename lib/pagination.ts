@@ -1,9 +1,11 @@
-import { ApiError } from '../schemas/error.ts'
+import { ApiError } from '../schemas/errors.ts'
 
 /**
- * Keyset pagination over (created_at, id). The cursor is opaque to clients: base64url of the last
- * row's position, so pages stay stable while rows are inserted.
+ * Keyset pagination over (created_at, id), for users, files and tenants alike. The cursor is
+ * opaque to clients: base64url of the last row's position, so pages stay stable while rows are
+ * inserted.
  */
+
 export function encodeCursor(createdAt: Date, id: string): string {
   return Buffer.from(JSON.stringify([createdAt.toISOString(), id])).toString('base64url')
 }
@@ -17,17 +19,36 @@ export function decodeCursor(cursor: string): { createdAt: string; id: string } 
   } catch {
     // fall through to the client error
   }
-  throw new ApiError(400, 'INVALID_CURSOR', 'cursor is not a value returned as nextCursor')
+  throw new ApiError('INVALID_CURSOR', 'cursor is not a value returned as nextCursor')
 }
 
-/** Splits a LIMIT n+1 result into a page and the cursor of the next one. */
-export function toPage<Row extends { id: string; created_at: Date }, Item>(
-  rows: Row[],
-  limit: number,
+/** What a page is read through: a tenant's handle or a pool. */
+export interface PageSource {
+  query<Row extends object>(text: string, values: unknown[]): Promise<{ rows: Row[] }>
+}
+
+/**
+ * The SQL of one keyset listing: `select` (a SELECT … FROM with no WHERE), the rows after the
+ * cursor, in order. Built once per listing, so every request sends the same text.
+ */
+export function keysetSql(select: string, idType: 'uuid' | 'text'): string {
+  return `${select}
+  WHERE $1::timestamptz IS NULL OR (created_at, id) > ($1::timestamptz, $2::${idType})
+  ORDER BY created_at, id LIMIT $3`
+}
+
+/** One page of a keyset listing (see keysetSql), its rows turned into items, and the next page's cursor. */
+export async function readPage<Row extends { id: string; created_at: Date }, Item>(
+  source: PageSource,
+  sql: string,
+  page: { limit: number; cursor?: string },
   toItem: (row: Row) => Item
-): { items: Item[]; nextCursor: string | null } {
-  const more = rows.length > limit
-  const pageRows = more ? rows.slice(0, limit) : rows
+): Promise<{ items: Item[]; nextCursor: string | null }> {
+  const after = page.cursor ? decodeCursor(page.cursor) : null
+  // One row more than the page, to know whether another follows.
+  const { rows } = await source.query<Row>(sql, [after?.createdAt ?? null, after?.id ?? null, page.limit + 1])
+  const more = rows.length > page.limit
+  const pageRows = more ? rows.slice(0, page.limit) : rows
   const last = pageRows.at(-1)
   return { items: pageRows.map(toItem), nextCursor: more && last ? encodeCursor(last.created_at, last.id) : null }
 }

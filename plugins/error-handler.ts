@@ -1,12 +1,12 @@
 import { STATUS_CODES } from 'node:http'
-import type { FastifyError, FastifyInstance } from 'fastify'
+import type { FastifyError, FastifyInstance, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import { toApiError } from '../lib/tenant-db/pg-errors.ts'
-import { RequestFinishedError } from '../lib/tenant-db/handle.ts'
-import type { ErrorBody } from '../schemas/error.ts'
+import { REQUEST_ID_HEADER } from '../lib/http/request-id.ts'
+import { RequestFinishedError, toApiError } from '../lib/tenant-db/index.ts'
+import { BODY_ERRORS, errorBody, withErrorCodes, type ErrorBody, type ErrorCode } from '../schemas/errors.ts'
 
 /** Fastify's own client errors, renamed into our vocabulary. */
-const FASTIFY_CODES: Record<string, string> = {
+const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
   FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'INVALID_CONTENT_LENGTH',
@@ -16,19 +16,39 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_ASYNC_CONSTRAINT: 'INVALID_REQUEST'
 }
 
-function body(statusCode: number, code: string, message: string): ErrorBody {
-  return { statusCode, code, error: STATUS_CODES[statusCode] ?? 'Error', message }
-}
-
+/** A Fastify client error the catalogue does not name: a code derived from its status, such as METHOD_NOT_ALLOWED. */
 const statusAsCode = (statusCode: number) =>
   (STATUS_CODES[statusCode] ?? 'ERROR').toUpperCase().replace(/[^A-Z0-9]+/g, '_').replace(/^_|_$/g, '')
 
+/** The codes the error handler itself can answer a route with, from what the route declares. */
+function handlerCodes(route: RouteOptions): ErrorCode[] {
+  const schema = route.schema ?? {}
+  const codes: ErrorCode[] = ['INTERNAL_ERROR']
+  if (schema.body || schema.querystring || schema.params || schema.headers) codes.push('VALIDATION_ERROR')
+  if (schema.body) codes.push(...BODY_ERRORS)
+  return codes
+}
+
 /**
  * The one error handler: every failure leaves as `{statusCode, code, error, message}`. Client
- * errors keep their message; a 5xx tells the client nothing and is logged in full.
+ * errors keep their message; a 5xx tells the client nothing but its request id, and is logged in
+ * full under that id. Every answer carries the id in X-Request-Id, so a user's report of any
+ * answer can be matched to its log lines.
  */
 export default fp(
   async function errorHandler(fastify: FastifyInstance) {
+    // Registered first (app.ts), so this runs for every route, third-party plugins' and 404s included.
+    fastify.addHook('onRequest', (request, reply, done) => {
+      reply.header(REQUEST_ID_HEADER, request.id)
+      done()
+    })
+
+    // Every route documents the codes this handler may answer it with.
+    fastify.addHook('onRoute', (route) => {
+      if (!route.schema?.response) return
+      route.schema = { ...route.schema, response: withErrorCodes(route.schema.response as Record<string, unknown>, ...handlerCodes(route)) }
+    })
+
     fastify.setErrorHandler(function handleError(error: FastifyError, request, reply) {
       if (error instanceof RequestFinishedError && reply.raw.destroyed) {
         // The connection closed (the client left, or its socket timed out: REQUEST_TIMEOUT_MS)
@@ -36,19 +56,22 @@ export default fp(
         // answer and nothing failed on our side, so the log says so at info rather than as an
         // error. 499 is nginx's "client closed request".
         request.log.info({ tenant: request.tenant?.id, code: 'CLIENT_CLOSED_REQUEST' }, 'the connection closed before the answer')
-        return reply.code(499).type('application/json; charset=utf-8').send(body(499, 'CLIENT_CLOSED_REQUEST', 'The connection closed before the answer'))
+        return reply
+          .code(499)
+          .type('application/json; charset=utf-8')
+          .send(errorBody(499, 'CLIENT_CLOSED_REQUEST', 'The connection closed before the answer', request.id))
       }
       const apiError = toApiError(error)
       let payload: ErrorBody
       if (apiError) {
-        payload = body(apiError.statusCode, apiError.code, apiError.message)
+        payload = errorBody(apiError.statusCode, apiError.code, apiError.message, request.id)
         reply.headers(apiError.headers)
       } else if (error.validation) {
-        payload = body(400, 'VALIDATION_ERROR', error.message)
+        payload = errorBody(400, 'VALIDATION_ERROR', error.message)
       } else if (typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
-        payload = body(error.statusCode, FASTIFY_CODES[error.code] ?? statusAsCode(error.statusCode), error.message)
+        payload = errorBody(error.statusCode, FASTIFY_CODES[error.code] ?? statusAsCode(error.statusCode), error.message)
       } else {
-        payload = body(500, 'INTERNAL_ERROR', 'Something went wrong on our side')
+        payload = errorBody(500, 'INTERNAL_ERROR', 'Something went wrong on our side', request.id)
       }
 
       if (payload.statusCode >= 500) {
@@ -60,7 +83,7 @@ export default fp(
     })
 
     fastify.setNotFoundHandler(function notFound(request, reply) {
-      return reply.code(404).send(body(404, 'ROUTE_NOT_FOUND', `Route ${request.method} ${request.url.split('?')[0]} not found`))
+      return reply.code(404).send(errorBody(404, 'ROUTE_NOT_FOUND', `Route ${request.method} ${request.url.split('?')[0]} not found`))
     })
   },
   { name: 'error-handler' }

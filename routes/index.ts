@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TenantHeaders } from '../schemas/common.ts'
-import { errorResponses } from '../schemas/error.ts'
+import { DATABASE_ERRORS, errorResponses, TENANT_SCOPE_ERRORS } from '../schemas/errors.ts'
 import { TenantHealth } from '../schemas/health.ts'
 
 /** GET /: the tenant-scoped health check, proving the context switch from inside the tenant's transaction. */
@@ -10,11 +10,13 @@ const root: FastifyPluginAsyncTypebox = async (fastify) => {
     {
       onRequest: fastify.resolveTenant,
       schema: {
+        operationId: 'getTenantHealth',
         summary: 'Tenant-scoped health check',
         description: 'Runs one query through the tenant-scoped client and reports the schema it ran in.',
         tags: ['health'],
         headers: TenantHeaders,
-        response: { 200: TenantHealth, ...errorResponses(400, 403, 404, 503) }
+        security: [],
+        response: { 200: TenantHealth, ...errorResponses(...TENANT_SCOPE_ERRORS, ...DATABASE_ERRORS) }
       }
     },
     async (request) => {

@@ -14,10 +14,13 @@ const DURATION_UNITS: Record<string, number> = {
 }
 const DURATION_PATTERN = `^\\s*\\d+(\\.\\d+)?\\s*(${Object.keys(DURATION_UNITS).join('|')})?\\s*$`
 
-/** `60000`, `30s`, `1 minute`, `1.5h` in milliseconds; a bare number is milliseconds. */
-export function durationMs(value: string): number {
+/**
+ * `60000`, `30s`, `1 minute`, `1.5h` in milliseconds: the one duration parser, of configuration
+ * and scripts alike. A bare number is in `bareUnit` (milliseconds unless said otherwise).
+ */
+export function durationMs(value: string, bareUnit: 'ms' | 's' = 'ms'): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/.exec(value)
-  const unit = match ? DURATION_UNITS[match[2] || 'ms'] : undefined
+  const unit = match ? DURATION_UNITS[match[2] || bareUnit] : undefined
   if (!match || unit === undefined) throw new Error(`not a duration: ${JSON.stringify(value)}`)
   return Math.round(Number(match[1]) * unit)
 }

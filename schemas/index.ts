@@ -1,4 +1,4 @@
-import { ErrorBody } from './error.ts'
+import { ErrorBody } from './errors.ts'
 import { File } from './file.ts'
 import { Tenant } from './tenant.ts'
 import { User } from './user.ts'

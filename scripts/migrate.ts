@@ -11,7 +11,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
-import { migrateAll, type MigrationProgress, type MigrationSummary } from '../lib/tenants/migrations.ts'
+import { migrateAll, type MigrationProgress, type MigrationSummary } from '../lib/tenants/index.ts'
 import { ConfigError, loadConfig, type Config } from '../schemas/env.ts'
 
 const here = path.dirname(fileURLToPath(import.meta.url))

@@ -8,23 +8,24 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { loadIssuerIdentity, mintToken } from '../lib/embedded/issuer.ts'
 import { TENANT_ID_PATTERN } from '../schemas/common.ts'
-import { ConfigError, loadConfig } from '../schemas/env.ts'
+import { ConfigError, durationMs, loadConfig } from '../schemas/env.ts'
 
 const USAGE =
   'usage: npm run -s token -- [--tenant <tenant id>] [--admin] [--use access|id] [--expires 1h] [--sub <subject>] [--dir .data/issuer]'
-const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
-
 function fail(message: string): never {
   console.error(message)
   process.exit(1)
 }
 
-/** `90`, `90s`, `15m`, `1h`, `7d` into seconds. */
-function parseDuration(value: string): number {
-  const match = /^(\d+)([smhd]?)$/.exec(value.trim())
-  if (!match) fail(`--expires: expected a duration such as 30m, 1h or 7d (got ${JSON.stringify(value)})`)
-  const seconds = Number(match[1]) * UNITS[match[2] || 's']
-  if (seconds <= 0) fail('--expires: must be more than zero')
+/** `90` (seconds), `90s`, `15m`, `1h`, `7d` into seconds. */
+function parseExpiry(value: string): number {
+  let seconds: number
+  try {
+    seconds = Math.floor(durationMs(value, 's') / 1000)
+  } catch {
+    fail(`--expires: expected a duration such as 30m, 1h or 7d (got ${JSON.stringify(value)})`)
+  }
+  if (seconds <= 0) fail('--expires: must be at least one second')
   return seconds
 }
 
@@ -73,7 +74,7 @@ const token = mintToken(identity, {
   tenant: values.tenant,
   admin: values.admin,
   use: values.use,
-  expiresInSeconds: parseDuration(values.expires),
+  expiresInSeconds: parseExpiry(values.expires),
   subject: values.sub,
   tenantClaim: config.TENANT_CLAIM,
   adminGroup: config.ADMIN_GROUP

@@ -232,7 +232,7 @@ t.test('a route inside a guarded folder opts out with config: { auth: false }', 
     beforeReady: (app) =>
       app.register(
         async (scope) => {
-          scope.addHook('onRoute', scope.declareBearerAuth)
+          scope.addHook('onRoute', scope.declareBearerAuth('tenant'))
           scope.addHook('onRequest', scope.requireTenantAccess)
           scope.get('/open', { config: { auth: false }, schema: { summary: 'open' } }, async (request) => ({ principal: request.principal }))
           scope.get('/guarded', { schema: { summary: 'guarded' } }, async (request) => ({ subject: request.principal?.subject }))

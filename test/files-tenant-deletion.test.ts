@@ -1,6 +1,6 @@
 import t from 'tap'
-import { deleteTenantObjects } from '../lib/files/files.ts'
-import { deleteTenant } from '../lib/tenants/registry.ts'
+import { deleteTenantObjects } from '../lib/files/index.ts'
+import { deleteTenant } from '../lib/tenants/index.ts'
 import { createTenant, setupApp } from './helpers/app.ts'
 
 const ctx = await setupApp(t, {}, { s3: true })
@@ -117,7 +117,8 @@ t.test('a storage failure leaves a deleting tenant, and deleting again finishes'
     t.equal(response.json().code, 'TENANT_DELETING')
   }
   const revived = await app.inject({ method: 'PATCH', url: '/auth/tenants/umbrella', headers: auth.admin(), payload: { status: 'active' } })
-  t.equal(revived.statusCode, 409, 'a deleting tenant cannot be reactivated')
+  // TENANT_DELETING has one status everywhere: the data plane's 403.
+  t.equal(revived.statusCode, 403, 'a deleting tenant cannot be reactivated')
   t.equal(revived.json().code, 'TENANT_DELETING')
   t.equal((await tenantState('umbrella')).status, 'deleting')
 

@@ -1,9 +1,10 @@
 import t from 'tap'
 import { Counter, Registry } from 'prom-client'
-import { createTopTenants, OTHER_TENANTS } from '../plugins/app/metrics.ts'
-import { latestVersion, loadMigrations } from '../lib/tenants/migrations.ts'
+import { createTopTenants, OTHER_TENANTS } from '../lib/metrics/top-tenants.ts'
+import { latestVersion, loadMigrations } from '../lib/tenants/index.ts'
 import { createTenant, setupApp, type TestContext } from './helpers/app.ts'
 import { createSigningKey } from './helpers/issuer.ts'
+import { TENANT_ID_PATTERN } from '../schemas/common.ts'
 
 interface Sample {
   name: string
@@ -97,7 +98,7 @@ t.test('the top-N tenant selection', async (t) => {
   })
 
   t.test('the other bucket cannot be a tenant id', async (t) => {
-    t.notMatch(OTHER_TENANTS, /^[a-z][a-z0-9-]{1,61}[a-z0-9]$/)
+    t.notMatch(OTHER_TENANTS, new RegExp(TENANT_ID_PATTERN))
   })
 })
 

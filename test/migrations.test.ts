@@ -3,16 +3,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
 import t from 'tap'
-import {
-  controlPlaneVersion,
-  latestVersion,
-  loadMigrations,
-  MIGRATIONS_ROOT,
-  migrateAll,
-  migrateControlPlane,
-  type Migration
-} from '../lib/tenants/migrations.ts'
-import { deleteTenant, provisionTenant } from '../lib/tenants/registry.ts'
+import { controlPlaneVersion, deleteTenant, latestVersion, loadMigrations, migrateAll, migrateControlPlane, type Migration, MIGRATIONS_ROOT, provisionTenant } from '../lib/tenants/index.ts'
 import { createProgressReporter } from '../scripts/migrate.ts'
 import { setupApp, type TestContext } from './helpers/app.ts'
 import { runScript, serverEnv } from './helpers/server.ts'

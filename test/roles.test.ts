@@ -103,7 +103,11 @@ t.test("SQL naming another tenant's schema outright is refused by PostgreSQL (42
   ] as const) {
     const read = await ctx.app.inject({ method: 'GET', url: `/test/read/${BETA}`, headers: caller })
     t.equal(read.statusCode, 500, `${label}: the read is an error`)
-    t.same(read.json(), { statusCode: 500, code: 'INTERNAL_ERROR', error: 'Internal Server Error', message: 'Something went wrong on our side' })
+    t.same(
+      read.json(),
+      { statusCode: 500, code: 'INTERNAL_ERROR', error: 'Internal Server Error', message: 'Something went wrong on our side', requestId: read.headers['x-request-id'] },
+      `${label}: a generic 500, carrying only its request id`
+    )
     t.notMatch(read.body, /secret|beta-inc|permission/i, `${label}: the answer names neither the data, the schema nor the reason`)
 
     const registry = await ctx.app.inject({ method: 'GET', url: '/test/registry', headers: caller })

@@ -3,10 +3,9 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import t from 'tap'
-import { cleanFilename, contentDisposition, fileKey, isTenantKey, keySafeName, tenantPrefix } from '../lib/files/files.ts'
-import { createStorage, storageError } from '../lib/files/storage.ts'
+import { cleanFilename, contentDisposition, createStorage, fileKey, isTenantKey, keySafeName, storageError, tenantPrefix } from '../lib/files/index.ts'
 import { startEmbeddedS3 } from '../lib/embedded/s3.ts'
-import { ApiError } from '../schemas/error.ts'
+import { ApiError } from '../schemas/errors.ts'
 import { ConfigError, loadConfig } from '../schemas/env.ts'
 import { HOSTILE_NAMES, startTestS3 } from './helpers/s3.ts'
 import { canonicalRequest, verifyAuthorizationHeader, verifyPresigned } from './helpers/sigv4.ts'
@@ -67,7 +66,7 @@ t.test('S3 failures map to 503 when transient and 502 otherwise', async (t) => {
   const denied = storageError(Object.assign(new Error('denied'), { name: 'AccessDenied', $metadata: { httpStatusCode: 403 } }), 'x')
   t.equal(denied.statusCode, 502)
   t.equal(denied.code, 'STORAGE_ERROR')
-  const kept = new ApiError(409, 'X', 'y')
+  const kept = new ApiError('FILE_NOT_FOUND', 'y')
   t.equal(storageError(kept, 'x'), kept, 'client errors pass through')
 })
 

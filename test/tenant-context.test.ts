@@ -246,7 +246,7 @@ t.test('a status change reaches another instance', async (t) => {
   t.ok((rowCount ?? 0) >= 2, 'both instances were listening')
   await suspend('suspended')
   t.ok(await eventually(async () => (await statusOn(other)) === 403), 'the change still arrives while the listener is reconnecting')
-  t.ok(await eventually(async () => other.tenantCache.listening), 'the listener is back')
+  t.ok(await eventually(async () => other.tenantDb.listening), 'the listener is back')
   await suspend('active')
   t.ok(await eventually(async () => (await statusOn(other)) === 200))
 })

@@ -1,9 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
-import { latestVersion, loadMigrations } from '../lib/tenants/migrations.ts'
-import { TenantSpares } from '../lib/tenants/spares.ts'
-import { provisionTenant } from '../lib/tenants/registry.ts'
+import { latestVersion, loadMigrations, provisionTenant, TenantSpares } from '../lib/tenants/index.ts'
 import { eventually } from './helpers/wait.ts'
 import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 

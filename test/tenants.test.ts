@@ -1,6 +1,5 @@
 import t from 'tap'
-import { latestVersion, loadMigrations } from '../lib/tenants/migrations.ts'
-import { provisionTenant } from '../lib/tenants/registry.ts'
+import { latestVersion, loadMigrations, provisionTenant } from '../lib/tenants/index.ts'
 import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/

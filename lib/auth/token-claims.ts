@@ -1,4 +1,4 @@
-import { ApiError, serviceUnavailable } from '../../schemas/error.ts'
+import { ApiError, serviceUnavailable } from '../../schemas/errors.ts'
 import { KeyLookupError } from './jwks.ts'
 
 /** Who is calling, as an accepted token says. */
@@ -27,21 +27,19 @@ const challenge = (error?: string, description?: string) =>
   `Bearer realm="${REALM}"${error ? `, error="${error}"` : ''}${description ? `, error_description="${description}"` : ''}`
 
 export const tokenMissing = () =>
-  new ApiError(401, 'TOKEN_MISSING', 'Send a token in the Authorization header: Bearer <token>', {
+  new ApiError('TOKEN_MISSING', 'Send a token in the Authorization header: Bearer <token>', {
     'www-authenticate': challenge()
   })
 
 export const tokenInvalid = (message: string) =>
-  new ApiError(401, 'TOKEN_INVALID', message, {
+  new ApiError('TOKEN_INVALID', message, {
     'www-authenticate': challenge('invalid_token', message.replace(/["\\]/g, ''))
   })
 
 export const tokenExpired = () =>
-  new ApiError(401, 'TOKEN_EXPIRED', 'The token has expired', {
+  new ApiError('TOKEN_EXPIRED', 'The token has expired', {
     'www-authenticate': challenge('invalid_token', 'The token has expired')
   })
-
-export const tenantMismatch = () => new ApiError(403, 'TENANT_MISMATCH', 'The token is bound to another tenant')
 
 // A compact JWS: three base64url segments, the signature possibly empty (alg "none"; refused later
 // with a precise reason).

@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto'
-import { ApiError } from '../../schemas/error.ts'
+import { ApiError, errors } from '../../schemas/errors.ts'
 import { ALLOWED_TOP_LEVEL_TYPES, type File, type FileStatus } from '../../schemas/file.ts'
-import { decodeCursor, toPage } from '../pagination.ts'
+import { keysetSql, readPage } from '../pagination.ts'
+import type { Queryable } from '../tenant-db/index.ts'
+import { checkTenantId } from '../tenants/index.ts'
 import { storageError, type Storage } from './storage.ts'
-import type { TenantScopedDb } from '../tenant-db/handle.ts'
-import { checkTenantId } from '../tenants/sql.ts'
 
 /**
  * Files of one tenant: object keys, file names, and the `files` table in the tenant's schema.
@@ -145,10 +145,6 @@ export const toFile = (row: FileRow): File => ({
   updatedAt: row.updated_at.toISOString()
 })
 
-export type Queryable = Pick<TenantScopedDb, 'query'>
-
-export const fileNotFound = (id: string) => new ApiError(404, 'FILE_NOT_FOUND', `File ${id} does not exist in this tenant`)
-
 export interface UploadLimits {
   maxUploadBytes: number
   /** 0: no quota. */
@@ -172,12 +168,12 @@ export async function createPendingFile(
   limits: UploadLimits
 ): Promise<FileRow> {
   if (input.size > limits.maxUploadBytes) {
-    throw new ApiError(413, 'FILE_TOO_LARGE', `A file may be at most ${limits.maxUploadBytes} bytes`)
+    throw new ApiError('FILE_TOO_LARGE', `A file may be at most ${limits.maxUploadBytes} bytes`)
   }
   const contentType = input.contentType.toLowerCase()
   const topLevel = contentType.slice(0, contentType.indexOf('/'))
   if (!ALLOWED_TOP_LEVEL_TYPES.includes(topLevel)) {
-    throw new ApiError(400, 'CONTENT_TYPE_NOT_ALLOWED', `contentType must be one of ${ALLOWED_TOP_LEVEL_TYPES.map((t) => `${t}/*`).join(', ')}`)
+    throw new ApiError('CONTENT_TYPE_NOT_ALLOWED', `contentType must be one of ${ALLOWED_TOP_LEVEL_TYPES.map((t) => `${t}/*`).join(', ')}`)
   }
 
   if (limits.quotaBytes > 0) {
@@ -185,9 +181,7 @@ export async function createPendingFile(
     const { rows } = await db.query<{ used: string }>('SELECT coalesce(sum(size), 0)::text AS used FROM files')
     const used = Number(rows[0].used)
     if (used + input.size > limits.quotaBytes) {
-      throw new ApiError(
-        409,
-        'QUOTA_EXCEEDED',
+      throw new ApiError('QUOTA_EXCEEDED',
         `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use`
       )
     }
@@ -202,21 +196,14 @@ export async function createPendingFile(
   return rows[0]
 }
 
-export async function listFiles(db: Queryable, page: { limit: number; cursor?: string }) {
-  const after = page.cursor ? decodeCursor(page.cursor) : null
-  const { rows } = await db.query<FileRow>(
-    `SELECT ${COLUMNS} FROM files
-      WHERE $1::timestamptz IS NULL OR (created_at, id) > ($1::timestamptz, $2::uuid)
-      ORDER BY created_at, id LIMIT $3`,
-    [after?.createdAt ?? null, after?.id ?? null, page.limit + 1]
-  )
-  return toPage(rows, page.limit, toFile)
-}
+const LIST_FILES = keysetSql(`SELECT ${COLUMNS} FROM files`, 'uuid')
+
+export const listFiles = (db: Queryable, page: { limit: number; cursor?: string }) => readPage(db, LIST_FILES, page, toFile)
 
 /** One file of the tenant; `lock` holds the row until the request's transaction ends. */
 export async function getFile(db: Queryable, id: string, options: { lock?: boolean } = {}): Promise<FileRow> {
   const { rows } = await db.query<FileRow>(`SELECT ${COLUMNS} FROM files WHERE id = $1${options.lock ? ' FOR UPDATE' : ''}`, [id])
-  if (!rows[0]) throw fileNotFound(id)
+  if (!rows[0]) throw errors.fileNotFound(id)
   return rows[0]
 }
 
@@ -225,14 +212,14 @@ export async function markUploaded(db: Queryable, id: string): Promise<FileRow> 
     `UPDATE files SET status = 'uploaded', updated_at = date_trunc('milliseconds', now()) WHERE id = $1 RETURNING ${COLUMNS}`,
     [id]
   )
-  if (!rows[0]) throw fileNotFound(id)
+  if (!rows[0]) throw errors.fileNotFound(id)
   return rows[0]
 }
 
 /** Deletes the row and returns it; the object goes next, inside the same request transaction. */
 export async function deleteFileRow(db: Queryable, id: string): Promise<FileRow> {
   const { rows } = await db.query<FileRow>(`DELETE FROM files WHERE id = $1 RETURNING ${COLUMNS}`, [id])
-  if (!rows[0]) throw fileNotFound(id)
+  if (!rows[0]) throw errors.fileNotFound(id)
   return rows[0]
 }
 
@@ -250,6 +237,6 @@ export async function deleteTenantObjects(
   } catch (error) {
     const failure = storageError(error, "delete the tenant's files")
     const message = `Deleting the files of tenant "${tenantId}" failed; the tenant stays in status "deleting" and refuses requests. Repeat the DELETE to finish`
-    throw Object.assign(new ApiError(failure.statusCode, failure.code, message, failure.headers), { cause: failure.cause ?? error })
+    throw Object.assign(new ApiError(failure.code, message, failure.headers), { cause: failure.cause ?? error })
   }
 }

@@ -9,7 +9,7 @@ import {
   S3Client
 } from '@aws-sdk/client-s3'
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner'
-import { ApiError, serviceUnavailable } from '../../schemas/error.ts'
+import { ApiError, serviceUnavailable } from '../../schemas/errors.ts'
 import type { UploadInstructions } from '../../schemas/file.ts'
 
 export interface StorageOptions {
@@ -46,7 +46,7 @@ export function storageError(error: unknown, action: string): ApiError {
   const transient = status === undefined || status >= 500 || status === 429 || TRANSIENT.has(failure?.name ?? '')
   const apiError = transient
     ? serviceUnavailable('STORAGE_UNAVAILABLE', `Object storage is not available (${action}); retry shortly`)
-    : new ApiError(502, 'STORAGE_ERROR', `Object storage refused to ${action}`)
+    : new ApiError('STORAGE_ERROR', `Object storage refused to ${action}`)
   return Object.assign(apiError, { cause: error })
 }
 
@@ -161,7 +161,7 @@ export function createStorage(options: StorageOptions) {
           )
           if (result.Errors && result.Errors.length > 0) {
             const first = result.Errors[0]
-            throw Object.assign(new ApiError(502, 'STORAGE_ERROR', `Object storage refused to delete ${result.Errors.length} objects`), {
+            throw Object.assign(new ApiError('STORAGE_ERROR', `Object storage refused to delete ${result.Errors.length} objects`), {
               cause: new Error(`${first.Code}: ${first.Message} (${first.Key})`)
             })
           }

@@ -1,10 +1,11 @@
 import type { Registry } from 'prom-client'
 
 /**
- * Metrics for the request path. prom-client's Histogram and Counter hash their label object on
- * every observation, which measured as the largest single cost our hooks added to a request. Here
- * a caller resolves a series once (per route and status, per tenant) and then counts with an
- * array or field increment. Both classes are registered in a prom-client Registry like any other
+ * Prometheus metrics whose series are resolved ahead of the observations: for the request path.
+ * prom-client's Histogram and Counter hash their label object on every observation, which measured
+ * as the largest single cost our hooks added to a request (BENCH-REF prebound). Here a caller
+ * resolves a series once (per route and status, per tenant) and then counts with an array or field
+ * increment. Both classes are registered in a prom-client Registry like any other
  * metric and render the same exposition lines, so scrapes and dashboards cannot tell them apart.
  */
 
@@ -41,7 +42,7 @@ export class HistogramSeries {
   }
 }
 
-export class FastHistogram {
+export class PreboundHistogram {
   readonly type = 'histogram'
   readonly aggregator = 'sum'
   readonly name: string
@@ -85,7 +86,7 @@ export class FastHistogram {
 }
 
 /** A counter with one label, whose series are found by the label's value. */
-export class FastCounter {
+export class SingleLabelCounter {
   readonly type = 'counter'
   readonly aggregator = 'sum'
   readonly name: string

@@ -1,14 +1,20 @@
 import type pg from 'pg'
-import { ApiError } from '../../schemas/error.ts'
+import { ApiError } from '../../schemas/errors.ts'
+import { ScopedQuery, send } from './flight.ts'
 import { toApiError } from './pg-errors.ts'
 import { laneAnswered, laneSent, type Lane, type ReadLanes } from './read-lanes.ts'
-import { ScopedQuery } from './flight.ts'
-import type { ResolvedTenant } from './tenant-cache.ts'
+import { scopeMode, type TenantScope } from './scope.ts'
 
-/** Receives, in seconds, the time from acquiring a connection to the first query's result. */
+/** Receives, in seconds, the time from having a connection to the first query's result. */
 export type ContextSwitchObserver = (seconds: number) => void
 
-const contextSwitchObservers = new WeakMap<pg.Pool, ContextSwitchObserver>()
+/** What every handle of one tenant database shares. */
+export interface HandleEnvironment {
+  readonly pool: pg.Pool
+  /** Carry the reads; null: every read takes a pooled connection. */
+  readonly lanes: ReadLanes | null
+  readonly onContextSwitch: ContextSwitchObserver | null
+}
 
 /** What settles the promise of a handle's query. */
 interface Settle {
@@ -19,8 +25,6 @@ interface Settle {
 /** A query of one handle, carrying what its answer settles (see TenantScopedDb.#answered). */
 class HandleQuery extends ScopedQuery implements Settle {
   readonly handle: TenantScopedDb
-  /** This query's flight opens the mutation's transaction (BEGIN and the tenant's context). */
-  readonly opensTransaction: boolean
   readonly resolve: Settle['resolve']
   readonly reject: Settle['reject']
   /** The second sending of a query whose prepared statement had gone stale. */
@@ -30,22 +34,21 @@ class HandleQuery extends ScopedQuery implements Settle {
     handle: TenantScopedDb,
     text: string,
     values: unknown[] | undefined,
-    opensTransaction: boolean,
+    mode: ReturnType<typeof scopeMode>,
     resolve: Settle['resolve'],
     reject: Settle['reject'],
     isRetry: boolean
   ) {
-    super(text, values, {
-      begin: opensTransaction ? 'BEGIN' : null,
-      context: handle.readOnly || opensTransaction ? handle.tenant.context : null,
-      readOnly: handle.readOnly,
-      naming: handle.tenant
-    })
+    super(text, values, handle.scope, mode)
     this.handle = handle
-    this.opensTransaction = opensTransaction
     this.resolve = resolve
     this.reject = reject
     this.isRetry = isRetry
+  }
+
+  /** This query's flight opens the mutation's transaction (BEGIN and the tenant's context). */
+  get opensTransaction(): boolean {
+    return this.mode === 'begin'
   }
 }
 
@@ -66,9 +69,9 @@ export class RequestFinishedError extends Error {
  *
  * Lazy: a pooled connection is taken at the first query, so a request rejected by validation or
  * auth never holds one. Every query travels in one flight with the statement that scopes it to the
- * tenant (search_path, tenant role and statement timeout, all transaction-local; see ScopedQuery),
- * so the context costs no round trip of its own, and is prepared per tenant and connection, so it
- * is not re-planned at every tenant switch.
+ * tenant (search_path, tenant role and statement timeout, all transaction-local; see scope.ts), so
+ * the context costs no round trip of its own; queries are prepared per tenant and connection, so
+ * they are not re-planned at every tenant switch (statements.ts).
  *
  * - Reads (GET, HEAD): each query is its own read-only implicit transaction, ended by the Sync of
  *   its flight. Under READ COMMITTED a read transaction spanning several statements would see
@@ -87,20 +90,10 @@ export class RequestFinishedError extends Error {
  * has nothing to give back, or gives its pooled connection back synchronously.
  */
 export class TenantScopedDb {
-  /**
-   * Reports the context switch of every handle on `pool` (one observer per pool, so that several
-   * services in one process keep their own figures). Kept off the constructor: the request path
-   * stays as it is, and a handle pays for the clock only on its first query, only when observed.
-   */
-  static observeContextSwitch(pool: pg.Pool, observer: ContextSwitchObserver | null): void {
-    if (observer) contextSwitchObservers.set(pool, observer)
-    else contextSwitchObservers.delete(pool)
-  }
-
-  readonly #pool: pg.Pool
+  readonly #environment: HandleEnvironment
   readonly #lanes: ReadLanes | null
-  /** The tenant every query of this handle is scoped to. */
-  readonly tenant: ResolvedTenant
+  /** The tenant's context and statement names (private to lib/tenant-db). */
+  readonly scope: TenantScope
   readonly #readOnly: boolean
   #client: pg.PoolClient | null = null
   /** The read lane #client belongs to (shared: never released by this handle). */
@@ -117,13 +110,14 @@ export class TenantScopedDb {
   #settled: (() => void) | null = null
   #failed = false
   #finished = false
+  /** When the connection arrived, while the context switch is being timed (observed handles only). */
   #acquiredAt = 0
 
-  /** `lanes` carry the handle's queries if it is read-only; null, or none free, takes a pooled connection. */
-  constructor(pool: pg.Pool, tenant: ResolvedTenant, readOnly: boolean, lanes: ReadLanes | null = null) {
-    this.#pool = pool
-    this.#lanes = readOnly ? lanes : null
-    this.tenant = tenant
+  /** Reads ride the environment's lanes when it has any; writes, and reads finding no lane free, take a pooled connection. */
+  constructor(environment: HandleEnvironment, scope: TenantScope, readOnly: boolean) {
+    this.#environment = environment
+    this.#lanes = readOnly ? environment.lanes : null
+    this.scope = scope
     this.#readOnly = readOnly
   }
 
@@ -140,18 +134,17 @@ export class TenantScopedDb {
     return this.#readOnly
   }
 
-  query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult<Row>> {
+  /** Runs `text` with `values` ($1, $2, …) in the tenant's schema, as its role. */
+  query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<Row>> {
     if (this.#finished) return Promise.reject(new RequestFinishedError())
     if (this.#connectError !== null) return Promise.reject(this.#connectError)
 
-    const sql = typeof text === 'string' ? text : text.text
-    const parameters = typeof text === 'string' ? values : text.values
-    const opensTransaction = !this.#readOnly && !this.#inTransaction
-    if (opensTransaction) this.#inTransaction = true
+    const mode = scopeMode(this.#readOnly, this.#inTransaction)
+    if (mode === 'begin') this.#inTransaction = true
     this.#inflight++
 
     return new Promise<pg.QueryResult<Row>>((resolve, reject) => {
-      this.#submit(new HandleQuery(this, sql, parameters, opensTransaction, resolve as Settle['resolve'], reject, false))
+      this.#submit(new HandleQuery(this, text, values, mode, resolve as Settle['resolve'], reject, false))
     })
   }
 
@@ -180,7 +173,7 @@ export class TenantScopedDb {
       // forgot it, so this one parses it afresh. A mutation's transaction, opened by this very
       // flight, is rolled back first.
       if (query.opensTransaction) this.#client!.query('ROLLBACK').catch(() => undefined)
-      return this.#submit(new HandleQuery(this, query.text, query.values, query.opensTransaction, query.resolve, query.reject, true))
+      return this.#submit(new HandleQuery(this, query.text, query.values, query.mode, query.resolve, query.reject, true))
     }
     if (error) {
       this.#acquiredAt = 0
@@ -188,7 +181,7 @@ export class TenantScopedDb {
       query.reject(toApiError(error) ?? error)
     } else {
       if (this.#acquiredAt !== 0) {
-        contextSwitchObservers.get(this.#pool)?.((performance.now() - this.#acquiredAt) / 1000)
+        this.#environment.onContextSwitch!((performance.now() - this.#acquiredAt) / 1000)
         this.#acquiredAt = 0
       }
       query.resolve(result)
@@ -222,7 +215,7 @@ export class TenantScopedDb {
       laneSent(lane)
       query.lane = lane
     }
-    this.#client!.query(query as unknown as pg.QueryConfig)
+    send(this.#client!, query)
   }
 
   #connect(): void {
@@ -244,7 +237,7 @@ export class TenantScopedDb {
   }
 
   #connectPooled(): void {
-    this.#pool.connect((error, client, release) => {
+    this.#environment.pool.connect((error, client, release) => {
       if (client && this.#finished) {
         // The request ended (an abort, a timeout) while the connection was on its way: nothing
         // was sent on it, so it goes straight back.
@@ -270,7 +263,7 @@ export class TenantScopedDb {
       return
     }
     this.#client = client
-    if (contextSwitchObservers.has(this.#pool)) this.#acquiredAt = performance.now()
+    if (this.#environment.onContextSwitch) this.#acquiredAt = performance.now()
     for (const query of waiting) this.#send(query)
   }
 
@@ -321,7 +314,7 @@ export class TenantScopedDb {
       }
       client.release()
       // COMMIT of a transaction that had failed answers ROLLBACK rather than an error.
-      if (result.command !== 'COMMIT') throw new ApiError(500, 'TRANSACTION_FAILED', 'The transaction could not be committed')
+      if (result.command !== 'COMMIT') throw new ApiError('TRANSACTION_FAILED', 'The transaction could not be committed')
       return
     }
 
@@ -332,6 +325,6 @@ export class TenantScopedDb {
     } catch {
       client.release(true)
     }
-    if (commit) throw new ApiError(500, 'TRANSACTION_FAILED', 'A statement of this request failed; nothing was saved')
+    if (commit) throw new ApiError('TRANSACTION_FAILED', 'A statement of this request failed; nothing was saved')
   }
 }

@@ -1,4 +1,4 @@
-import { ApiError, serviceUnavailable } from '../../schemas/error.ts'
+import { ApiError, errors, serviceUnavailable } from '../../schemas/errors.ts'
 
 /** Errors of the driver or the network that mean "the database is not there right now". */
 const UNAVAILABLE_MESSAGES = [
@@ -20,31 +20,31 @@ export function toApiError(error: unknown): ApiError | null {
   if (typeof code === 'string') {
     switch (code) {
       case '23505':
-        return new ApiError(409, 'CONFLICT', 'A record with the same unique value already exists')
+        return new ApiError('CONFLICT', 'A record with the same unique value already exists')
       case '22P02':
       case '22007':
       case '22008':
       // A character the database cannot store (NUL, or one outside its encoding).
       case '22021':
       case '22P05':
-        return new ApiError(400, 'INVALID_INPUT', 'A value has the wrong format')
+        return new ApiError('INVALID_INPUT', 'A value has the wrong format')
       case '57014':
-        return new ApiError(504, 'STATEMENT_TIMEOUT', 'The database took too long to answer')
+        return new ApiError('STATEMENT_TIMEOUT', 'The database took too long to answer')
       case '53300':
       case '57P01':
       case '57P02':
       case '57P03':
-        return serviceUnavailable('DATABASE_UNAVAILABLE', 'The database is not available; retry shortly')
+        return errors.databaseUnavailable()
     }
     if (code.startsWith('08') || UNAVAILABLE_SYSCALL_CODES.has(code)) {
-      return serviceUnavailable('DATABASE_UNAVAILABLE', 'The database is not available; retry shortly')
+      return errors.databaseUnavailable()
     }
   }
   if (error.message.startsWith('timeout exceeded when trying to connect')) {
     return serviceUnavailable('DATABASE_BUSY', 'No database connection became free in time; retry shortly')
   }
   if (UNAVAILABLE_MESSAGES.some((message) => error.message.includes(message))) {
-    return serviceUnavailable('DATABASE_UNAVAILABLE', 'The database is not available; retry shortly')
+    return errors.databaseUnavailable()
   }
   return null
 }

@@ -1,24 +1,30 @@
 import pg from 'pg'
 import type { TenantStatus } from '../../schemas/tenant.ts'
-import { contextValues } from '../tenants/sql.ts'
-import { findTenant, TENANT_CHANGED_CHANNEL } from '../tenants/registry.ts'
+import { findTenant, TENANT_CHANGED_CHANNEL } from '../tenants/index.ts'
+import type { Log } from '../log.ts'
+import { createScope, type TenantScope } from './scope.ts'
 
-/** What a request needs to know of its tenant, with its context statement's values prebuilt. */
+/** What a request knows of its tenant (`request.tenant`): the registry's view, nothing of the driver. */
 export interface ResolvedTenant {
-  id: string
-  name: string
-  schema: string
-  role: string
-  status: TenantStatus
-  /** Values of the context statement: search_path, role, statement timeout. */
-  context: readonly string[]
-  /** Suffix of this tenant's prepared-statement names; unique within the process. */
-  statementTag: string
-  /** This tenant's prepared-statement names by SQL text, filled as its queries are first prepared. */
-  statementNames: Map<string, string>
+  readonly id: string
+  readonly name: string
+  readonly schema: string
+  readonly role: string
+  readonly status: TenantStatus
 }
 
-let statementTags = 0
+/**
+ * The scope of each tenant this process has resolved, kept beside the public object rather than on
+ * it: the context bytes and statement names stay private to lib/tenant-db.
+ */
+const scopes = new WeakMap<ResolvedTenant, TenantScope>()
+
+/** The scope of a tenant returned by a tenant cache's lookup. */
+export function scopeOf(tenant: ResolvedTenant): TenantScope {
+  const scope = scopes.get(tenant)
+  if (!scope) throw new Error(`Tenant "${tenant.id}" was not resolved by a tenant cache`)
+  return scope
+}
 
 interface Entry {
   tenant: ResolvedTenant | null
@@ -32,7 +38,7 @@ export interface TenantCacheOptions {
   maxEntries?: number
   /** Unknown ids are remembered this long, so a flood of them does not reach the database. */
   negativeTtlMs?: number
-  log?: { warn: (obj: object, msg: string) => void; info: (obj: object, msg: string) => void }
+  log?: Log
 }
 
 /**
@@ -59,18 +65,11 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
 
   async function load(id: string): Promise<ResolvedTenant | null> {
     const row = await findTenant(pool, id)
-    const tenant: ResolvedTenant | null = row
-      ? {
-          id: row.id,
-          name: row.name,
-          schema: row.schema,
-          role: row.role,
-          status: row.status,
-          context: contextValues(row, options.statementTimeoutMs),
-          statementTag: (statementTags++).toString(36),
-          statementNames: new Map()
-        }
-      : null
+    let tenant: ResolvedTenant | null = null
+    if (row) {
+      tenant = Object.freeze({ id: row.id, name: row.name, schema: row.schema, role: row.role, status: row.status })
+      scopes.set(tenant, createScope(row, options.statementTimeoutMs))
+    }
     if (entries.size >= maxEntries) entries.delete(entries.keys().next().value as string)
     entries.set(id, { tenant, fetchedAt: Date.now() })
     return tenant
@@ -141,9 +140,6 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
     invalidate(id: string) {
       entries.delete(id)
     },
-    clear() {
-      entries.clear()
-    },
     /** Starts listening for changes. Resolves once listening, or once the first attempt failed. */
     start: listen,
     async stop() {
@@ -158,9 +154,6 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
     },
     get listening() {
       return listening
-    },
-    get size() {
-      return entries.size
     }
   }
 }

@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto'
-import type { FastifyBaseLogger } from 'fastify'
 import pg from 'pg'
+import type { Log } from '../log.ts'
+import { runInTransaction, sendEach } from '../transaction.ts'
 import { latestVersion, type Migration } from './migrations.ts'
-import type { TenantIdentity } from './sql.ts'
-import { tenantSchemaSql } from './registry.ts'
+import { tenantSchemaSql, type TenantIdentity } from './sql.ts'
 
 /**
- * Spare schemas are named `_spare_<hex>`: no tenant id starts with `_` (TENANT_ID_REGEX), so no
+ * Spare schemas are named `_spare_<hex>`: no tenant id starts with `_` (TENANT_ID_PATTERN), so no
  * request can name one, and no tenant can be created with a spare's name.
  */
 const SPARE_SCHEMA_PREFIX = '_spare_'
@@ -37,7 +37,7 @@ export interface TenantSparesOptions {
   target: number
   rolePrefix: string
   migrations: Migration[]
-  log: FastifyBaseLogger
+  log: Log
   /** Pause in creations after which replacements are built (QUIET_MS). */
   quietMs?: number
 }
@@ -120,39 +120,41 @@ export class TenantSpares {
   }
 
   /**
-   * Opens a transaction on `client` holding a spare at `version`, and answers its identity; or
-   * answers null, with no transaction open, when none is ready, after waiting a little for one
-   * this instance is building.
+   * Takes a spare at `version` in the transaction open on `client` (its row deleted there, so it
+   * is taken only if the caller commits), and answers its identity; or answers null, the
+   * transaction as it was, when none is ready, after waiting a little for one this instance is
+   * building.
    */
   async take(client: pg.PoolClient, version: number): Promise<TenantIdentity | null> {
     // TENANT_SPARES=0 means every tenant is built on the spot, spares left from before included.
     if (this.#options.target === 0 || version !== this.#version) return null
     for (let attempt = 0; attempt < 2; attempt++) {
-      let results: pg.QueryResult<TenantIdentity & { left: number }>[]
+      let taken: (TenantIdentity & { left: number }) | undefined
       try {
-        // The count in RETURNING sees the stock as it was before this DELETE.
-        results = (await client.query(
-          `BEGIN;
-           DELETE FROM public.tenant_spares WHERE schema = (
+        // Under a savepoint: a failure here must not abort the caller's transaction. The count in
+        // RETURNING sees the stock as it was before this DELETE.
+        const [, deleted] = await sendEach<TenantIdentity & { left: number }>(client, [
+          'SAVEPOINT take_spare',
+          `DELETE FROM public.tenant_spares WHERE schema = (
              SELECT schema FROM public.tenant_spares WHERE schema_version = ${this.#version}
               ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
            ) RETURNING schema, role,
-             (SELECT count(*)::int - 1 FROM public.tenant_spares WHERE schema_version = ${this.#version}) AS left`
-        )) as unknown as pg.QueryResult<TenantIdentity & { left: number }>[]
+             (SELECT count(*)::int - 1 FROM public.tenant_spares WHERE schema_version = ${this.#version}) AS left`,
+          'RELEASE SAVEPOINT take_spare'
+        ])
+        taken = deleted.rows[0]
       } catch (error) {
+        await client.query('ROLLBACK TO SAVEPOINT take_spare')
         // No public.tenant_spares yet (control-plane migrations pending, MIGRATE_ON_START=false):
         // the tenant is built on the spot, as before spares existed.
         if ((error as { code?: string }).code !== '42P01') throw error
-        await client.query('ROLLBACK')
         return null
       }
-      const taken = results[1].rows[0]
       if (taken) {
         this.#lastTakeAt = performance.now()
         this.#leftAtLastTake = taken.left
         return { schema: taken.schema, role: taken.role }
       }
-      await client.query('ROLLBACK')
       // None ready: perhaps other instances took them; the count says what to build.
       void this.check()
       if (attempt === 0 && !(await this.#builtOne())) break
@@ -267,42 +269,26 @@ export class TenantSpares {
     const tag = randomBytes(6).toString('hex')
     const spare = { schema: `${SPARE_SCHEMA_PREFIX}${tag}`, role: `${this.#options.rolePrefix}${SPARE_SCHEMA_PREFIX}${tag}` }
     const script = [
-      'BEGIN',
       ...tenantSchemaSql(spare, this.#options.migrations),
       `INSERT INTO public.tenant_spares (schema, role, schema_version)
-         VALUES (${pg.escapeLiteral(spare.schema)}, ${pg.escapeLiteral(spare.role)}, ${this.#version})`,
-      'COMMIT'
+         VALUES (${pg.escapeLiteral(spare.schema)}, ${pg.escapeLiteral(spare.role)}, ${this.#version})`
     ]
-    await this.#inTransaction(script.join(';\n'))
+    await runInTransaction(this.#pool, (client) => client.query(script.join(';\n')))
   }
 
   /** Drops a spare of an older version, unless someone else is dropping or taking it. */
   async #drop(spare: TenantIdentity): Promise<void> {
     const role = pg.escapeIdentifier(spare.role)
-    await this.#inTransaction(
-      [
-        'BEGIN',
-        `DELETE FROM public.tenant_spares WHERE schema = ${pg.escapeLiteral(spare.schema)}`,
-        `DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(spare.schema)} CASCADE`,
-        `DROP OWNED BY ${role}`,
-        `DROP ROLE ${role}`,
-        'COMMIT'
-      ].join(';\n')
-    )
-  }
-
-  async #inTransaction(script: string): Promise<void> {
-    const client = await this.#pool.connect()
-    try {
-      await client.query(script)
-    } catch (error) {
-      await client.query('ROLLBACK').then(
-        () => client.release(),
-        () => client.release(true)
+    await runInTransaction(this.#pool, (client) =>
+      client.query(
+        [
+          `DELETE FROM public.tenant_spares WHERE schema = ${pg.escapeLiteral(spare.schema)}`,
+          `DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(spare.schema)} CASCADE`,
+          `DROP OWNED BY ${role}`,
+          `DROP ROLE ${role}`
+        ].join(';\n')
       )
-      throw error
-    }
-    client.release()
+    )
   }
 
   /** Resolves true when a spare this instance is building is done (or failed); false if none is being built, or after WAIT_FOR_SPARE_MS. */

@@ -1,5 +1,8 @@
 import { createHash } from 'node:crypto'
 import pg from 'pg'
+import { TENANT_ID_PATTERN } from '../../schemas/common.ts'
+import { ApiError } from '../../schemas/errors.ts'
+import type { Migration } from './migrations.ts'
 
 /**
  * Everything that turns a tenant id into SQL text lives here. Identifiers go through
@@ -10,7 +13,7 @@ import pg from 'pg'
 /** Names no tenant may take: PostgreSQL's own schemas and those of extensions we run beside. */
 const RESERVED_SCHEMAS = new Set(['public', 'information_schema', 'citus', 'citus_internal', 'columnar', 'columnar_internal'])
 
-export const TENANT_ID_REGEX = /^[a-z][a-z0-9-]{1,61}[a-z0-9]$/
+const TENANT_ID = new RegExp(TENANT_ID_PATTERN)
 
 export type TenantIdProblem = 'invalid' | 'reserved'
 
@@ -20,8 +23,17 @@ export type TenantIdProblem = 'invalid' | 'reserved'
  */
 export function checkTenantId(id: string): TenantIdProblem | null {
   if (RESERVED_SCHEMAS.has(id) || id.startsWith('pg_') || id.startsWith('pg-')) return 'reserved'
-  if (!TENANT_ID_REGEX.test(id)) return 'invalid'
+  if (!TENANT_ID.test(id)) return 'invalid'
   return null
+}
+
+/** Rejects ids that are malformed or reserved, before anything touches the database. */
+export function assertValidTenantId(id: string): void {
+  const problem = checkTenantId(id)
+  if (problem === 'invalid') {
+    throw new ApiError('TENANT_ID_INVALID', 'Tenant id must be 3–63 characters of a-z, 0-9 and -, starting with a letter')
+  }
+  if (problem === 'reserved') throw new ApiError('TENANT_ID_RESERVED', `"${id}" is a reserved name`)
 }
 
 const MAX_IDENTIFIER_BYTES = 63
@@ -40,14 +52,6 @@ export function tenantRoleName(prefix: string, tenantId: string): string {
 export interface TenantIdentity {
   schema: string
   role: string
-}
-
-/**
- * The values of a tenant's context statement (see ScopedQuery): its schema as a search_path entry,
- * its role, and the statement timeout. Built once per tenant and cached with it.
- */
-export function contextValues(tenant: TenantIdentity, statementTimeoutMs: number): readonly string[] {
-  return [pg.escapeIdentifier(tenant.schema), tenant.role, String(Math.trunc(statementTimeoutMs))]
 }
 
 /**
@@ -75,4 +79,24 @@ export function grantTenantRoleSql(tenant: TenantIdentity): string {
     `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ${schema} TO ${role}`,
     `GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA ${schema} TO ${role}`
   ].join('; ')
+}
+
+/**
+ * What makes a tenant's schema: its role, the schema, the role's rights and every tenant
+ * migration, for one transaction that also registers it (a tenant) or records it (a spare).
+ */
+export function tenantSchemaSql(identity: TenantIdentity, migrations: Migration[]): string[] {
+  const schema = pg.escapeIdentifier(identity.schema)
+  const role = pg.escapeIdentifier(identity.role)
+  return [
+    // LOGIN without a password: nobody can authenticate as it, yet Citus can open worker connections as it (DESIGN §6).
+    `CREATE ROLE ${role} LOGIN`,
+    // Membership lets a non-superuser service role SET ROLE to the tenant and drop it later.
+    `GRANT ${role} TO CURRENT_USER`,
+    `CREATE SCHEMA ${schema}`,
+    // Before the migrations, so that every table they create is granted to the role at creation.
+    tenantPrivilegesSql(identity),
+    `SET LOCAL search_path TO ${schema}`,
+    ...migrations.map((migration) => migration.sql)
+  ]
 }

@@ -1,70 +1,8 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
-import { FastCounter, FastHistogram, type HistogramSeries } from '../../lib/metrics/prebound.ts'
-import { TenantScopedDb } from '../../lib/tenant-db/handle.ts'
-
-/** The label value of every tenant outside the top N. No tenant id can take it (ids start with a letter). */
-export const OTHER_TENANTS = '_other'
-
-export interface TopTenantsOptions {
-  /** How many tenants get a series of their own. */
-  size?: number
-  /** Length of the window whose busiest tenants are featured in the next one. */
-  windowMs?: number
-  /** Distinct tenants counted per window; past it, newcomers are not counted until the next window. */
-  maxTracked?: number
-  /** Told which tenants lost their series, so their series can be removed. */
-  onDrop?: (tenants: string[]) => void
-  now?: () => number
-}
-
-/**
- * Which tenants get a per-tenant request series: the `size` busiest of the previous window, plus
- * newcomers while there is room. Everyone else is counted under OTHER_TENANTS, so the series
- * count stays at most size + 1 however many tenants there are. A tenant that drops out of the top
- * loses its series (through onDrop); if it comes back its counter starts again at zero, which
- * PromQL's rate() reads as a counter reset.
- */
-export function createTopTenants(options: TopTenantsOptions = {}) {
-  const size = options.size ?? 20
-  const windowMs = options.windowMs ?? 60_000
-  const maxTracked = options.maxTracked ?? 100_000
-  const now = options.now ?? Date.now
-  let featured = new Set<string>()
-  let counts = new Map<string, number>()
-  let windowEnds = now() + windowMs
-
-  function rotate(at: number) {
-    const busiest = [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, size)
-    const next = new Set(busiest.map(([tenant]) => tenant))
-    const dropped = [...featured].filter((tenant) => !next.has(tenant))
-    featured = next
-    counts = new Map()
-    windowEnds = at + windowMs
-    if (dropped.length > 0) options.onDrop?.(dropped)
-  }
-
-  return {
-    /** Counts one request of `tenant` and returns the label value it is exported under. */
-    record(tenant: string): string {
-      const at = now()
-      if (at >= windowEnds) rotate(at)
-      const count = counts.get(tenant)
-      if (count !== undefined) counts.set(tenant, count + 1)
-      else if (counts.size < maxTracked) counts.set(tenant, 1)
-      if (featured.has(tenant)) return tenant
-      if (featured.size < size) {
-        featured.add(tenant)
-        return tenant
-      }
-      return OTHER_TENANTS
-    },
-    featured(): ReadonlySet<string> {
-      return featured
-    }
-  }
-}
+import { PreboundHistogram, SingleLabelCounter, type HistogramSeries } from '../../lib/metrics/prebound.ts'
+import { createTopTenants, OTHER_TENANTS } from '../../lib/metrics/top-tenants.ts'
 
 /** Runs `fn` at most once per `ttlMs`, sharing the result (and an in-flight call) between callers. */
 function shared<T>(fn: () => Promise<T>, ttlMs: number): () => Promise<T> {
@@ -97,7 +35,7 @@ export function createMetrics(fastify: FastifyInstance) {
   collectDefaultMetrics({ register: registry })
   const pool = fastify.pg.pool
 
-  const httpDuration = new FastHistogram({
+  const httpDuration = new PreboundHistogram({
     name: 'http_request_duration_seconds',
     help: 'Time from receiving a request to sending its response, by route pattern (unmatched for 404s), method and status',
     buckets: HTTP_BUCKETS,
@@ -123,14 +61,14 @@ export function createMetrics(fastify: FastifyInstance) {
     registers
   })
 
-  const contextSwitch = new FastHistogram({
+  const contextSwitch = new PreboundHistogram({
     name: 'tenant_service_tenant_context_switch_seconds',
     help: "Time from having a connection (a read lane or a pooled one) to the result of the request's first query, tenant context included",
     buckets: CONTEXT_BUCKETS,
     registers
   }).series()
 
-  const tenantRequests = new FastCounter({
+  const tenantRequests = new SingleLabelCounter({
     name: 'tenant_service_tenant_requests_total',
     help: `Requests per tenant, for the busiest tenants only; the rest are counted as tenant="${OTHER_TENANTS}"`,
     label: 'tenant',
@@ -283,9 +221,6 @@ export default fp(
     const metrics = createMetrics(fastify)
     fastify.decorate('metrics', metrics)
 
-    const contextSwitch = metrics.contextSwitch
-    TenantScopedDb.observeContextSwitch(fastify.pg.pool, (seconds) => contextSwitch.observe(seconds))
-
     // Callback style: on every request, no promise to allocate.
     fastify.addHook('onResponse', (request, reply, done) => {
       // The route pattern, never the URL: one series per route, whatever ids the URLs carry.
@@ -307,7 +242,6 @@ export default fp(
     })
 
     fastify.addHook('onClose', async () => {
-      TenantScopedDb.observeContextSwitch(fastify.pg.pool, null)
       metrics.registry.clear()
     })
   },

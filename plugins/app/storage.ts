@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { serviceUnavailable } from '../../schemas/error.ts'
-import { createStorage } from '../../lib/files/storage.ts'
+import { errors } from '../../schemas/errors.ts'
+import { createStorage } from '../../lib/files/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -29,7 +29,7 @@ export default fp(
       : null
     fastify.decorate('storage', instance)
     fastify.decorate('requireStorage', () => {
-      if (!instance) throw serviceUnavailable('STORAGE_UNAVAILABLE', 'Object storage is not configured (S3_BUCKET)', 60)
+      if (!instance) throw errors.storageNotConfigured()
       return instance
     })
     if (!instance) {

@@ -1,16 +1,13 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import fp from 'fastify-plugin'
-import { ApiError } from '../../schemas/error.ts'
-import { createTenantCache, type ResolvedTenant } from '../../lib/tenant-db/tenant-cache.ts'
-import { ReadLanes } from '../../lib/tenant-db/read-lanes.ts'
-import { TenantScopedDb } from '../../lib/tenant-db/handle.ts'
-import { toApiError } from '../../lib/tenant-db/pg-errors.ts'
-import { assertValidTenantId } from '../../lib/tenants/registry.ts'
-import { tenantMismatch } from '../../lib/auth/token-claims.ts'
+import { createTenantDb, toApiError, type ResolvedTenant, type TenantDb, type TenantScopedDb } from '../../lib/tenant-db/index.ts'
+import { assertValidTenantId } from '../../lib/tenants/index.ts'
+import { ApiError, errors } from '../../schemas/errors.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    tenantCache: ReturnType<typeof createTenantCache>
+    /** The tenant-scoped database: tenants by id (cached) and request handles on them. */
+    tenantDb: TenantDb
     /** onRequest hook for tenant-scoped routes: resolves X-Tenant-ID into request.tenant and request.db. */
     resolveTenant: (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => void
   }
@@ -41,17 +38,18 @@ const rollback = async (request: FastifyRequest) => {
  */
 export default fp(
   async function tenantContext(fastify: FastifyInstance) {
-    const pool = fastify.pg.pool
-    const cache = createTenantCache(pool, {
-      statementTimeoutMs: fastify.config.PG_STATEMENT_TIMEOUT_MS,
-      ttlMs: fastify.config.TENANT_CACHE_TTL_MS,
-      log: fastify.log
+    const { config } = fastify
+    const contextSwitch = fastify.metrics.contextSwitch
+    const tenantDb = createTenantDb(fastify.pg.pool, {
+      statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
+      cacheTtlMs: config.TENANT_CACHE_TTL_MS,
+      // At most all connections but one: writes need a connection of their own.
+      readLanes: Math.min(config.PG_READ_LANES, config.PG_POOL_MAX - 1),
+      log: fastify.log,
+      onContextSwitch: (seconds) => contextSwitch.observe(seconds)
     })
 
-    // At most all connections but one: writes need a connection of their own.
-    const lanes = new ReadLanes(pool, Math.min(fastify.config.PG_READ_LANES, fastify.config.PG_POOL_MAX - 1))
-
-    fastify.decorate('tenantCache', cache)
+    fastify.decorate('tenantDb', tenantDb)
     fastify.decorateRequest('tenant', null)
     fastify.decorateRequest('db', null)
 
@@ -60,12 +58,12 @@ export default fp(
       // accepted acts on its own tenant only, unless an admin. (The guard compares the header
       // with the token before the lookup; this holds for the tenant actually resolved.)
       const caller = request.principal
-      if (caller && !caller.admin && caller.tenant !== header) throw tenantMismatch()
-      if (!tenant) throw new ApiError(404, 'TENANT_NOT_FOUND', `Tenant "${header}" does not exist`)
-      if (tenant.status === 'suspended') throw new ApiError(403, 'TENANT_SUSPENDED', `Tenant "${header}" is suspended`)
-      if (tenant.status === 'deleting') throw new ApiError(403, 'TENANT_DELETING', `Tenant "${header}" is being deleted`)
+      if (caller && !caller.admin && caller.tenant !== header) throw errors.tenantMismatch()
+      if (!tenant) throw errors.tenantNotFound(header)
+      if (tenant.status === 'suspended') throw errors.tenantSuspended(header)
+      if (tenant.status === 'deleting') throw errors.tenantDeleting(header)
       request.tenant = tenant
-      request.db = new TenantScopedDb(pool, tenant, SAFE_METHODS.has(request.method), lanes)
+      request.db = tenantDb.open(tenant, SAFE_METHODS.has(request.method))
     }
 
     // A callback-style hook: with the tenant cached (the common case) it completes without a
@@ -74,11 +72,11 @@ export default fp(
       const header = request.headers['x-tenant-id']
       try {
         if (header === undefined || header === '') {
-          throw new ApiError(400, 'TENANT_ID_MISSING', 'The X-Tenant-ID header is required')
+          throw new ApiError('TENANT_ID_MISSING', 'The X-Tenant-ID header is required')
         }
-        if (typeof header !== 'string') throw new ApiError(400, 'TENANT_ID_INVALID', 'Send exactly one X-Tenant-ID header')
+        if (typeof header !== 'string') throw new ApiError('TENANT_ID_INVALID', 'Send exactly one X-Tenant-ID header')
         assertValidTenantId(header)
-        const tenant = cache.lookup(header)
+        const tenant = tenantDb.lookup(header)
         if (!(tenant instanceof Promise)) {
           scope(request, tenant, header)
           return done()
@@ -133,16 +131,16 @@ export default fp(
     fastify.addHook('onTimeout', rollback)
 
     fastify.addHook('onReady', async () => {
-      await cache.start()
+      await tenantDb.start()
     })
     // Before the pool is ended, which waits for every connection it lent, the lanes' included;
     // reads still to come meanwhile take pooled connections of their own.
     fastify.addHook('preClose', async () => {
-      await lanes.close()
+      await tenantDb.closeLanes()
     })
     fastify.addHook('onClose', async () => {
-      await cache.stop()
+      await tenantDb.stop()
     })
   },
-  { name: 'tenant-context', dependencies: ['postgres', 'authenticate'] }
+  { name: 'tenant-context', dependencies: ['postgres', 'metrics', 'authenticate'] }
 )

@@ -1,7 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { loadMigrations } from '../../lib/tenants/migrations.ts'
-import { TenantSpares } from '../../lib/tenants/spares.ts'
+import { loadMigrations, TenantSpares } from '../../lib/tenants/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

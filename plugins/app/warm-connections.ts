@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { keptConnections } from '../../schemas/env.ts'
-import { warmConnections } from '../../lib/tenant-db/warm-connections.ts'
+import { warmConnections } from '../../lib/tenant-db/index.ts'
 
 /**
  * The connections the pool keeps (PG_POOL_MIN, the whole pool unless set lower) are opened at

@@ -2,8 +2,7 @@ import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Config } from '../../schemas/env.ts'
-import { createKeyStore, KeyLookupError, type KeyStore } from '../../lib/auth/jwks.ts'
-import { DETERMINISTIC_TOKEN_ERRORS } from '../../lib/auth/token-claims.ts'
+import { createKeyStore, DETERMINISTIC_TOKEN_ERRORS, KeyLookupError, type KeyStore } from '../../lib/auth/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -9,9 +9,14 @@ export const swaggerOptions: FastifyDynamicSwaggerOptions = {
     openapi: '3.0.3',
     info: {
       title: 'Tenant service',
-      description: 'Schema-per-tenant API. Tenant-scoped routes take the tenant in the X-Tenant-ID header.',
-      version: '0.1.0'
+      description:
+        'Schema-per-tenant API. Tenant-scoped routes take the tenant in the X-Tenant-ID header. Every error answer has ' +
+        'one shape; each route lists, per status, the codes it can answer with.',
+      version: '0.1.0',
+      license: { name: 'MIT', url: 'https://opensource.org/licenses/MIT' }
     },
+    // Relative: the API is served where this document is, whatever the deployment's address.
+    servers: [{ url: '/', description: 'This deployment' }],
     tags: [
       { name: 'tenants', description: 'Tenant lifecycle (control plane)' },
       { name: 'users', description: 'Users of one tenant' },

@@ -1,7 +1,4 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
-import { ApiError, errorResponses } from '../../schemas/error.ts'
-import { CreatedFile, CreateFileBody, Download, File } from '../../schemas/file.ts'
 import {
   contentDisposition,
   createPendingFile,
@@ -12,7 +9,10 @@ import {
   markUploaded,
   toFile,
   type FileRow
-} from '../../lib/files/files.ts'
+} from '../../lib/files/index.ts'
+import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
+import { ApiError, DATABASE_ERRORS, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
+import { CreatedFile, CreateFileBody, Download, File } from '../../schemas/file.ts'
 
 /**
  * Files of the tenant named in X-Tenant-ID. The bytes never pass through the service: clients PUT
@@ -34,6 +34,7 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     '/',
     {
       schema: {
+        operationId: 'startUpload',
         summary: 'Start an upload',
         description:
           'Records a pending file and returns a presigned PUT. Send the bytes with exactly the returned headers ' +
@@ -41,7 +42,7 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         tags,
         headers,
         body: CreateFileBody,
-        response: { 201: CreatedFile, ...errorResponses(400, 401, 403, 404, 409, 413, 502, 503) }
+        response: { 201: CreatedFile, ...errorResponses(...TENANT_SCOPE_ERRORS, ...WRITE_ERRORS, 'FILE_TOO_LARGE', 'CONTENT_TYPE_NOT_ALLOWED', 'QUOTA_EXCEEDED', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
       }
     },
     async (request, reply) => {
@@ -60,6 +61,7 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     '/:id/complete',
     {
       schema: {
+        operationId: 'completeUpload',
         summary: 'Finish an upload',
         description:
           'Checks that the object exists with the declared size and marks the file uploaded. ' +
@@ -67,7 +69,7 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         tags,
         headers,
         params: IdParams,
-        response: { 200: ref(File), ...errorResponses(400, 401, 403, 404, 409, 502, 503) }
+        response: { 200: ref(File), ...errorResponses(...TENANT_SCOPE_ERRORS, ...WRITE_ERRORS, 'FILE_NOT_FOUND', 'UPLOAD_MISSING', 'UPLOAD_SIZE_MISMATCH', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
       }
     },
     async (request) => {
@@ -77,13 +79,12 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
       const storage = fastify.requireStorage()
       const key = keyOf(tenant.id, row)
       const object = await storage.headObject(key)
-      if (!object) throw new ApiError(409, 'UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
+      if (!object) throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
       if (object.size !== Number(row.size)) {
         // Only a store that does not enforce the signed Content-Length lets this through; the
         // object is removed so the declared size stays the truth and the upload can be redone.
         await storage.deleteObject(key)
         throw new ApiError(
-          409,
           'UPLOAD_SIZE_MISMATCH',
           `The uploaded object has ${object.size} bytes, not the declared ${row.size}; it was discarded`
         )
@@ -96,11 +97,12 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     '/',
     {
       schema: {
+        operationId: 'listFiles',
         summary: 'List files',
         tags,
         headers,
         querystring: PageQuery,
-        response: { 200: Page(ref(File)), ...errorResponses(400, 401, 403, 404, 503) }
+        response: { 200: Page(ref(File)), ...errorResponses(...TENANT_SCOPE_ERRORS, ...DATABASE_ERRORS, 'INVALID_CURSOR') }
       }
     },
     async (request) => listFiles(request.db!, request.query)
@@ -110,11 +112,12 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     '/:id',
     {
       schema: {
+        operationId: 'getFile',
         summary: 'Get a file',
         tags,
         headers,
         params: IdParams,
-        response: { 200: ref(File), ...errorResponses(400, 401, 403, 404, 503) }
+        response: { 200: ref(File), ...errorResponses(...TENANT_SCOPE_ERRORS, ...DATABASE_ERRORS, 'FILE_NOT_FOUND') }
       }
     },
     async (request) => toFile(await getFile(request.db!, request.params.id))
@@ -124,17 +127,18 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     '/:id/download',
     {
       schema: {
+        operationId: 'getDownloadUrl',
         summary: 'Get a download URL',
         description: 'A presigned GET, valid until expiresAt, whose response is an attachment carrying the file name.',
         tags,
         headers,
         params: IdParams,
-        response: { 200: Download, ...errorResponses(400, 401, 403, 404, 409, 502, 503) }
+        response: { 200: Download, ...errorResponses(...TENANT_SCOPE_ERRORS, ...DATABASE_ERRORS, 'FILE_NOT_FOUND', 'FILE_NOT_UPLOADED', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
       }
     },
     async (request) => {
       const row = await getFile(request.db!, request.params.id)
-      if (row.status !== 'uploaded') throw new ApiError(409, 'FILE_NOT_UPLOADED', 'The upload of this file has not been completed')
+      if (row.status !== 'uploaded') throw new ApiError('FILE_NOT_UPLOADED', 'The upload of this file has not been completed')
       const storage = fastify.requireStorage()
       return storage.presignDownload(keyOf(request.tenant!.id, row), contentDisposition(row.filename))
     }
@@ -144,12 +148,13 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     '/:id',
     {
       schema: {
+        operationId: 'deleteFile',
         summary: 'Delete a file',
         description: 'Deletes the object and the metadata. When the object cannot be deleted, nothing is.',
         tags,
         headers,
         params: IdParams,
-        response: { 204: { type: 'null', description: 'Deleted' }, ...errorResponses(400, 401, 403, 404, 502, 503) }
+        response: { 204: { type: 'null', description: 'Deleted' }, ...errorResponses(...TENANT_SCOPE_ERRORS, ...WRITE_ERRORS, 'FILE_NOT_FOUND', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
       }
     },
     async (request, reply) => {

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { errorResponses } from '../../schemas/error.ts'
+import { errorResponses, TRANSPORT_ERRORS } from '../../schemas/errors.ts'
 import { Liveness, Readiness } from '../../schemas/health.ts'
 
 /** Kubernetes probes: liveness never touches a dependency, readiness checks them all. */
@@ -9,7 +9,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     {
       // Probes are never rate limited: a limited probe would take a healthy instance out of service.
       config: { rateLimit: false },
-      schema: { summary: 'Liveness probe', tags: ['health'], response: { 200: Liveness, ...errorResponses(500) } }
+      schema: { operationId: 'getLiveness', summary: 'Liveness probe', tags: ['health'], security: [], response: { 200: Liveness, ...errorResponses(...TRANSPORT_ERRORS) } }
     },
     async () => ({ status: 'ok' as const })
   )
@@ -19,12 +19,14 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     {
       config: { rateLimit: false },
       schema: {
+        operationId: 'getReadiness',
         summary: 'Readiness probe',
         description:
           '503 while a dependency is unreachable, the control-plane schema is older than the code, or the service is ' +
           'shutting down. `migrations` reports the schema versions, tenants behind included, whenever the database answers.',
         tags: ['health'],
-        response: { 200: Readiness, 503: Readiness, ...errorResponses(500) }
+        security: [],
+        response: { 200: Readiness, 503: Readiness, ...errorResponses(...TRANSPORT_ERRORS) }
       }
     },
     async (_request, reply) => {

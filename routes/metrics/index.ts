@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { errorResponses } from '../../schemas/error.ts'
+import { errorResponses } from '../../schemas/errors.ts'
 
 /** GET /metrics: the Prometheus scrape endpoint. Public, and kept out of the OpenAPI document. */
 const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -11,7 +11,7 @@ const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
       config: { rateLimit: false },
       schema: {
         hide: true,
-        response: { 200: Type.String({ description: 'Prometheus text exposition format' }), ...errorResponses(500) }
+        response: { 200: Type.String({ description: 'Prometheus text exposition format' }), ...errorResponses('INTERNAL_ERROR') }
       }
     },
     async (_request, reply) => {

@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
  * admin's) comes first, so an anonymous caller cannot probe which tenants exist; then the tenant.
  */
 export default async function usersHooks(fastify: FastifyInstance) {
-  fastify.addHook('onRoute', fastify.declareBearerAuth)
+  fastify.addHook('onRoute', fastify.declareBearerAuth('tenant'))
   fastify.addHook('onRequest', fastify.requireTenantAccess)
   fastify.addHook('onRequest', fastify.resolveTenant)
 }

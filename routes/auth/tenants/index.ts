@@ -1,9 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Page, PageQuery, ref } from '../../../schemas/common.ts'
-import { errorResponses } from '../../../schemas/error.ts'
+import { DATABASE_ERRORS, errorResponses } from '../../../schemas/errors.ts'
 import { CreateTenantBody, Tenant, TenantParams, UpdateTenantBody } from '../../../schemas/tenant.ts'
-import { deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../lib/tenants/registry.ts'
-import { deleteTenantObjects } from '../../../lib/files/files.ts'
+import { deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../lib/tenants/index.ts'
+import { deleteTenantObjects } from '../../../lib/files/index.ts'
 
 /** Tenant lifecycle: the control plane. Each change is announced so every instance's cache drops the tenant. */
 const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -13,16 +13,17 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     '/',
     {
       schema: {
+        operationId: 'createTenant',
         summary: 'Create a tenant',
         description: 'Creates the registry row, the tenant role and the schema at the latest migration, in one transaction.',
         tags: ['tenants'],
         body: CreateTenantBody,
-        response: { 201: ref(Tenant), ...errorResponses(400, 409, 503) }
+        response: { 201: ref(Tenant), ...errorResponses(...DATABASE_ERRORS, 'TENANT_ID_INVALID', 'TENANT_ID_RESERVED', 'TENANT_EXISTS') }
       }
     },
     async (request, reply) => {
       const row = await provisionTenant(pool, request.body, { rolePrefix: fastify.config.TENANT_ROLE_PREFIX, spares: fastify.tenantSpares })
-      fastify.tenantCache.invalidate(row.id)
+      fastify.tenantDb.invalidate(row.id)
       return reply.code(201).header('location', `/auth/tenants/${row.id}`).send(toTenant(row))
     }
   )
@@ -31,10 +32,11 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     '/',
     {
       schema: {
+        operationId: 'listTenants',
         summary: 'List tenants',
         tags: ['tenants'],
         querystring: PageQuery,
-        response: { 200: Page(ref(Tenant)), ...errorResponses(400, 503) }
+        response: { 200: Page(ref(Tenant)), ...errorResponses(...DATABASE_ERRORS, 'INVALID_CURSOR') }
       }
     },
     async (request) => listTenants(pool, request.query)
@@ -44,10 +46,11 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     '/:id',
     {
       schema: {
+        operationId: 'getTenant',
         summary: 'Get a tenant',
         tags: ['tenants'],
         params: TenantParams,
-        response: { 200: ref(Tenant), ...errorResponses(404, 503) }
+        response: { 200: ref(Tenant), ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND') }
       }
     },
     async (request) => toTenant(await getTenant(pool, request.params.id))
@@ -57,16 +60,17 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     '/:id',
     {
       schema: {
+        operationId: 'updateTenant',
         summary: 'Rename, suspend or reactivate a tenant',
         tags: ['tenants'],
         params: TenantParams,
         body: UpdateTenantBody,
-        response: { 200: ref(Tenant), ...errorResponses(400, 404, 503) }
+        response: { 200: ref(Tenant), ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND', 'TENANT_DELETING') }
       }
     },
     async (request) => {
       const row = await updateTenant(pool, request.params.id, request.body)
-      fastify.tenantCache.invalidate(row.id)
+      fastify.tenantDb.invalidate(row.id)
       return toTenant(row)
     }
   )
@@ -75,6 +79,7 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     '/:id',
     {
       schema: {
+        operationId: 'deleteTenant',
         summary: 'Delete a tenant',
         description:
           "Deletes the tenant's files from object storage, then drops its schema with all its data, its role and its " +
@@ -82,18 +87,18 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
           '`deleting` (refusing requests) and repeating the DELETE finishes the job.',
         tags: ['tenants'],
         params: TenantParams,
-        response: { 204: { type: 'null', description: 'Deleted' }, ...errorResponses(404, 502, 503) }
+        response: { 204: { type: 'null', description: 'Deleted' }, ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
       }
     },
     async (request, reply) => {
       await deleteTenant(pool, request.params.id, {
         beforeDrop: async (tenant) => {
           // This instance refuses the tenant from now on; the others hear it from the announcement.
-          fastify.tenantCache.invalidate(tenant.id)
+          fastify.tenantDb.invalidate(tenant.id)
           if (fastify.storage) await deleteTenantObjects(fastify.storage, tenant.id)
         }
       })
-      fastify.tenantCache.invalidate(request.params.id)
+      fastify.tenantDb.invalidate(request.params.id)
       return reply.code(204).send()
     }
   )

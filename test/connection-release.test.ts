@@ -174,7 +174,13 @@ t.test('handler errors and failing statements release their connection', async (
   for (let i = 0; i < 3; i++) {
     const thrown = await call('GET', '/test/throw-after-query')
     t.equal(thrown.status, 500)
-    t.same(thrown.body, { statusCode: 500, code: 'INTERNAL_ERROR', error: 'Internal Server Error', message: 'Something went wrong on our side' })
+    t.same(thrown.body, {
+      statusCode: 500,
+      code: 'INTERNAL_ERROR',
+      error: 'Internal Server Error',
+      message: 'Something went wrong on our side',
+      requestId: thrown.headers['x-request-id']
+    })
     const failed = await call('GET', '/test/failing-query')
     t.equal(failed.status, 500)
     t.equal(failed.body.code, 'INTERNAL_ERROR')

@@ -1,0 +1,114 @@
+import type pg from 'pg'
+import type { TenantStatus } from '../schemas/tenant.ts'
+import { controlPlaneVersion, latestVersion, loadMigrations } from './tenants/index.ts'
+
+type Check = () => Promise<string | void>
+
+const CHECK_TIMEOUT_MS = 2000
+
+/**
+ * What /health/ready reports. Plugins add the dependencies they cannot work without; shutdown flips
+ * the whole answer to "unavailable" before the drain begins, so the load balancer stops sending.
+ */
+export function createReadiness() {
+  const checks = new Map<string, Check>()
+  let shuttingDown = false
+
+  async function run(check: Check): Promise<{ ok: boolean; detail?: string }> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS)
+    })
+    try {
+      const detail = await Promise.race([check(), timeout])
+      return detail ? { ok: true, detail } : { ok: true }
+    } catch (error) {
+      return { ok: false, detail: (error as Error).message }
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  return {
+    addCheck(name: string, check: Check) {
+      checks.set(name, check)
+    },
+    markShuttingDown() {
+      shuttingDown = true
+    },
+    get shuttingDown() {
+      return shuttingDown
+    },
+    async evaluate() {
+      const results: Record<string, { ok: boolean; detail?: string }> = {}
+      if (shuttingDown) results.shutdown = { ok: false, detail: 'shutting down' }
+      const names = [...checks.keys()]
+      const outcomes = await Promise.all(names.map((name) => run(checks.get(name)!)))
+      names.forEach((name, i) => (results[name] = outcomes[i]))
+      return { ready: Object.values(results).every((result) => result.ok), checks: results }
+    }
+  }
+}
+
+export interface MigrationState {
+  controlPlane: { version: number; latest: number }
+  tenants: { latest: number; behind: number; byStatus: Record<TenantStatus, number> }
+}
+
+/**
+ * Where the schemas stand against the migrations this build ships: the control plane's version,
+ * and how many tenants are behind the latest tenant migration (with the tenant counts by status,
+ * which come from the same query). Cached for `ttlMs` so probes and scrapes stay one cheap query
+ * per few seconds; a control plane found behind is not cached, so readiness returns the moment
+ * the migration lands.
+ */
+export function createMigrationState(pool: pg.Pool, options: { ttlMs?: number } = {}) {
+  const ttlMs = options.ttlMs ?? 5000
+  let cached: { state: MigrationState; at: number } | null = null
+  let inflight: Promise<MigrationState> | null = null
+
+  async function load(): Promise<MigrationState> {
+    const [publicMigrations, tenantMigrations] = await Promise.all([loadMigrations('public'), loadMigrations('tenant')])
+    const controlPlane = { version: await controlPlaneVersion(pool), latest: latestVersion(publicMigrations) }
+    const latest = latestVersion(tenantMigrations)
+    const byStatus: Record<TenantStatus, number> = { active: 0, suspended: 0, deleting: 0 }
+    let behind = 0
+    // Before the first control-plane migration there is no registry to count.
+    if (controlPlane.version > 0) {
+      const { rows } = await pool.query<{ status: TenantStatus; tenants: number; behind: number }>(
+        `SELECT status, count(*)::int AS tenants, (count(*) FILTER (WHERE schema_version < $1))::int AS behind
+           FROM public.tenants GROUP BY status`,
+        [latest]
+      )
+      for (const row of rows) {
+        byStatus[row.status] = row.tenants
+        behind += row.behind
+      }
+    }
+    const state = { controlPlane, tenants: { latest, behind, byStatus } }
+    cached = controlPlane.version >= controlPlane.latest ? { state, at: Date.now() } : null
+    return state
+  }
+
+  function get(): Promise<MigrationState> {
+    if (cached && Date.now() - cached.at < ttlMs) return Promise.resolve(cached.state)
+    inflight ??= load().finally(() => (inflight = null))
+    return inflight
+  }
+
+  return {
+    get,
+    /** For a probe's body: the state, or null when the database does not answer in time. Never rejects. */
+    async report(): Promise<MigrationState | null> {
+      let timer: NodeJS.Timeout | undefined
+      const late = new Promise<null>((resolve) => {
+        timer = setTimeout(() => resolve(null), CHECK_TIMEOUT_MS)
+      })
+      try {
+        return await Promise.race([get().catch(() => null), late])
+      } finally {
+        clearTimeout(timer)
+      }
+    }
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * The tenant-scoped database client, and the front door of lib/tenant-db: what routes, plugins and
+ * scripts use of it is exported here, and nothing else.
+ *
+ * A tenant database resolves tenant ids through an in-memory cache of the registry (`lookup`), and
+ * opens a request's handle on a tenant (`open`). Every query of a handle runs in the tenant's
+ * schema, as the tenant's role, in the same flight as the statement that switches to them:
+ * scope.ts is where that switch happens, handle.ts is the handle.
+ */
+import type pg from 'pg'
+import type { Log } from '../log.ts'
+import { TenantScopedDb, type ContextSwitchObserver } from './handle.ts'
+import { assertPgInternals } from './pg-internals.ts'
+import { ReadLanes } from './read-lanes.ts'
+import { createTenantCache, scopeOf, type ResolvedTenant } from './tenant-cache.ts'
+
+export { toApiError } from './pg-errors.ts'
+export { RequestFinishedError, TenantScopedDb, type ContextSwitchObserver } from './handle.ts'
+export type { ResolvedTenant } from './tenant-cache.ts'
+export { warmConnections } from './warm-connections.ts'
+
+/** What queries a tenant's data: a request's handle, or anything with the same `query`. */
+export interface Queryable {
+  query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<Row>>
+}
+
+export interface TenantDbOptions {
+  /** Every query's statement_timeout (PG_STATEMENT_TIMEOUT_MS). */
+  statementTimeoutMs: number
+  /** How long a cached tenant is trusted while change notifications are not arriving. */
+  cacheTtlMs: number
+  /** Pooled connections that carry the reads of every request, pipelined (read-lanes.ts); 0 for none. */
+  readLanes: number
+  log?: Log
+  /** Told the time from having a connection to the result of a handle's first query, context included. */
+  onContextSwitch?: ContextSwitchObserver
+}
+
+/** The tenant-scoped database of one pool. */
+export function createTenantDb(pool: pg.Pool, options: TenantDbOptions) {
+  assertPgInternals()
+  const cache = createTenantCache(pool, { statementTimeoutMs: options.statementTimeoutMs, ttlMs: options.cacheTtlMs, log: options.log })
+  const lanes = new ReadLanes(pool, options.readLanes)
+  const environment = { pool, lanes, onContextSwitch: options.onContextSwitch ?? null }
+
+  return {
+    /** The tenant of an id: at once when cached (null: no such tenant), else once the registry answered. */
+    lookup: cache.lookup,
+    /** A request's handle on `tenant` (one `lookup` returned): reads are read-only, anything else one transaction. */
+    open: (tenant: ResolvedTenant, readOnly: boolean) => new TenantScopedDb(environment, scopeOf(tenant), readOnly),
+    /** Drops one tenant (this instance changed it and must not wait for its own notification). */
+    invalidate: cache.invalidate,
+    /** Starts listening for tenant changes. Resolves once listening, or once the first attempt failed. */
+    start: cache.start,
+    /** Stops handing out read lanes and gives their connections back: before the pool is ended. */
+    closeLanes: () => lanes.close(),
+    /** Stops listening for tenant changes. */
+    stop: cache.stop,
+    /** True while tenant changes are heard (LISTEN); otherwise cached tenants expire by TTL. */
+    get listening() {
+      return cache.listening
+    }
+  }
+}
+
+export type TenantDb = ReturnType<typeof createTenantDb>

@@ -1,0 +1,95 @@
+/**
+ * This is where the tenant switch happens: the statement that scopes a query to its tenant, the
+ * values it is bound with per tenant, and when it rides in front of a query (DESIGN §3).
+ */
+import pg from 'pg'
+import { serialize } from 'pg-protocol'
+
+/**
+ * The context statement: search_path (the tenant's schema only), the tenant's role (DESIGN §6) and
+ * the statement timeout, all transaction-locally (set_config(…, true) is SET LOCAL), so the Sync or
+ * COMMIT that ends the transaction also ends the context and a released connection carries nothing.
+ * Prepared once per connection; the WHERE clause evaluates the calls and returns no row, so there
+ * is nothing to describe or parse.
+ */
+export const CONTEXT = {
+  name: 'tenant_context',
+  text:
+    "SELECT WHERE (set_config('search_path', $1, true) || set_config('role', $2, true) || " +
+    "set_config('statement_timeout', $3, true)) IS NULL"
+} as const
+
+/** The same for reads: also makes the transaction read-only, so PostgreSQL itself refuses any write. */
+export const CONTEXT_READ_ONLY = {
+  name: 'tenant_context_ro',
+  text:
+    "SELECT WHERE (set_config('search_path', $1, true) || set_config('role', $2, true) || " +
+    "set_config('statement_timeout', $3, true) || set_config('transaction_read_only', 'on', true)) IS NULL"
+} as const
+
+/**
+ * What one tenant's queries are scoped with, built once when the tenant is looked up and kept with
+ * it in the cache: the context statement's values and their Bind and Execute bytes (the same at
+ * every request of the tenant), and how its prepared statements are named (see statements.ts).
+ */
+export interface TenantScope {
+  /** search_path, role, statement timeout. */
+  readonly values: readonly string[]
+  readonly bindReadOnly: Buffer
+  readonly bindReadWrite: Buffer
+  /** Suffix of this tenant's prepared-statement names; unique within the process. */
+  readonly statementTag: string
+  /** This tenant's prepared-statement names by SQL text, filled as its queries are first prepared. */
+  readonly statementNames: Map<string, string>
+}
+
+let statementTags = 0
+
+const EXECUTE = serialize.execute()
+
+export function createScope(tenant: { schema: string; role: string }, statementTimeoutMs: number): TenantScope {
+  const values = [pg.escapeIdentifier(tenant.schema), tenant.role, String(Math.trunc(statementTimeoutMs))]
+  const bind = (statement: string) => Buffer.concat([serialize.bind({ statement, values }), EXECUTE])
+  return {
+    values,
+    bindReadOnly: bind(CONTEXT_READ_ONLY.name),
+    bindReadWrite: bind(CONTEXT.name),
+    statementTag: (statementTags++).toString(36),
+    statementNames: new Map()
+  }
+}
+
+/**
+ * What rides in front of a query, in the query's own flight:
+ * - `read`: the read-only context. A read's every query is its own implicit transaction, ended by
+ *   the flight's Sync, so each carries the context again (and none needs a COMMIT);
+ * - `begin`: BEGIN and the context: the first query of a mutation opens its transaction;
+ * - `none`: nothing: a later query of a mutation runs in the transaction its first one scoped.
+ */
+export type ScopeMode = 'read' | 'begin' | 'none'
+
+export function scopeMode(readOnly: boolean, inTransaction: boolean): ScopeMode {
+  if (readOnly) return 'read'
+  return inTransaction ? 'none' : 'begin'
+}
+
+/** BEGIN as one unnamed Parse, Bind and Execute: serialised once. */
+const BEGIN_FLIGHT = Buffer.concat([serialize.parse({ text: 'BEGIN' }), serialize.bind({}), serialize.execute()])
+
+/** What writes a flight: it adds a statement's Parse when its connection has not prepared it yet. */
+export interface FlightWriter {
+  prepareStatement(flight: Buffer[], name: string, text: string): unknown
+}
+
+/**
+ * Appends the scope's messages to a flight and answers how many command completions they add,
+ * which the query skips before its own.
+ */
+export function writeScope(flight: Buffer[], scope: TenantScope, mode: ScopeMode, writer: FlightWriter): number {
+  if (mode === 'none') return 0
+  if (mode === 'begin') flight.push(BEGIN_FLIGHT)
+  const statement = mode === 'read' ? CONTEXT_READ_ONLY : CONTEXT
+  writer.prepareStatement(flight, statement.name, statement.text)
+  flight.push(mode === 'read' ? scope.bindReadOnly : scope.bindReadWrite)
+  return mode === 'begin' ? 2 : 1
+}
