@@ -83,7 +83,9 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
     resolved.JWT_ISSUER = issuer.issuer
     resolved.JWT_CLIENT_ID = issuer.clientId
     stops.push(issuer.stop)
-    log(`embedded token issuer started at ${issuer.issuer} with its key in .data/issuer (set JWT_ISSUER or COGNITO_REGION + COGNITO_USER_POOL_ID to use your own)`)
+    log(
+      `embedded token issuer started at ${issuer.issuer} with its key in .data/issuer (set JWT_ISSUER or COGNITO_REGION + COGNITO_USER_POOL_ID to use your own)`
+    )
     if (issuer.movedFrom) log(`the issuer's usual address ${issuer.movedFrom} was taken: tokens minted for it no longer verify`)
     const adminToken = issuer.mint({ admin: true, expiresInSeconds: 12 * 3600, tenantClaim: resolved.TENANT_CLAIM, adminGroup: resolved.ADMIN_GROUP })
     log(`admin token, valid 12 h: ${adminToken}`)

@@ -50,9 +50,7 @@ fastify.get<{ Params: { id: string } }>('/users/:id', { schema: { response: { 20
   if (typeof tenant !== 'string' || !TENANT_ID.test(tenant) || claims[tenantClaim] !== tenant) {
     return reply.code(403).send({ statusCode: 403, error: 'Forbidden', message: 'tenant mismatch' })
   }
-  const { rows } = await pool.query<UserRow>(`SELECT ${USER_COLUMNS} FROM ${pg.escapeIdentifier(tenant)}.users WHERE id = $1`, [
-    request.params.id
-  ])
+  const { rows } = await pool.query<UserRow>(`SELECT ${USER_COLUMNS} FROM ${pg.escapeIdentifier(tenant)}.users WHERE id = $1`, [request.params.id])
   if (!rows[0]) return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: 'no such user' })
   return toUser(rows[0])
 })
@@ -60,6 +58,10 @@ fastify.get<{ Params: { id: string } }>('/users/:id', { schema: { response: { 20
 await fastify.listen({ port: 0, host: '127.0.0.1' })
 const address = fastify.server.address()
 process.send?.({ listening: typeof address === 'object' && address !== null ? address.port : 0 })
-const stop = () => void fastify.close().then(() => pool.end()).finally(() => process.exit(0))
+const stop = () =>
+  void fastify
+    .close()
+    .then(() => pool.end())
+    .finally(() => process.exit(0))
 process.once('disconnect', stop)
 process.once('SIGTERM', stop)

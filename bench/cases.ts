@@ -43,8 +43,7 @@ export interface PhaseCase {
  * token on first use) so that the load generator only picks them.
  */
 export function benchCases(issuer: TestIssuer, tenantClaim: string) {
-  const tokenOf = (tenant: BenchTenant) =>
-    (tenant.token ??= issuer.token({ claims: { [tenantClaim]: tenant.id }, expiresInSeconds: TOKEN_LIFETIME_S }))
+  const tokenOf = (tenant: BenchTenant) => (tenant.token ??= issuer.token({ claims: { [tenantClaim]: tenant.id }, expiresInSeconds: TOKEN_LIFETIME_S }))
   const plainHeaders = new Map<string, Record<string, string>>()
   const authHeaders = new Map<string, Record<string, string>>()
   const plain = (tenant: BenchTenant) => {

@@ -39,22 +39,18 @@ const comparisonRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const pool = fastify.pg.pool
   const hide = true
 
-  fastify.get(
-    '/floor',
-    { schema: { hide, response: { 200: TenantHealth, ...errorResponses('TENANT_ID_INVALID', ...DATABASE_ERRORS) } } },
-    async () => {
-      const started = performance.now()
-      const { rows } = await pool.query<{ current_schema: string }>('SELECT current_schema()').catch((error: unknown) => {
-        throw toApiError(error) ?? error
-      })
-      return {
-        status: 'ok' as const,
-        tenant: '',
-        schema: rows[0].current_schema,
-        database: { currentSchema: rows[0].current_schema, latencyMs: elapsedMs(started) }
-      }
+  fastify.get('/floor', { schema: { hide, response: { 200: TenantHealth, ...errorResponses('TENANT_ID_INVALID', ...DATABASE_ERRORS) } } }, async () => {
+    const started = performance.now()
+    const { rows } = await pool.query<{ current_schema: string }>('SELECT current_schema()').catch((error: unknown) => {
+      throw toApiError(error) ?? error
+    })
+    return {
+      status: 'ok' as const,
+      tenant: '',
+      schema: rows[0].current_schema,
+      database: { currentSchema: rows[0].current_schema, latencyMs: elapsedMs(started) }
     }
-  )
+  })
 
   fastify.get(
     '/floor/users/:id',

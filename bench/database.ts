@@ -133,9 +133,7 @@ export async function createServiceLogin(database: BenchDatabase, asClusterUser:
   const admin = new pg.Client({ connectionString: database.url })
   await admin.connect()
   try {
-    const { rows } = await admin.query<{ role: string; superuser: boolean }>(
-      `SELECT current_user AS role, current_setting('is_superuser') = 'on' AS superuser`
-    )
+    const { rows } = await admin.query<{ role: string; superuser: boolean }>(`SELECT current_user AS role, current_setting('is_superuser') = 'on' AS superuser`)
     if (asClusterUser || !rows[0].superuser) return { url: database.url, ...rows[0] }
     const role = `${database.rolePrefix}service`
     const password = randomBytes(16).toString('hex')

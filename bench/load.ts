@@ -18,7 +18,7 @@ export function zipf(count: number, s = 1): Picker {
   const cumulative = new Float64Array(count)
   let total = 0
   for (let k = 0; k < count; k++) {
-    total += 1 / Math.pow(k + 1, s)
+    total += 1 / (k + 1) ** s
     cumulative[k] = total
   }
   return () => {

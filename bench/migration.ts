@@ -27,17 +27,11 @@ export async function timeMigration(pool: pg.Pool, env: Record<string, string>, 
   const total = rows[0].count
   log(`npm run migrate over ${total} tenants, one new migration (${version}), --concurrency ${concurrency}`)
   const begun = performance.now()
-  const result = await runCommand(
-    ['--import', 'tsx', path.join('scripts', 'migrate.ts'), '--migrations-dir', root, '--concurrency', String(concurrency)],
-    env
-  )
+  const result = await runCommand(['--import', 'tsx', path.join('scripts', 'migrate.ts'), '--migrations-dir', root, '--concurrency', String(concurrency)], env)
   const wallMs = performance.now() - begun
   checkpoint()
   if (result.code !== 0) throw new BenchError(`npm run migrate exited with ${result.code}:\n${result.stdout}\n${result.stderr.slice(-2000)}`)
-  const { rows: after } = await pool.query<{ migrated: number }>(
-    'SELECT count(*)::int AS migrated FROM public.tenants WHERE schema_version = $1',
-    [version]
-  )
+  const { rows: after } = await pool.query<{ migrated: number }>('SELECT count(*)::int AS migrated FROM public.tenants WHERE schema_version = $1', [version])
   if (after[0].migrated !== total) throw new BenchError(`npm run migrate left ${total - after[0].migrated} of ${total} tenants behind`)
   const reported = /^duration: ([\d.]+) (ms|s)$/m.exec(result.stdout)
   const migration = {

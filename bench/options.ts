@@ -133,7 +133,10 @@ export function parseOptions(argv: string[]): Options | null {
   if (quick && serve) throw new UsageError('--quick and --serve exclude each other')
   const scale = integer('scale', 0, 1, 99_999)
   const skip = new Set<Part>()
-  for (const part of (values.skip ?? '').split(',').map((word) => word.trim()).filter(Boolean)) {
+  for (const part of (values.skip ?? '')
+    .split(',')
+    .map((word) => word.trim())
+    .filter(Boolean)) {
     if (!(PARTS as readonly string[]).includes(part)) throw new UsageError(`--skip: unknown part "${part}" (parts: ${PARTS.join(', ')})`)
     skip.add(part as Part)
   }
@@ -173,4 +176,3 @@ export function parseOptions(argv: string[]): Options | null {
     profile: values.profile
   }
 }
-

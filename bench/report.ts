@@ -18,9 +18,11 @@ export const signed = (value: number | undefined, decimals = 2) =>
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((header, i) => Math.max(header.length, ...rows.map((row) => (row[i] ?? '').length)))
   const line = (cells: string[]) =>
-    cells.map((text, i) => (i === 0 ? text.padEnd(widths[i]) : text.padStart(widths[i]))).join('  ').trimEnd()
+    cells
+      .map((text, i) => (i === 0 ? text.padEnd(widths[i]) : text.padStart(widths[i])))
+      .join('  ')
+      .trimEnd()
   return [line(headers), line(widths.map((width) => '-'.repeat(width))), ...rows.map(line)].join('\n')
 }
 
-export const round = (value: number, decimals = 3) =>
-  Number.isFinite(value) ? Math.round(value * 10 ** decimals) / 10 ** decimals : null
+export const round = (value: number, decimals = 3) => (Number.isFinite(value) ? Math.round(value * 10 ** decimals) / 10 ** decimals : null)

@@ -346,8 +346,7 @@ async function bench(options: Options): Promise<number> {
   return exitCode
 }
 
-const countTenants = async (pool: pg.Pool) =>
-  (await pool.query<{ count: number }>('SELECT count(*)::int AS count FROM public.tenants')).rows[0].count
+const countTenants = async (pool: pg.Pool) => (await pool.query<{ count: number }>('SELECT count(*)::int AS count FROM public.tenants')).rows[0].count
 
 /**
  * The bench sends far more than any client should, from one address and a few tenants: the rate

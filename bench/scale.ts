@@ -117,7 +117,11 @@ export async function compareAtScale(setup: ScaleSetup): Promise<ScaleResult> {
     server: smallService
   })
   // Each case beside its counterpart, so that the two are measured seconds apart.
-  const phase = await runPhase(setup.environment, 'scale', setup.cases.flatMap((def) => [smallCase(def), large(def)]))
+  const phase = await runPhase(
+    setup.environment,
+    'scale',
+    setup.cases.flatMap((def) => [smallCase(def), large(def)])
+  )
   await Promise.all([smallService.stop(), largeService.stop()])
 
   // The tenant-scoped cases (those with a floor) are compared.

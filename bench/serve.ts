@@ -25,9 +25,7 @@ export async function serveUntilStopped(serving: {
   adminToken: string
   tenants: ServedTenant[]
 }): Promise<never> {
-  const output = serving.output
-    ? path.resolve(serving.output)
-    : path.join(RESULTS_DIR, `serve-${startStamp}.json`)
+  const output = serving.output ? path.resolve(serving.output) : path.join(RESULTS_DIR, `serve-${startStamp}.json`)
   const file = {
     tool: 'npm run bench -- --serve',
     database: serving.database,
@@ -37,7 +35,7 @@ export async function serveUntilStopped(serving: {
     routes: {
       service: {
         'GET /': 'tenant-scoped; X-Tenant-ID',
-        'GET /users/:id': 'tenant-scoped; X-Tenant-ID and the tenant\'s token',
+        'GET /users/:id': "tenant-scoped; X-Tenant-ID and the tenant's token",
         'GET /bench/floor': 'floor of GET /: the same hooks and query, no tenant context; X-Tenant-ID',
         'GET /bench/floor/users/:id': 'floor of GET /users/:id: the same token check, a schema-qualified query',
         'GET /bench/prototype': "the old prototype's SET search_path, query, RESET; X-Tenant-ID",

@@ -2,7 +2,8 @@ import type pg from 'pg'
 import type { TenantStatus } from '../schemas/tenant.ts'
 import { controlPlaneVersion, latestVersion, loadMigrations } from './tenants/index.ts'
 
-type Check = () => Promise<string | void>
+/** A dependency check: throws when the dependency is not usable; may answer a line of detail. */
+type Check = () => Promise<unknown>
 
 const CHECK_TIMEOUT_MS = 2000
 
@@ -21,7 +22,7 @@ export function createReadiness() {
     })
     try {
       const detail = await Promise.race([check(), timeout])
-      return detail ? { ok: true, detail } : { ok: true }
+      return typeof detail === 'string' && detail !== '' ? { ok: true, detail } : { ok: true }
     } catch (error) {
       return { ok: false, detail: (error as Error).message }
     } finally {
@@ -44,7 +45,7 @@ export function createReadiness() {
       if (shuttingDown) results.shutdown = { ok: false, detail: 'shutting down' }
       const names = [...checks.keys()]
       const outcomes = await Promise.all(names.map((name) => run(checks.get(name)!)))
-      names.forEach((name, i) => (results[name] = outcomes[i]))
+      for (const [i, name] of names.entries()) results[name] = outcomes[i]
       return { ready: Object.values(results).every((result) => result.ok), checks: results }
     }
   }

@@ -18,7 +18,10 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
 
 /** A Fastify client error the catalogue does not name: a code derived from its status, such as METHOD_NOT_ALLOWED. */
 const statusAsCode = (statusCode: number) =>
-  (STATUS_CODES[statusCode] ?? 'ERROR').toUpperCase().replace(/[^A-Z0-9]+/g, '_').replace(/^_|_$/g, '')
+  (STATUS_CODES[statusCode] ?? 'ERROR')
+    .toUpperCase()
+    .replace(/[^A-Z0-9]+/g, '_')
+    .replace(/^_|_$/g, '')
 
 /** The codes the error handler itself can answer a route with, from what the route declares. */
 function handlerCodes(route: RouteOptions): ErrorCode[] {

@@ -6,11 +6,27 @@ const Integer = (defaultValue: number, minimum = 0, maximum?: number) =>
   Type.Integer({ default: defaultValue, minimum, ...(maximum === undefined ? {} : { maximum }) })
 
 const DURATION_UNITS: Record<string, number> = {
-  ms: 1, millisecond: 1, milliseconds: 1,
-  s: 1000, sec: 1000, secs: 1000, second: 1000, seconds: 1000,
-  m: 60_000, min: 60_000, mins: 60_000, minute: 60_000, minutes: 60_000,
-  h: 3_600_000, hr: 3_600_000, hrs: 3_600_000, hour: 3_600_000, hours: 3_600_000,
-  d: 86_400_000, day: 86_400_000, days: 86_400_000
+  ms: 1,
+  millisecond: 1,
+  milliseconds: 1,
+  s: 1000,
+  sec: 1000,
+  secs: 1000,
+  second: 1000,
+  seconds: 1000,
+  m: 60_000,
+  min: 60_000,
+  mins: 60_000,
+  minute: 60_000,
+  minutes: 60_000,
+  h: 3_600_000,
+  hr: 3_600_000,
+  hrs: 3_600_000,
+  hour: 3_600_000,
+  hours: 3_600_000,
+  d: 86_400_000,
+  day: 86_400_000,
+  days: 86_400_000
 }
 const DURATION_PATTERN = `^\\s*\\d+(\\.\\d+)?\\s*(${Object.keys(DURATION_UNITS).join('|')})?\\s*$`
 
@@ -216,7 +232,10 @@ export function keptConnections(config: Pick<Config, 'PG_POOL_MIN' | 'PG_POOL_MA
 export function corsOrigins(config: Pick<Config, 'CORS_ORIGINS' | 'NODE_ENV'>): string[] | '*' | null {
   const raw = config.CORS_ORIGINS?.trim()
   if (!raw) return config.NODE_ENV === 'production' ? null : '*'
-  const origins = raw.split(',').map((origin) => origin.trim()).filter(Boolean)
+  const origins = raw
+    .split(',')
+    .map((origin) => origin.trim())
+    .filter(Boolean)
   return origins.includes('*') ? '*' : origins
 }
 
@@ -227,7 +246,10 @@ export function trustProxy(config: Pick<Config, 'TRUST_PROXY'>): boolean | strin
   const raw = config.TRUST_PROXY.trim()
   if (raw === 'true') return true
   if (raw === 'false' || raw === '') return false
-  return raw.split(',').map((entry) => entry.trim()).filter(Boolean)
+  return raw
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter(Boolean)
 }
 
 function isAddressOrRange(entry: string): boolean {
@@ -258,7 +280,9 @@ function checkHttpSettings(config: Config, problems: string[]): void {
   }
   const timing = ['SHUTDOWN_DELAY_MS', 'SHUTDOWN_GRACE_MS'].some(rejected)
   if (!timing && config.SHUTDOWN_GRACE_MS > 0 && config.SHUTDOWN_DELAY_MS >= config.SHUTDOWN_GRACE_MS) {
-    problems.push(`SHUTDOWN_DELAY_MS: must be shorter than SHUTDOWN_GRACE_MS (${config.SHUTDOWN_GRACE_MS}), which it counts within (got ${config.SHUTDOWN_DELAY_MS})`)
+    problems.push(
+      `SHUTDOWN_DELAY_MS: must be shorter than SHUTDOWN_GRACE_MS (${config.SHUTDOWN_GRACE_MS}), which it counts within (got ${config.SHUTDOWN_DELAY_MS})`
+    )
   }
 }
 

@@ -17,7 +17,10 @@ export const ERROR_CATALOGUE = {
   // Tokens
   TOKEN_MISSING: [401, 'no Authorization: Bearer <token> header (a token anywhere else is ignored)'],
   TOKEN_EXPIRED: [401, "the token's exp has passed"],
-  TOKEN_INVALID: [401, 'the token is malformed, not RS256, not signed by a key of the issuer, from another issuer or app client, not valid yet, or of a kind not accepted; the message says which'],
+  TOKEN_INVALID: [
+    401,
+    'the token is malformed, not RS256, not signed by a key of the issuer, from another issuer or app client, not valid yet, or of a kind not accepted; the message says which'
+  ],
   TENANT_MISMATCH: [403, 'the token is bound to another tenant than X-Tenant-ID'],
   TENANT_CLAIM_MISSING: [403, 'a tenant route with a token that names no tenant (and is not an admin’s)'],
   ADMIN_REQUIRED: [403, 'a control-plane route with a token of someone outside ADMIN_GROUP'],
@@ -72,7 +75,10 @@ export const ErrorBody = Type.Object(
     error: Type.String({ examples: ['Not Found'] }),
     message: Type.String({ examples: ['Tenant "acme-corp" does not exist'] }),
     requestId: Type.Optional(
-      Type.String({ description: 'On 5xx answers: the request id (also sent as X-Request-Id), to find its log lines', examples: ['5d0f6a0e-6f3c-4c53-9a53-1b0c2c7d9e11'] })
+      Type.String({
+        description: 'On 5xx answers: the request id (also sent as X-Request-Id), to find its log lines',
+        examples: ['5d0f6a0e-6f3c-4c53-9a53-1b0c2c7d9e11']
+      })
     )
   },
   { $id: 'ErrorBody', title: 'Error' }

@@ -192,15 +192,65 @@ const ALLOWED_SCHEMA = 'pg_catalog'
 
 /** Keywords after which a dotted name is a relation, type or routine, so its first part is a schema. */
 const OBJECT_KEYWORDS = new Set([
-  'table', 'view', 'index', 'sequence', 'function', 'procedure', 'routine', 'aggregate', 'type', 'domain',
-  'trigger', 'references', 'into', 'update', 'join', 'only', 'exists', 'truncate', 'using', 'as', 'of',
-  'collation', 'operator', 'statistics', 'policy', 'rule', 'setof', 'returns'
+  'table',
+  'view',
+  'index',
+  'sequence',
+  'function',
+  'procedure',
+  'routine',
+  'aggregate',
+  'type',
+  'domain',
+  'trigger',
+  'references',
+  'into',
+  'update',
+  'join',
+  'only',
+  'exists',
+  'truncate',
+  'using',
+  'as',
+  'of',
+  'collation',
+  'operator',
+  'statistics',
+  'policy',
+  'rule',
+  'setof',
+  'returns'
 ])
 
 /** Words after which a dotted name is a column reference even inside a table definition. */
 const EXPRESSION_WORDS = new Set([
-  'select', 'distinct', 'all', 'and', 'or', 'not', 'case', 'when', 'then', 'else', 'in', 'is', 'like', 'ilike',
-  'between', 'by', 'on', 'where', 'having', 'returning', 'values', 'exists', 'any', 'some', 'array', 'row', 'interval'
+  'select',
+  'distinct',
+  'all',
+  'and',
+  'or',
+  'not',
+  'case',
+  'when',
+  'then',
+  'else',
+  'in',
+  'is',
+  'like',
+  'ilike',
+  'between',
+  'by',
+  'on',
+  'where',
+  'having',
+  'returning',
+  'values',
+  'exists',
+  'any',
+  'some',
+  'array',
+  'row',
+  'interval'
 ])
 
 /** Functions whose arguments use FROM as a keyword (`extract(epoch FROM t.at)`), where it names no relation. */
@@ -238,7 +288,12 @@ function parseQualifiedString(value: string): string[] {
       parts.push(part)
     } else {
       const end = value.indexOf('.', k)
-      parts.push(value.slice(k, end === -1 ? value.length : end).trim().toLowerCase())
+      parts.push(
+        value
+          .slice(k, end === -1 ? value.length : end)
+          .trim()
+          .toLowerCase()
+      )
       k = end === -1 ? value.length : end
     }
     if (value[k] === '.') k++
@@ -255,7 +310,18 @@ const INT_SERIALS = new Set(['serial', 'serial4', 'smallserial', 'serial2'])
 
 /** Words that end a column's type and begin its constraints. */
 const COLUMN_CONSTRAINT_WORDS = new Set([
-  'constraint', 'not', 'null', 'default', 'primary', 'unique', 'check', 'references', 'generated', 'collate', 'compression', 'storage'
+  'constraint',
+  'not',
+  'null',
+  'default',
+  'primary',
+  'unique',
+  'check',
+  'references',
+  'generated',
+  'collate',
+  'compression',
+  'storage'
 ])
 const TABLE_CONSTRAINT_WORDS = new Set(['constraint', 'primary', 'unique', 'check', 'foreign', 'exclude', 'like'])
 
@@ -500,8 +566,7 @@ function lintStatement(context: StatementContext, tokens: Token[]) {
 
     if (token.kind === 'string') {
       const castTo = isOp(tokens[k + 1], '::') ? tokens[k + 2] : undefined
-      const relationArgument =
-        isOp(prev, '(') && tokens[k - 2]?.kind === 'word' && REGCLASS_FUNCTIONS.has(tokens[k - 2].value)
+      const relationArgument = isOp(prev, '(') && tokens[k - 2]?.kind === 'word' && REGCLASS_FUNCTIONS.has(tokens[k - 2].value)
       if ((castTo?.kind === 'word' && REG_TYPES.has(castTo.value)) || relationArgument) {
         const parts = parseQualifiedString(token.value)
         if (parts.length > 1 && parts[0] !== ALLOWED_SCHEMA) {

@@ -50,9 +50,8 @@ interface Options {
 }
 
 export function parseOptions(argv: string[]): Options {
-  let parsed
-  try {
-    parsed = parseArgs({
+  const parse = () =>
+    parseArgs({
       args: argv,
       options: {
         concurrency: { type: 'string' },
@@ -62,6 +61,9 @@ export function parseOptions(argv: string[]): Options {
       strict: true,
       allowPositionals: false
     })
+  let parsed: ReturnType<typeof parse>
+  try {
+    parsed = parse()
   } catch (error) {
     throw new UsageError((error as Error).message)
   }

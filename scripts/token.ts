@@ -8,10 +8,9 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { loadIssuerIdentity, mintToken } from '../lib/embedded/issuer.ts'
 import { TENANT_ID_PATTERN } from '../schemas/common.ts'
-import { ConfigError, durationMs, loadConfig } from '../schemas/env.ts'
+import { ConfigError, durationMs, loadConfig, type Config } from '../schemas/env.ts'
 
-const USAGE =
-  'usage: npm run -s token -- [--tenant <tenant id>] [--admin] [--use access|id] [--expires 1h] [--sub <subject>] [--dir .data/issuer]'
+const USAGE = 'usage: npm run -s token -- [--tenant <tenant id>] [--admin] [--use access|id] [--expires 1h] [--sub <subject>] [--dir .data/issuer]'
 function fail(message: string): never {
   console.error(message)
   process.exit(1)
@@ -55,7 +54,7 @@ if (!values.tenant && !values.admin) fail(`name a tenant (--tenant) or ask for a
 if (values.tenant && !new RegExp(TENANT_ID_PATTERN).test(values.tenant)) fail(`--tenant: not a valid tenant id (got ${JSON.stringify(values.tenant)})`)
 if (values.use !== 'access' && values.use !== 'id') fail(`--use: access or id (got ${JSON.stringify(values.use)})`)
 
-let config
+let config: Config
 try {
   config = loadConfig()
 } catch (error) {
@@ -64,7 +63,9 @@ try {
 }
 if (config.NODE_ENV === 'production') fail('npm run token mints development tokens and never runs with NODE_ENV=production')
 if (config.JWT_ISSUER) {
-  fail(`JWT_ISSUER is set (${config.JWT_ISSUER}): the service trusts that issuer, so get tokens from it; this script mints for the embedded development issuer only`)
+  fail(
+    `JWT_ISSUER is set (${config.JWT_ISSUER}): the service trusts that issuer, so get tokens from it; this script mints for the embedded development issuer only`
+  )
 }
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..').replace(/[\\/]dist$/, '')
@@ -80,4 +81,5 @@ const token = mintToken(identity, {
   adminGroup: config.ADMIN_GROUP
 })
 console.log(token)
-if (process.stderr.isTTY) console.error(`# ${values.use} token of ${identity.issuer}${values.tenant ? ` for tenant ${values.tenant}` : ''}${values.admin ? ', admin' : ''}`)
+if (process.stderr.isTTY)
+  console.error(`# ${values.use} token of ${identity.issuer}${values.tenant ? ` for tenant ${values.tenant}` : ''}${values.admin ? ', admin' : ''}`)

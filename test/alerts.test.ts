@@ -55,14 +55,11 @@ const document = parse(await readFile(rulesFile, 'utf8')) as { groups: { name: s
 const rules = document.groups.flatMap((group) => group.rules)
 
 t.test('the PromQL reader finds metric names and matchers', async (t) => {
-  t.same(
-    selectors('sum by (job, le) (rate(foo_bucket{job="x", route!="a{b}"}[5m])) / ignoring(le) bar > 0.5 and on(job) baz_total offset 5m'),
-    [
-      { name: 'foo_bucket', labels: ['job', 'route'] },
-      { name: 'bar', labels: [] },
-      { name: 'baz_total', labels: [] }
-    ]
-  )
+  t.same(selectors('sum by (job, le) (rate(foo_bucket{job="x", route!="a{b}"}[5m])) / ignoring(le) bar > 0.5 and on(job) baz_total offset 5m'), [
+    { name: 'foo_bucket', labels: ['job', 'route'] },
+    { name: 'bar', labels: [] },
+    { name: 'baz_total', labels: [] }
+  ])
   t.same(selectors('absent(up{job="tenant-service"})'), [{ name: 'up', labels: ['job'] }])
 })
 
@@ -107,7 +104,11 @@ t.test('every series an alert reads is one the service exports, with the labels 
   await app.listen({ port: 0, host: '127.0.0.1' })
   const socket = net.connect((app.server.address() as AddressInfo).port, '127.0.0.1')
   const headers = { ...auth.tenantUser('acme'), 'content-type': 'application/json', 'content-length': '100', expect: '100-continue' }
-  socket.write(`POST /users HTTP/1.1\r\nhost: localhost\r\n${Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('')}\r\n`)
+  socket.write(
+    `POST /users HTTP/1.1\r\nhost: localhost\r\n${Object.entries(headers)
+      .map(([name, value]) => `${name}: ${value}\r\n`)
+      .join('')}\r\n`
+  )
   // "100 Continue": the service has the request and waits for its body.
   await once(socket, 'data')
   socket.end('{"email":')

@@ -27,8 +27,14 @@ function problemsOf(env: Record<string, string>): string[] {
 
 t.test('production needs an issuer and the app client', async (t) => {
   const none = problemsOf(PRODUCTION)
-  t.ok(none.some((p) => p.startsWith('JWT_ISSUER: required when NODE_ENV=production')), 'no issuer: JWT_ISSUER is named')
-  t.ok(none.some((p) => p.startsWith('JWT_CLIENT_ID: required when NODE_ENV=production')), 'no client: JWT_CLIENT_ID is named')
+  t.ok(
+    none.some((p) => p.startsWith('JWT_ISSUER: required when NODE_ENV=production')),
+    'no issuer: JWT_ISSUER is named'
+  )
+  t.ok(
+    none.some((p) => p.startsWith('JWT_CLIENT_ID: required when NODE_ENV=production')),
+    'no client: JWT_CLIENT_ID is named'
+  )
 
   const regionOnly = problemsOf({ ...PRODUCTION, COGNITO_REGION: 'eu-west-1', JWT_CLIENT_ID: 'abc' })
   t.same(regionOnly, ['COGNITO_USER_POOL_ID: required with COGNITO_REGION'], 'half a Cognito pair names the other half')
@@ -79,7 +85,10 @@ t.test('the Cognito pair becomes the issuer', async (t) => {
     [],
     'both, agreeing, is fine'
   )
-  t.match(problemsOf({ ...PRODUCTION, COGNITO_REGION: 'Europe', COGNITO_USER_POOL_ID: 'pool', JWT_CLIENT_ID: 'x' }), [/^COGNITO_REGION/, /^COGNITO_USER_POOL_ID/])
+  t.match(problemsOf({ ...PRODUCTION, COGNITO_REGION: 'Europe', COGNITO_USER_POOL_ID: 'pool', JWT_CLIENT_ID: 'x' }), [
+    /^COGNITO_REGION/,
+    /^COGNITO_USER_POOL_ID/
+  ])
 })
 
 t.test('the other auth settings are validated', async (t) => {
@@ -185,7 +194,11 @@ t.test('the embedded issuer is trusted like any issuer, and npm run token mints 
   const bad = await runScript('scripts/token.ts', ['--use', 'refresh', '--tenant', ACME, '--dir', dir], env)
   t.equal(bad.code, 1)
   t.match(bad.stderr, /--use: access or id/)
-  const elsewhere = await runScript('scripts/token.ts', ['--tenant', ACME, '--dir', dir], { ...env, JWT_ISSUER: 'https://issuer.example.com', JWT_CLIENT_ID: 'x' })
+  const elsewhere = await runScript('scripts/token.ts', ['--tenant', ACME, '--dir', dir], {
+    ...env,
+    JWT_ISSUER: 'https://issuer.example.com',
+    JWT_CLIENT_ID: 'x'
+  })
   t.equal(elsewhere.code, 1, 'with a real issuer configured, the script declines')
 })
 

@@ -228,24 +228,30 @@ t.test('TENANT_CLAIM and ADMIN_GROUP name the claim and the group', async (t) =>
 })
 
 t.test('a route inside a guarded folder opts out with config: { auth: false }', async (t) => {
-  const ctx = await setupApp(t, {}, {
-    beforeReady: (app) =>
-      app.register(
-        async (scope) => {
-          scope.addHook('onRoute', scope.declareBearerAuth('tenant'))
-          scope.addHook('onRequest', scope.requireTenantAccess)
-          scope.get('/open', { config: { auth: false }, schema: { summary: 'open' } }, async (request) => ({ principal: request.principal }))
-          scope.get('/guarded', { schema: { summary: 'guarded' } }, async (request) => ({ subject: request.principal?.subject }))
-        },
-        { prefix: '/test-guard' }
-      ).register(
-        async (scope) => {
-          scope.addHook('onRequest', scope.authenticate)
-          scope.get('/whoami', async (request) => ({ tenant: request.principal?.tenant ?? null }))
-        },
-        { prefix: '/test-any' }
-      )
-  })
+  const ctx = await setupApp(
+    t,
+    {},
+    {
+      beforeReady: (app) =>
+        app
+          .register(
+            async (scope) => {
+              scope.addHook('onRoute', scope.declareBearerAuth('tenant'))
+              scope.addHook('onRequest', scope.requireTenantAccess)
+              scope.get('/open', { config: { auth: false }, schema: { summary: 'open' } }, async (request) => ({ principal: request.principal }))
+              scope.get('/guarded', { schema: { summary: 'guarded' } }, async (request) => ({ subject: request.principal?.subject }))
+            },
+            { prefix: '/test-guard' }
+          )
+          .register(
+            async (scope) => {
+              scope.addHook('onRequest', scope.authenticate)
+              scope.get('/whoami', async (request) => ({ tenant: request.principal?.tenant ?? null }))
+            },
+            { prefix: '/test-any' }
+          )
+    }
+  )
   const open = await ctx.app.inject({ method: 'GET', url: '/test-guard/open' })
   t.equal(open.statusCode, 200, 'the opted-out route needs no token')
   t.same(open.json(), { principal: null })
@@ -272,13 +278,17 @@ t.test('tenant resolution refuses a caller bound to another tenant, whatever gua
   const GLOBEX = 'globex'
   // A route that only authenticates (any tenant's token) before resolving the tenant and writing:
   // the guard never compares the header with the token, so resolution must.
-  const ctx = await setupApp(t, {}, {
-    beforeReady: (app) =>
-      app.post('/test-write', { onRequest: [app.authenticate, app.resolveTenant] }, async (request) => {
-        await request.db!.query(`INSERT INTO users (email, name) VALUES ('mole@acme.test', 'Mole')`)
-        return { written: true }
-      })
-  })
+  const ctx = await setupApp(
+    t,
+    {},
+    {
+      beforeReady: (app) =>
+        app.post('/test-write', { onRequest: [app.authenticate, app.resolveTenant] }, async (request) => {
+          await request.db!.query(`INSERT INTO users (email, name) VALUES ('mole@acme.test', 'Mole')`)
+          return { written: true }
+        })
+    }
+  )
   await createTenant(ctx, ACME)
   await createTenant(ctx, GLOBEX)
   const acmeToken = bearer(ctx.issuer.token({ tenant: ACME }))
@@ -291,7 +301,11 @@ t.test('tenant resolution refuses a caller bound to another tenant, whatever gua
 
   const own = await ctx.app.inject({ method: 'POST', url: '/test-write', headers: { ...acmeToken, 'x-tenant-id': ACME } })
   t.equal(own.statusCode, 200, 'its own tenant is served')
-  const admin = await ctx.app.inject({ method: 'POST', url: '/test-write', headers: { ...bearer(ctx.issuer.token({ groups: [ctx.config.ADMIN_GROUP] })), 'x-tenant-id': GLOBEX } })
+  const admin = await ctx.app.inject({
+    method: 'POST',
+    url: '/test-write',
+    headers: { ...bearer(ctx.issuer.token({ groups: [ctx.config.ADMIN_GROUP] })), 'x-tenant-id': GLOBEX }
+  })
   t.equal(admin.statusCode, 200, 'an admin acts on any tenant')
 })
 
@@ -301,7 +315,7 @@ t.test('a token accepted earlier is refused once it expires, and writes nothing 
   const expiresAt = Math.floor(Date.now() / 1000) + 2
   const headers = { ...bearer(ctx.issuer.token({ tenant: ACME, claims: { exp: expiresAt } })), 'x-tenant-id': ACME }
   t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers })).statusCode, 200, 'accepted while valid')
-  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers })).statusCode, 200, 'and again, from the guard\'s cache')
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers })).statusCode, 200, "and again, from the guard's cache")
 
   await sleep(Math.max(0, expiresAt * 1000 - Date.now()) + 50)
   const late = await ctx.app.inject({ method: 'POST', url: '/users', headers, payload: { email: 'late@acme.test', name: 'Late' } })

@@ -30,7 +30,7 @@ function testRoutes(app: FastifyInstance) {
     {
       ...scoped,
       // A hook that fails on an answer nobody receives: the error answer passes through onSend again.
-      onSend: async (request, reply, payload) => {
+      onSend: async (_request, reply, payload) => {
         if (reply.raw.destroyed) throw new Error('onSend bug on a closed connection')
         return payload
       }
@@ -167,8 +167,7 @@ async function assertClean(t: Test) {
   }
 }
 
-const userRows = async (email: string) =>
-  (await ctx.admin.query(`SELECT id FROM ${'"' + TENANT + '"'}.users WHERE email = $1`, [email])).rows.length
+const userRows = async (email: string) => (await ctx.admin.query(`SELECT id FROM ${`"${TENANT}"`}.users WHERE email = $1`, [email])).rows.length
 
 t.test('handler errors and failing statements release their connection', async (t) => {
   for (let i = 0; i < 3; i++) {

@@ -118,7 +118,11 @@ t.test('no manifest carries a field Kubernetes does not know', async (t) => {
     (error: { stdout: string }) => error.stdout
   )
   const errors = output.split('\n').filter((line) => /error TS/.test(line))
-  t.same(errors.filter((line) => !line.startsWith('canary.ts')), [], 'the manifests type-check')
+  t.same(
+    errors.filter((line) => !line.startsWith('canary.ts')),
+    [],
+    'the manifests type-check'
+  )
   t.ok(
     errors.some((line) => line.startsWith('canary.ts') && /readOnlyRootFileSystem\W+does not exist/.test(line)),
     'a misspelt field is caught'
@@ -139,10 +143,7 @@ t.test('the probe paths are routes of the service, and answer', async (t) => {
     t.ok(app.hasRoute({ method: 'GET', url }), `${name}: GET ${url} is a route`)
     const response = await app.inject({ method: 'GET', url })
     t.equal(response.statusCode, 200, `${name}: GET ${url} answers 200 on a healthy service`)
-    t.ok(
-      probe!.httpGet!.port === 'http' || probe!.httpGet!.port === configured('PORT'),
-      `${name} probe targets the service port`
-    )
+    t.ok(probe!.httpGet!.port === 'http' || probe!.httpGet!.port === configured('PORT'), `${name} probe targets the service port`)
   }
   t.equal(container.livenessProbe?.httpGet?.path, '/health/live', 'liveness never depends on the database')
   t.equal(container.readinessProbe?.httpGet?.path, '/health/ready')
@@ -196,8 +197,14 @@ t.test('the pods run locked down, as the image user', async (t) => {
 t.test('configuration: a ConfigMap and a Secret that make a valid production configuration', async (t) => {
   for (const resource of [deployment, job]) {
     const envFrom = (resource.spec.template.spec as IPodSpec).containers[0].envFrom ?? []
-    t.ok(envFrom.some((source) => source.configMapRef?.name === configMap.metadata.name), `${resource.kind} reads the ConfigMap`)
-    t.ok(envFrom.some((source) => source.secretRef?.name === secret.metadata.name), `${resource.kind} reads the Secret`)
+    t.ok(
+      envFrom.some((source) => source.configMapRef?.name === configMap.metadata.name),
+      `${resource.kind} reads the ConfigMap`
+    )
+    t.ok(
+      envFrom.some((source) => source.secretRef?.name === secret.metadata.name),
+      `${resource.kind} reads the Secret`
+    )
   }
   t.ok(secretValues.DATABASE_URL, 'DATABASE_URL is in the Secret')
   t.notOk('DATABASE_URL' in (configMap.data ?? {}), 'no connection string in the ConfigMap')

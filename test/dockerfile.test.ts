@@ -45,7 +45,7 @@ interface Stage {
  */
 export function parseDockerfile(text: string): Stage[] {
   const lines = text.split(/\r?\n/)
-  const escape = /^#\s*escape\s*=\s*(\S)/im.exec(lines.slice(0, 5).join('\n'))?.[1] ?? '\\'
+  const escapeChar = /^#\s*escape\s*=\s*(\S)/im.exec(lines.slice(0, 5).join('\n'))?.[1] ?? '\\'
   const stages: Stage[] = []
   let pending = ''
   let startLine = 0
@@ -85,8 +85,8 @@ export function parseDockerfile(text: string): Stage[] {
     if (/^\s*#/.test(line)) return
     if (!pending) startLine = index + 1
     if (!pending && line.trim() === '') return
-    if (line.endsWith(escape)) {
-      pending += line.slice(0, -1) + ' '
+    if (line.endsWith(escapeChar)) {
+      pending += `${line.slice(0, -1)} `
     } else {
       pending += line
       flush()
@@ -113,8 +113,7 @@ function envOf(stage: Stage): Record<string, string> {
 const lastOf = (stage: Stage, keyword: string) => stage.instructions.filter((i) => i.keyword === keyword).at(-1)
 const runs = (stage: Stage) => stage.instructions.filter((i) => i.keyword === 'RUN').map((i) => i.exec?.join(' ') ?? i.args)
 const installsAll = (command: string) => /\bnpm (ci|install)\b/.test(command) && !/--omit[= ]dev|--production\b/.test(command)
-const installsProductionOnly = (command: string) =>
-  /\bnpm (ci|install|prune)\b/.test(command) && /--omit[= ]dev|--production\b/.test(command)
+const installsProductionOnly = (command: string) => /\bnpm (ci|install|prune)\b/.test(command) && /--omit[= ]dev|--production\b/.test(command)
 
 /** A stage and the stages it is built FROM, nearest first. */
 function lineage(stages: Stage[], stage: Stage): Stage[] {
@@ -168,16 +167,28 @@ t.test('three kinds of stage: install with dev dependencies, build, runtime', as
   t.ok(build, 'a stage runs npm run build')
   t.ok(build && install && lineage(stages, build).includes(install), 'the build stage is built on the install stage')
   t.not(runtime, build, 'the runtime is a stage of its own')
-  t.notOk(lineage(stages, runtime).some((stage) => stage === build || stage === install), 'the runtime does not inherit the build tools')
+  t.notOk(
+    lineage(stages, runtime).some((stage) => stage === build || stage === install),
+    'the runtime does not inherit the build tools'
+  )
 })
 
 t.test('the runtime is Node 24 slim or alpine, in production mode, with no HEALTHCHECK', async (t) => {
-  t.match(runtime.image, /^(docker\.io\/(library\/)?)?node:24([.-][\w.-]*)?-(bookworm-slim|bullseye-slim|trixie-slim|slim|alpine[\d.]*)(@sha256:[0-9a-f]{64})?$/)
+  t.match(
+    runtime.image,
+    /^(docker\.io\/(library\/)?)?node:24([.-][\w.-]*)?-(bookworm-slim|bullseye-slim|trixie-slim|slim|alpine[\d.]*)(@sha256:[0-9a-f]{64})?$/
+  )
   t.equal(envOf(runtime).NODE_ENV, 'production')
-  t.notOk(stages.some((stage) => stage.instructions.some((i) => i.keyword === 'HEALTHCHECK')), 'probes are Kubernetes’ job')
+  t.notOk(
+    stages.some((stage) => stage.instructions.some((i) => i.keyword === 'HEALTHCHECK')),
+    'probes are Kubernetes’ job'
+  )
   const exposed = runtime.instructions.filter((i) => i.keyword === 'EXPOSE').flatMap((i) => i.args.split(/\s+/))
   const port = envOf(runtime).PORT ?? String(EnvSchema.properties.PORT.default)
-  t.ok(exposed.some((entry) => entry.replace(/\/tcp$/, '') === port), `EXPOSE ${port}`)
+  t.ok(
+    exposed.some((entry) => entry.replace(/\/tcp$/, '') === port),
+    `EXPOSE ${port}`
+  )
 })
 
 t.test('the runtime runs as a non-root user under an init', async (t) => {
@@ -196,7 +207,10 @@ t.test('the runtime runs as a non-root user under an init', async (t) => {
   t.ok(entrypoint?.exec, 'ENTRYPOINT in exec form, so the init is PID 1')
   t.match(path.basename(entrypoint?.exec?.[0] ?? ''), /^(tini|dumb-init)$/)
   const init = path.basename(entrypoint?.exec?.[0] ?? 'tini')
-  t.ok(runs(runtime).some((command) => command.includes(init)), `the runtime installs ${init}`)
+  t.ok(
+    runs(runtime).some((command) => command.includes(init)),
+    `the runtime installs ${init}`
+  )
 })
 
 t.test('the runtime has production dependencies only', async (t) => {
@@ -293,8 +307,15 @@ t.test('npm run build produces what the image runs, and the compiled service wor
   }
 
   const emitted = await readdir(dist, { recursive: true })
-  t.same(emitted.filter((file) => /\.(d\.)?ts$/.test(file)), [], 'no TypeScript or declaration files in dist/')
-  t.notOk(emitted.some((file) => file.startsWith('test') || file.startsWith('bench')), 'no tests or benchmarks in dist/')
+  t.same(
+    emitted.filter((file) => /\.(d\.)?ts$/.test(file)),
+    [],
+    'no TypeScript or declaration files in dist/'
+  )
+  t.notOk(
+    emitted.some((file) => file.startsWith('test') || file.startsWith('bench')),
+    'no tests or benchmarks in dist/'
+  )
   const sourceMigrations = (await readdir(path.join(root, 'migrations'), { recursive: true })).filter((file) => file.endsWith('.sql')).sort()
   const builtMigrations = (await readdir(path.join(dist, 'migrations'), { recursive: true })).filter((file) => file.endsWith('.sql')).sort()
   t.same(builtMigrations, sourceMigrations, 'every migration is copied to dist/migrations')

@@ -42,18 +42,17 @@ t.test('the docs page in a real browser', { skip }, async (t) => {
       return `${method} ${path}`.replace(/\u200b/g, '')
     })
   )
-  for (const operation of [
-    'POST /auth/tenants',
-    'GET /auth/tenants/{id}',
-    'POST /users',
-    'GET /users/{id}',
-    'GET /health/live',
-    'GET /health/ready'
-  ]) {
+  for (const operation of ['POST /auth/tenants', 'GET /auth/tenants/{id}', 'POST /users', 'GET /users/{id}', 'GET /health/live', 'GET /health/ready']) {
     t.ok(operations.includes(operation), `${operation} is on the page`)
   }
-  t.ok(operations.some((operation) => / \/files/.test(operation)), 'the file operations are on the page')
-  t.notOk(operations.some((operation) => operation.includes('/metrics')), '/metrics is not documented')
+  t.ok(
+    operations.some((operation) => / \/files/.test(operation)),
+    'the file operations are on the page'
+  )
+  t.notOk(
+    operations.some((operation) => operation.includes('/metrics')),
+    '/metrics is not documented'
+  )
   t.ok(await page.locator('.swagger-ui .btn.authorize').isVisible(), 'the bearer token can be entered (Authorize)')
 
   // Try it out → Execute on the liveness probe, answered by the running service.

@@ -50,15 +50,26 @@ t.test('Ctrl-C: with stopOnSignal false the cluster stays up through the drain, 
   const [caller, packageOwn] = await Promise.all([ctrlC(t, 'caller'), ctrlC(t, 'package')])
 
   t.equal(caller.code, 0, 'the process exits 0 once it has stopped the cluster', { stderr: caller.stderr() })
-  t.same(caller.lines.find((line) => 'drainQuery' in line), { drainQuery: 1 }, 'a query during the drain is answered')
-  t.ok(caller.lines.some((line) => line.stopped), 'the caller stopped the cluster itself')
+  t.same(
+    caller.lines.find((line) => 'drainQuery' in line),
+    { drainQuery: 1 },
+    'a query during the drain is answered'
+  )
+  t.ok(
+    caller.lines.some((line) => line.stopped),
+    'the caller stopped the cluster itself'
+  )
   t.equal(await postgresAnswers(caller.url), false, 'the cluster is gone afterwards')
   t.equal(existsSync(caller.dataDir), false, 'and so is its data')
 
   // What the option is for: otherwise the signal takes the cluster away and ends the process
   // before the drain has run.
   t.not(packageOwn.code, 0, `with the package's handlers the process exits at once (${packageOwn.code})`)
-  t.notSame(packageOwn.lines.find((line) => 'drainQuery' in line), { drainQuery: 1 }, 'and no drain reaches the database')
+  t.notSame(
+    packageOwn.lines.find((line) => 'drainQuery' in line),
+    { drainQuery: 1 },
+    'and no drain reaches the database'
+  )
   t.equal(await postgresAnswers(packageOwn.url), false, 'the package stopped its cluster')
 })
 

@@ -74,7 +74,13 @@ t.test('the objects are listed page by page and deleted in batches', async (t) =
   const made = s3.requests.slice(before)
   t.equal(made.filter(isListV2).length, 3, '13 objects in pages of 5')
   t.equal(made.filter(isDeleteObjects).length, 3, 'one batch per page')
-  t.ok(made.filter(isListV2).slice(1).every((request) => request.query.has('continuation-token')), 'later pages continue with the token')
+  t.ok(
+    made
+      .filter(isListV2)
+      .slice(1)
+      .every((request) => request.query.has('continuation-token')),
+    'later pages continue with the token'
+  )
   t.same(await s3.keys('tenants/initech/'), [])
   t.same(await tenantState('initech'), { status: undefined, schema: false, role: false })
 })

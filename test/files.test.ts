@@ -125,7 +125,11 @@ t.test('the presigned PUT verifies, and pins the key, the type and the length', 
   // The same tampering against the store, which checks signatures as S3 does: nothing lands.
   t.equal((await fetch(elsewhere, { method: 'PUT', headers, body: new Uint8Array(bytes) })).status, 403)
   t.equal((await put(answer.upload, bytes, retyped)).status, 403, 'a PUT with another Content-Type is refused')
-  t.equal((await put(answer.upload, Buffer.from('pinned content, and more'), { 'content-type': 'text/plain' })).status, 403, 'a PUT of another length is refused')
+  t.equal(
+    (await put(answer.upload, Buffer.from('pinned content, and more'), { 'content-type': 'text/plain' })).status,
+    403,
+    'a PUT of another length is refused'
+  )
   t.same(await s3.keys('tenants/globex/'), [])
   t.same(await s3.keys(`tenants/acme/${answer.file.id}/`), [], 'no object for the file yet')
 
@@ -165,14 +169,30 @@ t.test('sizes and content types are checked before anything is written', async (
   const too = await startUpload('acme', { filename: 'big.bin', contentType: 'application/octet-stream', size: 1048577 })
   t.equal(too.statusCode, 413)
   t.match(too.json(), { code: 'FILE_TOO_LARGE', message: /1048576/ })
-  t.equal((await startUpload('acme', { filename: 'max.bin', contentType: 'application/octet-stream', size: 1048576 })).statusCode, 201, 'the limit itself is allowed')
+  t.equal(
+    (await startUpload('acme', { filename: 'max.bin', contentType: 'application/octet-stream', size: 1048576 })).statusCode,
+    201,
+    'the limit itself is allowed'
+  )
 
   for (const size of [0, -1, 1.5, 'abc', null, 1e300]) {
     const response = await startUpload('acme', { filename: 'x.bin', contentType: 'application/octet-stream', size })
     t.equal(response.statusCode, 400, `size ${JSON.stringify(size)}`)
     t.equal(response.json().code, 'VALIDATION_ERROR')
   }
-  for (const contentType of ['', 'pdf', 'text/', '/plain', 'text/plain; charset=utf-8', 'text/plain\r\nx-evil: 1', 'text /plain', 'a/b/c', 'text/pl ain', `text/${'a'.repeat(200)}`, 'tëxt/plain']) {
+  for (const contentType of [
+    '',
+    'pdf',
+    'text/',
+    '/plain',
+    'text/plain; charset=utf-8',
+    'text/plain\r\nx-evil: 1',
+    'text /plain',
+    'a/b/c',
+    'text/pl ain',
+    `text/${'a'.repeat(200)}`,
+    'tëxt/plain'
+  ]) {
     const response = await startUpload('acme', { filename: 'x.txt', contentType, size: 1 })
     t.equal(response.statusCode, 400, `content type ${JSON.stringify(contentType)}`)
     t.equal(response.json().code, 'VALIDATION_ERROR')
@@ -185,7 +205,11 @@ t.test('sizes and content types are checked before anything is written', async (
   const upper = await startUpload('acme', { filename: 'x.svg', contentType: 'Image/SVG+XML', size: 1 })
   t.equal(upper.statusCode, 201)
   t.equal(upper.json().file.contentType, 'image/svg+xml', 'stored lowercase')
-  for (const body of [{ filename: '', contentType: 'text/plain', size: 1 }, { contentType: 'text/plain', size: 1 }, { filename: 'x', contentType: 'text/plain', size: 1, key: 'tenants/globex/x' }]) {
+  for (const body of [
+    { filename: '', contentType: 'text/plain', size: 1 },
+    { contentType: 'text/plain', size: 1 },
+    { filename: 'x', contentType: 'text/plain', size: 1, key: 'tenants/globex/x' }
+  ]) {
     t.equal((await startUpload('acme', body)).statusCode, 400, JSON.stringify(body))
   }
   t.equal(await fileCount('acme'), before + 2, 'only the two valid requests wrote a row')
@@ -199,7 +223,10 @@ t.test('hostile file names: the key stays under the prefix and the object lands 
     const stored = (await row('acme', answer.file.id))!
     const prefix = `tenants/acme/${answer.file.id}/`
     t.ok(stored.key.startsWith(prefix), `${label}: key under the file's own prefix`)
-    t.notOk(stored.key.split('/').some((segment) => segment === '..' || segment === '.'), `${label}: no dot segment`)
+    t.notOk(
+      stored.key.split('/').some((segment) => segment === '..' || segment === '.'),
+      `${label}: no dot segment`
+    )
     t.notOk(stored.key.includes('\\'), `${label}: no backslash`)
     t.equal(stored.key.split('/').length, 4, `${label}: exactly tenants/<tenant>/<file>/<name>`)
     t.notMatch(answer.file.filename, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\u200b-\u200f\ufeff/\\]/, `${label}: clean display name`)
@@ -210,7 +237,11 @@ t.test('hostile file names: the key stays under the prefix and the object lands 
     t.equal((await complete('acme', answer.file.id)).statusCode, 200)
   }
   t.same(await s3.keys('tenants/globex/'), [], "nothing reached another tenant's prefix")
-  t.same((await s3.keys('')).filter((key) => !key.startsWith('tenants/acme/')), [], 'nothing outside the prefix at all')
+  t.same(
+    (await s3.keys('')).filter((key) => !key.startsWith('tenants/acme/')),
+    [],
+    'nothing outside the prefix at all'
+  )
 })
 
 t.test("another tenant's file is 404 everywhere and stays intact", async (t) => {
@@ -230,7 +261,10 @@ t.test("another tenant's file is 404 everywhere and stays intact", async (t) => 
     t.equal(response.json().code, 'FILE_NOT_FOUND')
   }
   const list = await app.inject({ method: 'GET', url: '/files', headers: as })
-  t.notOk(list.json().items.some((file: { id: string }) => file.id === id), "not in the other tenant's list")
+  t.notOk(
+    list.json().items.some((file: { id: string }) => file.id === id),
+    "not in the other tenant's list"
+  )
   t.equal((await row('acme', id))!.status, 'uploaded', "the owner's row is unchanged")
   t.same(await s3.get(key), bytes, "the owner's object is still there")
 })
@@ -269,7 +303,11 @@ t.test('delete removes the object and the row; a store failure removes neither',
   t.equal(again.statusCode, 404)
 
   const pending = await started('acme', 'pending.txt', Buffer.from('p'), 'text/plain')
-  t.equal((await app.inject({ method: 'DELETE', url: `/files/${pending.file.id}`, headers: auth.tenantUser('acme') })).statusCode, 204, 'a pending file can be deleted')
+  t.equal(
+    (await app.inject({ method: 'DELETE', url: `/files/${pending.file.id}`, headers: auth.tenantUser('acme') })).statusCode,
+    204,
+    'a pending file can be deleted'
+  )
 })
 
 t.test('S3 failures are 502/503 with a code, never a 500', async (t) => {

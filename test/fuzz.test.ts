@@ -46,7 +46,12 @@ let tokens: Record<string, string>
 t.before(async () => {
   ctx = await setupApp(t, { RATE_LIMIT_MAX: '1000000', BODY_LIMIT_BYTES: String(BODY_LIMIT) }, { s3: true, beforeRegister: watchRoutes })
   for (const tenant of [TENANT, OTHER, SPARE]) await createTenant(ctx, tenant)
-  const created = await ctx.app.inject({ method: 'POST', url: '/users', headers: ctx.auth.tenantUser(TENANT), payload: { email: 'ada@fuzz-a.test', name: 'Ada' } })
+  const created = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: ctx.auth.tenantUser(TENANT),
+    payload: { email: 'ada@fuzz-a.test', name: 'Ada' }
+  })
   userId = created.json().id
 
   const { issuer } = ctx
@@ -85,13 +90,52 @@ const headerText = fc.string({ unit: fc.integer({ min: 0x20, max: 0xff }).map((c
 const hugeText = fc.integer({ min: 1000, max: 20_000 }).map((length) => 'a'.repeat(length))
 
 const tenantIds = fc.oneof(
-  fc.constantFrom(TENANT, OTHER, SPARE, 'no-such-tenant', 'public', 'pg_catalog', 'pg-toast', 'information_schema', 'citus', 'Fuzz-A', 'fuzz_a', 'fu', `${TENANT},${OTHER}`, ` ${TENANT}`),
+  fc.constantFrom(
+    TENANT,
+    OTHER,
+    SPARE,
+    'no-such-tenant',
+    'public',
+    'pg_catalog',
+    'pg-toast',
+    'information_schema',
+    'citus',
+    'Fuzz-A',
+    'fuzz_a',
+    'fu',
+    `${TENANT},${OTHER}`,
+    ` ${TENANT}`
+  ),
   headerText,
   hugeText
 )
 
 const authorizations = fc.oneof(
-  fc.constantFrom('tenant', 'other', 'admin', 'idToken', 'expired', 'refresh', 'noTenant', 'tenantArray', 'groupsString', 'none', 'hs256', 'strangerKey', 'wrongKeySameKid', 'kidObject', 'kidTraversal', 'payloadString', 'payloadArray', 'payloadNotJson', 'headerNotJson', 'protoPayload', 'hugeClaims').map((name) => () => `Bearer ${tokens[name]}`),
+  fc
+    .constantFrom(
+      'tenant',
+      'other',
+      'admin',
+      'idToken',
+      'expired',
+      'refresh',
+      'noTenant',
+      'tenantArray',
+      'groupsString',
+      'none',
+      'hs256',
+      'strangerKey',
+      'wrongKeySameKid',
+      'kidObject',
+      'kidTraversal',
+      'payloadString',
+      'payloadArray',
+      'payloadNotJson',
+      'headerNotJson',
+      'protoPayload',
+      'hugeClaims'
+    )
+    .map((name) => () => `Bearer ${tokens[name]}`),
   fc.constantFrom('Bearer', 'Bearer ', 'bearer  x.y.z', 'Basic YWRtaW46YWRtaW4=', 'Bearer a.b', 'Bearer ...', 'Bearer eyJ.eyJ.').map((value) => () => value),
   headerText.map((value) => () => `Bearer ${value}`),
   fc.base64String({ maxLength: 300 }).map((value) => () => `Bearer ${value}.${value}.${value}`),
@@ -160,7 +204,26 @@ const POISON = ['__proto__', 'constructor', 'prototype']
 const hostileText = (maxLength: number) =>
   fc.string({
     unit: fc.oneof(
-      fc.constantFrom('\u0000', '\u0001', '\u0008', '\u001b', '\u007f', '\u0085', '\u200b', '\u202e', '\u2028', '\ud800', '\udfff', '\ufeff', '\uffff', '/', '\\', '%', '"', "'"),
+      fc.constantFrom(
+        '\u0000',
+        '\u0001',
+        '\u0008',
+        '\u001b',
+        '\u007f',
+        '\u0085',
+        '\u200b',
+        '\u202e',
+        '\u2028',
+        '\ud800',
+        '\udfff',
+        '\ufeff',
+        '\uffff',
+        '/',
+        '\\',
+        '%',
+        '"',
+        "'"
+      ),
       fc.string({ unit: 'grapheme', minLength: 1, maxLength: 1 })
     ),
     minLength: 1,
@@ -186,7 +249,9 @@ function bodiesFor(route: Route) {
       fc.option(fc.dictionary(fc.oneof(fc.string({ maxLength: 8 }), fc.constantFrom(...POISON)), fieldValues, { maxKeys: 2 }), { nil: {}, freq: 2 })
     )
     .map(([values, extra]) => JSON.stringify({ ...Object.fromEntries(route.bodyFields.map((field, i) => [field, values[i]])), ...extra }))
-  const nesting = fc.integer({ min: 100, max: 30_000 }).chain((depth) => fc.constantFrom('[', '{"a":').map((open) => open.repeat(depth) + (open === '[' ? ']' : '1}').repeat(depth)))
+  const nesting = fc
+    .integer({ min: 100, max: 30_000 })
+    .chain((depth) => fc.constantFrom('[', '{"a":').map((open) => open.repeat(depth) + (open === '[' ? ']' : '1}').repeat(depth)))
   return fc.oneof(
     { weight: 6, arbitrary: shaped },
     { weight: 2, arbitrary: fc.jsonValue({ maxDepth: 3 }).map((value) => JSON.stringify(value)) },
@@ -218,15 +283,34 @@ function nearlyValidBodies(route: Route) {
   const fields = route.bodyFields
   if (fields.length === 0) return fc.constant('{}')
   return fc
-    .tuple(fc.tuple(...fields.map((field) => PLAUSIBLE[field] ?? fieldValues)), fc.nat({ max: fields.length - 1 }), fc.oneof(fieldValues, hostileText(40)), fc.boolean())
-    .map(([values, index, hostile, mutate]) => JSON.stringify(Object.fromEntries(fields.map((field, i) => [field, mutate && i === index ? hostile : values[i]]))))
+    .tuple(
+      fc.tuple(...fields.map((field) => PLAUSIBLE[field] ?? fieldValues)),
+      fc.nat({ max: fields.length - 1 }),
+      fc.oneof(fieldValues, hostileText(40)),
+      fc.boolean()
+    )
+    .map(([values, index, hostile, mutate]) =>
+      JSON.stringify(Object.fromEntries(fields.map((field, i) => [field, mutate && i === index ? hostile : values[i]])))
+    )
 }
 
 function queriesFor(route: Route) {
   const key = fc.oneof(fc.constantFrom(...route.queryFields, 'limit', 'cursor', ...POISON, 'a[b]', 'a[]'), fc.string({ maxLength: 10 }))
   const value = fc.oneof(
     fc.string({ maxLength: 30 }),
-    fc.constantFrom('0', '-1', '101', '1e3', '20.5', 'NaN', '', 'null', '[]', 'eyJjcmVhdGVkQXQiOiJ4IiwiaWQiOiJ5In0', Buffer.from('{"createdAt":"infinity","id":"00000000-0000-0000-0000-000000000000"}').toString('base64url')),
+    fc.constantFrom(
+      '0',
+      '-1',
+      '101',
+      '1e3',
+      '20.5',
+      'NaN',
+      '',
+      'null',
+      '[]',
+      'eyJjcmVhdGVkQXQiOiJ4IiwiaWQiOiJ5In0',
+      Buffer.from('{"createdAt":"infinity","id":"00000000-0000-0000-0000-000000000000"}').toString('base64url')
+    ),
     hugeText
   )
   return fc.oneof(
@@ -238,7 +322,22 @@ function queriesFor(route: Route) {
 const pathValues = fc.oneof(
   fc.constant(() => userId),
   fc.constant(() => randomUUID()),
-  fc.constantFrom('00000000-0000-0000-0000-000000000000', 'not-a-uuid', '..', '%2e%2e%2f', '%00', '%', '%zz', SPARE, 'no-such-tenant', 'public', 'pg_catalog', 'a'.repeat(200)).map((value) => () => value),
+  fc
+    .constantFrom(
+      '00000000-0000-0000-0000-000000000000',
+      'not-a-uuid',
+      '..',
+      '%2e%2e%2f',
+      '%00',
+      '%',
+      '%zz',
+      SPARE,
+      'no-such-tenant',
+      'public',
+      'pg_catalog',
+      'a'.repeat(200)
+    )
+    .map((value) => () => value),
   fc.string({ minLength: 1, maxLength: 40 }).map((value) => () => encodeURIComponent(value))
 )
 
@@ -311,7 +410,10 @@ const extraHeaders = fc.dictionary(
   headerText,
   { maxKeys: 3 }
 )
-const tails = fc.oneof(fc.constantFrom('', 'index.html', '../package.json', '..%2f..%2fpackage.json', 'swagger-ui.css', '%00'), fc.string({ maxLength: 20 }).map(encodeURIComponent))
+const tails = fc.oneof(
+  fc.constantFrom('', 'index.html', '../package.json', '..%2f..%2fpackage.json', 'swagger-ui.css', '%00'),
+  fc.string({ maxLength: 20 }).map(encodeURIComponent)
+)
 
 t.test(`at the gates: hostile headers, tenant ids and tokens with malformed input, at every route`, async (t) => {
   t.ok(routes.length >= 20, `routes enumerated from the service (${routes.length})`)

@@ -75,7 +75,10 @@ t.test('security headers on every answer, errors included', async (t) => {
   t.equal(docs.headers['referrer-policy'], 'no-referrer')
   t.equal(docs.headers['cross-origin-resource-policy'], 'same-origin')
   const scripts = [...docs.body.matchAll(/<script[^>]*>([\s\S]*?)<\/script>/g)]
-  t.ok(scripts.length > 0 && scripts.every((match) => /src="/.test(match[0]) && match[1].trim() === ''), 'its scripts are files, which the policy allows (test/docs-browser.test.ts renders it)')
+  t.ok(
+    scripts.length > 0 && scripts.every((match) => /src="/.test(match[0]) && match[1].trim() === ''),
+    'its scripts are files, which the policy allows (test/docs-browser.test.ts renders it)'
+  )
 })
 
 t.test('CORS: any origin outside production unless configured, exactly the configured ones, none in production', async (t) => {
@@ -144,7 +147,7 @@ t.test('slow and malformed clients are cut off, answered in the error shape', as
 
   // Slowloris: headers one byte at a time, never finished. We would trickle for a minute.
   const slow = await connect(port)
-  const header = 'GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ' + 'a'.repeat(300)
+  const header = `GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ${'a'.repeat(300)}`
   let sent = 0
   while (!slow.closed && sent < header.length) {
     slow.socket.write(header[sent++])
@@ -175,7 +178,12 @@ t.test('slow and malformed clients are cut off, answered in the error shape', as
   big.socket.write(`GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ${'b'.repeat(20 * 1024)}\r\n\r\n`)
   await big.done
   t.match(big.received, /^HTTP\/1\.1 431 /)
-  t.same(bodyOf(big.received), { statusCode: 431, code: 'HEADERS_TOO_LARGE', error: 'Request Header Fields Too Large', message: 'The request headers exceed 16384 bytes' })
+  t.same(bodyOf(big.received), {
+    statusCode: 431,
+    code: 'HEADERS_TOO_LARGE',
+    error: 'Request Header Fields Too Large',
+    message: 'The request headers exceed 16384 bytes'
+  })
 
   // Not HTTP at all.
   const garbage = await connect(port)
@@ -196,5 +204,8 @@ t.test('a client-chosen request id is kept only when short and plain', async (t)
   await ctx.app.inject({ method: 'GET', url: '/health/live', headers: { 'x-request-id': hostile } })
   const ids = lines.map((line) => (JSON.parse(line) as { reqId?: string }).reqId).filter(Boolean)
   t.ok(ids.includes('trace-1234.abc:9'), 'a plain id is used, so logs can be correlated across services')
-  t.notOk(ids.some((id) => id!.includes('evil')), 'a hostile one is replaced')
+  t.notOk(
+    ids.some((id) => id!.includes('evil')),
+    'a hostile one is replaced'
+  )
 })

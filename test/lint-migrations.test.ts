@@ -43,7 +43,10 @@ t.test('the tenant migrations of this service keep every schema distributable', 
 t.test('SQL that Citus can distribute passes, tricky-but-local names included', async (t) => {
   const files = await readMigrationFiles([path.join(fixtures, 'good')])
   t.equal(files.length, 2)
-  t.same(lintTenantMigrations(files).map((problem) => `${problem.file}:${problem.line} ${problem.code}`), [])
+  t.same(
+    lintTenantMigrations(files).map((problem) => `${problem.file}:${problem.line} ${problem.code}`),
+    []
+  )
 })
 
 t.test('each bad fixture reports exactly the problems marked on its lines', async (t) => {
@@ -124,8 +127,40 @@ t.test('strings, quoted identifiers and dollar quotes never leak names', async (
 
 t.test('the lint never throws, whatever the input', async (t) => {
   const piece = fc.constantFrom(
-    ...["'", '"', '$$', '$a$', '--', '/*', '*/', '(', ')', ',', ';', '.', '::', 'E', '\n', ' ', 'public', 'x', 'CREATE TABLE', 'PRIMARY KEY',
-      'REFERENCES', 'ALTER TABLE', 'ADD', 'COLUMN', 'VIEW', 'FROM', 'serial', 'int', 'GENERATED', 'IDENTITY', 'SET', 'search_path']
+    ...[
+      "'",
+      '"',
+      '$$',
+      '$a$',
+      '--',
+      '/*',
+      '*/',
+      '(',
+      ')',
+      ',',
+      ';',
+      '.',
+      '::',
+      'E',
+      '\n',
+      ' ',
+      'public',
+      'x',
+      'CREATE TABLE',
+      'PRIMARY KEY',
+      'REFERENCES',
+      'ALTER TABLE',
+      'ADD',
+      'COLUMN',
+      'VIEW',
+      'FROM',
+      'serial',
+      'int',
+      'GENERATED',
+      'IDENTITY',
+      'SET',
+      'search_path'
+    ]
   )
   const sqlish = fc.array(piece, { maxLength: 60 }).map((pieces) => pieces.join(''))
   fc.assert(

@@ -136,7 +136,10 @@ t.test('/metrics', async (t) => {
     t.notMatch(response.body, USER_ID, 'no URL reaches a label')
     t.notMatch(response.body, 'not-a-uuid')
     const routes = new Set(samples.filter((s) => s.name === count).map((s) => s.labels.route))
-    t.notOk([...routes].some((route) => route.startsWith('/no/')), 'unmatched URLs share one series')
+    t.notOk(
+      [...routes].some((route) => route.startsWith('/no/')),
+      'unmatched URLs share one series'
+    )
     const buckets = samples.filter((s) => s.name === 'http_request_duration_seconds_bucket' && s.labels.route === '/')
     t.equal(buckets.find((s) => s.labels.le === '+Inf')?.value, 1, 'a histogram, with buckets')
   })
@@ -188,8 +191,7 @@ t.test('/metrics', async (t) => {
   })
 
   t.test('past N tenants, real requests land in the other bucket', async (t) => {
-    const total = (samples: Sample[]) =>
-      samples.filter((s) => s.name === 'tenant_service_tenant_requests_total').reduce((sum, s) => sum + s.value, 0)
+    const total = (samples: Sample[]) => samples.filter((s) => s.name === 'tenant_service_tenant_requests_total').reduce((sum, s) => sum + s.value, 0)
     const before = total((await scrape(context)).samples)
     const ids = Array.from({ length: 22 }, (_, i) => `many-${String(i).padStart(2, '0')}`)
     for (const id of ids) await createTenant(context, id)

@@ -3,7 +3,17 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
 import t from 'tap'
-import { controlPlaneVersion, deleteTenant, latestVersion, loadMigrations, migrateAll, migrateControlPlane, type Migration, MIGRATIONS_ROOT, provisionTenant } from '../lib/tenants/index.ts'
+import {
+  controlPlaneVersion,
+  deleteTenant,
+  latestVersion,
+  loadMigrations,
+  migrateAll,
+  migrateControlPlane,
+  type Migration,
+  MIGRATIONS_ROOT,
+  provisionTenant
+} from '../lib/tenants/index.ts'
 import { createProgressReporter } from '../scripts/migrate.ts'
 import { setupApp, type TestContext } from './helpers/app.ts'
 import { runScript, serverEnv } from './helpers/server.ts'
@@ -18,8 +28,7 @@ t.before(async () => {
   next = latestVersion(shipped) + 1
 })
 
-const provision = (ids: string[]) =>
-  Promise.all(ids.map((id) => provisionTenant(ctx.admin, { id, name: id }, { rolePrefix: ctx.config.TENANT_ROLE_PREFIX })))
+const provision = (ids: string[]) => Promise.all(ids.map((id) => provisionTenant(ctx.admin, { id, name: id }, { rolePrefix: ctx.config.TENANT_ROLE_PREFIX })))
 
 const removeTenants = async (ids: string[]) => {
   for (const id of ids) await deleteTenant(ctx.admin, id)
@@ -45,7 +54,11 @@ const notesMigration = (sleepSeconds = 0.05): Migration => ({
 t.test('control-plane migrations are recorded in public.schema_migrations and idempotent', async (t) => {
   const migrations = await loadMigrations('public')
   const { rows } = await ctx.admin.query('SELECT version, name FROM public.schema_migrations ORDER BY version')
-  t.same(rows, migrations.map(({ version, name }) => ({ version, name })), 'one row per migration')
+  t.same(
+    rows,
+    migrations.map(({ version, name }) => ({ version, name })),
+    'one row per migration'
+  )
   t.equal(await controlPlaneVersion(ctx.admin), latestVersion(migrations))
 
   t.same(await migrateControlPlane(ctx.admin), [], 'a second run applies nothing')
@@ -202,7 +215,7 @@ t.test('progress: a redrawn bar on a terminal, a line per tenth otherwise', asyn
   bar.end()
   t.ok(tty.writes.length < 200, 'redraws are throttled')
   const last = tty.writes.at(-2)!
-  t.match(last, /^\r\x1b\[2K\[#+\] 200\/200 100%  0 failed  [\d.]+\/s/, 'the final state is drawn in place')
+  t.match(last, /^\r\x1b\[2K\[#+\] 200\/200 100% {2}0 failed {2}[\d.]+\/s/, 'the final state is drawn in place')
   t.equal(tty.writes.at(-1), '\n', 'and left on its own line')
 })
 
@@ -271,11 +284,7 @@ t.test('npm run migrate: usage and configuration errors exit 2', async (t) => {
   t.equal(badUrl.code, 2)
   t.match(badUrl.stderr, /^config error: DATABASE_URL: /m)
 
-  const unreachable = await runScript(
-    'scripts/migrate.ts',
-    [],
-    serverEnv(ctx, { NODE_ENV: 'test', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nothing' })
-  )
+  const unreachable = await runScript('scripts/migrate.ts', [], serverEnv(ctx, { NODE_ENV: 'test', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nothing' }))
   t.equal(unreachable.code, 1, 'an unreachable database is a failure, not a usage error')
   t.match(unreachable.stderr, /^migrate: .*ECONNREFUSED/m)
 })

@@ -134,15 +134,27 @@ t.test('a database outage under load: live stays 200, ready and tenant requests 
   const duringLive = answers.filter((answer) => answer.path === '/health/live' && answer.at >= downAt)
   const duringReady = answers.filter((answer) => answer.path === '/health/ready' && answer.at >= unreadyAt)
   t.same(
-    [...new Set(duringUsers.filter((answer) => answer.status !== 503 || !answer.retryAfter).map((answer) => `${answer.status ?? answer.error} ${answer.code}`))],
+    [
+      ...new Set(duringUsers.filter((answer) => answer.status !== 503 || !answer.retryAfter).map((answer) => `${answer.status ?? answer.error} ${answer.code}`))
+    ],
     [],
     `every tenant request got 503 with Retry-After (${duringUsers.length} requests)`
   )
   const codes = new Set(duringUsers.map((answer) => answer.code))
-  t.ok([...codes].every((code) => code === 'DATABASE_UNAVAILABLE' || code === 'DATABASE_BUSY'), `and said why: ${[...codes].join(', ')}`)
-  t.same(answers.filter((answer) => answer.error !== undefined).map((answer) => `${answer.path}: ${answer.error}`), [], 'no request hung or lost its connection')
+  t.ok(
+    [...codes].every((code) => code === 'DATABASE_UNAVAILABLE' || code === 'DATABASE_BUSY'),
+    `and said why: ${[...codes].join(', ')}`
+  )
+  t.same(
+    answers.filter((answer) => answer.error !== undefined).map((answer) => `${answer.path}: ${answer.error}`),
+    [],
+    'no request hung or lost its connection'
+  )
   t.ok(duringLive.length > 0 && duringLive.every((answer) => answer.status === 200), `liveness stayed 200 (${duringLive.length} probes)`)
-  t.ok(duringReady.length > 0 && duringReady.every((answer) => answer.status === 503 && answer.retryAfter), `readiness stayed 503 with Retry-After (${duringReady.length} probes)`)
+  t.ok(
+    duringReady.length > 0 && duringReady.every((answer) => answer.status === 503 && answer.retryAfter),
+    `readiness stayed 503 with Retry-After (${duringReady.length} probes)`
+  )
   t.equal(exited, false, 'the process is still running')
   const lost = server.logs.filter((line) => line.msg === 'database connection lost')
   t.ok(lost.length > 0, `the dropped connections were logged (${lost.length} lines)`)
@@ -155,16 +167,16 @@ t.test('a database outage under load: live stays 200, ready and tenant requests 
     'each line says what happened, without the client object pg-pool attaches to the error'
   )
   const pids = lost.map((line) => line.backendPid)
-  t.ok(pids.every((pid) => typeof pid === 'number'), 'each names the backend it lost')
+  t.ok(
+    pids.every((pid) => typeof pid === 'number'),
+    'each names the backend it lost'
+  )
   t.equal(new Set(pids).size, pids.length, 'and each lost connection is logged once, not once by the client and again by the pool')
 
   // The database comes back on the same address; nobody touches the service.
   await database.resume()
   const backAt = Date.now()
-  const recovered = await eventually(
-    () => answers.some((answer) => answer.at >= backAt && answer.path === '/users' && answer.status === 200),
-    30_000
-  )
+  const recovered = await eventually(() => answers.some((answer) => answer.at >= backAt && answer.path === '/users' && answer.status === 200), 30_000)
   t.ok(recovered, 'tenant requests succeed again by themselves')
   const firstSuccess = answers.find((answer) => answer.at >= backAt && answer.path === '/users' && answer.status === 200)
   t.comment(`the service answered 200 again ${firstSuccess ? firstSuccess.at - backAt : '—'} ms after PostgreSQL accepted connections again`)
@@ -172,11 +184,7 @@ t.test('a database outage under load: live stays 200, ready and tenant requests 
 
   const settledAt = Date.now()
   await eventually(() => since(settledAt, '/users').length >= 200, 30_000)
-  t.same(
-    [...new Set(since(settledAt, '/users').map((answer) => answer.status))],
-    [200],
-    'after recovery every tenant request succeeds'
-  )
+  t.same([...new Set(since(settledAt, '/users').map((answer) => answer.status))], [200], 'after recovery every tenant request succeeds')
   // The tenant-change listener reconnected too, so changes reach this instance's cache again.
   t.ok(
     await eventually(async () => {
@@ -190,7 +198,9 @@ t.test('a database outage under load: live stays 200, ready and tenant requests 
   await Promise.all(loops)
   t.equal(exited, false, 'the process never crashed')
   t.same(
-    server.logs.filter((line) => /uncaught|unhandled/i.test(String(line.msg)) || /uncaught|unhandled/i.test(JSON.stringify(line.err ?? ''))).map((line) => line.msg),
+    server.logs
+      .filter((line) => /uncaught|unhandled/i.test(String(line.msg)) || /uncaught|unhandled/i.test(JSON.stringify(line.err ?? '')))
+      .map((line) => line.msg),
     [],
     'nothing went unhandled'
   )

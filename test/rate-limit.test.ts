@@ -146,7 +146,11 @@ async function flood(url: string, headers: Record<string, string>, total: number
   return seen
 }
 
-const tally = (list: number[]) => list.reduce<Record<number, number>>((acc, status) => ({ ...acc, [status]: (acc[status] ?? 0) + 1 }), {})
+const tally = (list: number[]) => {
+  const counts: Record<number, number> = {}
+  for (const status of list) counts[status] = (counts[status] ?? 0) + 1
+  return counts
+}
 
 t.test('a noisy neighbour: while one tenant floods and is limited, every request of another succeeds', async (t) => {
   const ctx = await setupApp(t, { RATE_LIMIT_MAX: '50', PG_ACQUIRE_TIMEOUT_MS: '10000' })
@@ -258,7 +262,10 @@ async function slowToConnect(target: string, delayMs: number) {
         upstream.pipe(client)
       })
       sockets.add(upstream)
-      const end = () => (client.destroy(), upstream.destroy())
+      const end = () => {
+        client.destroy()
+        upstream.destroy()
+      }
       upstream.on('error', end).on('close', end)
       client.on('close', end)
     }, delayMs)
@@ -276,22 +283,26 @@ async function slowToConnect(target: string, delayMs: number) {
   }
 }
 
-t.test('a new instance counts its very first request in Redis: it is ready only once Redis is', { skip: sharedRedis ? false : `no Redis answers at ${SHARED_REDIS}` }, async (t) => {
-  const prefix = `tenant-service-test:${randomBytes(6).toString('hex')}:`
-  const proxy = await slowToConnect(SHARED_REDIS, 300)
-  t.teardown(() => proxy.close())
-  const ctx = await setupApp(t, { RATE_LIMIT_MAX: '6', REDIS_URL: proxy.url, RATE_LIMIT_REDIS_PREFIX: prefix })
-  t.teardown(() => dropKeys(SHARED_REDIS, prefix))
-  await createTenant(ctx, ACME)
-  for (let started = 1; started <= 3; started++) {
-    const fresh = await buildApp(ctx.config)
-    const response = await listUsers(fresh, ctx.auth.tenantUser(ACME))
-    await fresh.close()
-    t.equal(response.statusCode, 200)
-    // Counted by Redis, or the header would be missing (a store error lets a request through uncounted).
-    t.equal(response.headers['x-ratelimit-remaining'], String(6 - started), `instance ${started}'s first request spent the shared budget`)
+t.test(
+  'a new instance counts its very first request in Redis: it is ready only once Redis is',
+  { skip: sharedRedis ? false : `no Redis answers at ${SHARED_REDIS}` },
+  async (t) => {
+    const prefix = `tenant-service-test:${randomBytes(6).toString('hex')}:`
+    const proxy = await slowToConnect(SHARED_REDIS, 300)
+    t.teardown(() => proxy.close())
+    const ctx = await setupApp(t, { RATE_LIMIT_MAX: '6', REDIS_URL: proxy.url, RATE_LIMIT_REDIS_PREFIX: prefix })
+    t.teardown(() => dropKeys(SHARED_REDIS, prefix))
+    await createTenant(ctx, ACME)
+    for (let started = 1; started <= 3; started++) {
+      const fresh = await buildApp(ctx.config)
+      const response = await listUsers(fresh, ctx.auth.tenantUser(ACME))
+      await fresh.close()
+      t.equal(response.statusCode, 200)
+      // Counted by Redis, or the header would be missing (a store error lets a request through uncounted).
+      t.equal(response.headers['x-ratelimit-remaining'], String(6 - started), `instance ${started}'s first request spent the shared budget`)
+    }
   }
-})
+)
 
 /** A Redis of this test's own, which it can stop and start again on the same port. */
 async function ownRedis(port: number) {
@@ -313,39 +324,43 @@ async function ownRedis(port: number) {
   return { url: `redis://127.0.0.1:${port}`, start, stop }
 }
 
-t.test('Redis going away does not take the service down: requests are served unlimited until it is back', { skip: existsSync(REDIS_SERVER) ? false : `${REDIS_SERVER} is not installed` }, async (t: Test) => {
-  const redis = await ownRedis(await freePort())
-  t.teardown(() => redis.stop())
-  const lines: string[] = []
-  const ctx = await setupApp(
-    t,
-    { RATE_LIMIT_MAX: '3', REDIS_URL: redis.url, LOG_LEVEL: 'warn' },
-    { logStream: { write: (line: string) => void lines.push(line) } }
-  )
-  await tenants(ctx)
-  const send = () => listUsers(ctx.app, ctx.auth.tenantUser(ACME))
-  t.same(await statuses(send, 4), { 200: 3, 429: 1 }, 'limited while Redis is up')
+t.test(
+  'Redis going away does not take the service down: requests are served unlimited until it is back',
+  { skip: existsSync(REDIS_SERVER) ? false : `${REDIS_SERVER} is not installed` },
+  async (t: Test) => {
+    const redis = await ownRedis(await freePort())
+    t.teardown(() => redis.stop())
+    const lines: string[] = []
+    const ctx = await setupApp(
+      t,
+      { RATE_LIMIT_MAX: '3', REDIS_URL: redis.url, LOG_LEVEL: 'warn' },
+      { logStream: { write: (line: string) => void lines.push(line) } }
+    )
+    await tenants(ctx)
+    const send = () => listUsers(ctx.app, ctx.auth.tenantUser(ACME))
+    t.same(await statuses(send, 4), { 200: 3, 429: 1 }, 'limited while Redis is up')
 
-  await redis.stop()
-  t.same(await statuses(send, 10), { 200: 10 }, 'with Redis gone every request is served, none fails')
-  t.ok(
-    lines.some((line) => line.includes('rate-limit store (Redis) unreachable')),
-    'the log says that requests are not limited for now'
-  )
-  t.equal(lines.filter((line) => line.includes('rate-limit store (Redis) unreachable')).length, 1, 'once, not once per request')
+    await redis.stop()
+    t.same(await statuses(send, 10), { 200: 10 }, 'with Redis gone every request is served, none fails')
+    t.ok(
+      lines.some((line) => line.includes('rate-limit store (Redis) unreachable')),
+      'the log says that requests are not limited for now'
+    )
+    t.equal(lines.filter((line) => line.includes('rate-limit store (Redis) unreachable')).length, 1, 'once, not once per request')
 
-  await redis.start()
-  // A fresh Redis has no counters: the limit applies again from zero once the client reconnects.
-  t.ok(await eventually(async () => (await send()).statusCode === 429, 20_000, 100), 'the limit is back once Redis is')
+    await redis.start()
+    // A fresh Redis has no counters: the limit applies again from zero once the client reconnects.
+    t.ok(await eventually(async () => (await send()).statusCode === 429, 20_000, 100), 'the limit is back once Redis is')
 
-  const unreachable = await setupApp(t, { RATE_LIMIT_MAX: '3', REDIS_URL: `redis://127.0.0.1:${await freePort()}` })
-  await createTenant(unreachable, ACME)
-  t.same(
-    await statuses(() => listUsers(unreachable.app, unreachable.auth.tenantUser(ACME)), 6),
-    { 200: 6 },
-    'an instance whose Redis never answered serves too'
-  )
-})
+    const unreachable = await setupApp(t, { RATE_LIMIT_MAX: '3', REDIS_URL: `redis://127.0.0.1:${await freePort()}` })
+    await createTenant(unreachable, ACME)
+    t.same(
+      await statuses(() => listUsers(unreachable.app, unreachable.auth.tenantUser(ACME)), 6),
+      { 200: 6 },
+      'an instance whose Redis never answered serves too'
+    )
+  }
+)
 
 t.test('a client address spends one budget per IPv4 address or IPv6 /56, however it is written', async (t) => {
   t.equal(clientAddressKey('203.0.113.7'), '203.0.113.7')

@@ -55,7 +55,7 @@ t.test('every kind of answer carries it: success, client error, unknown route, r
   }
 })
 
-t.test("a 5xx body carries the request id, and the log line of the failure has the same one", async (t) => {
+t.test('a 5xx body carries the request id, and the log line of the failure has the same one', async (t) => {
   lines.length = 0
   const answer = await ctx.app.inject({ method: 'GET', url: '/test/bug', headers: { 'x-request-id': 'report-me-42' } })
   t.equal(answer.statusCode, 500)

@@ -33,7 +33,9 @@ function crossSchemaRoutes(app: FastifyInstance) {
     return { rows }
   })
   app.post<{ Params: { schema: string } }>('/test/write/:schema', scoped, async (request, reply) => {
-    await request.db!.query(`INSERT INTO ${pg.escapeIdentifier(request.params.schema)}.users (email, name) VALUES ('planted@alpha-co.test', 'Planted')`).catch(recordAndRethrow)
+    await request
+      .db!.query(`INSERT INTO ${pg.escapeIdentifier(request.params.schema)}.users (email, name) VALUES ('planted@alpha-co.test', 'Planted')`)
+      .catch(recordAndRethrow)
     return reply.code(201).send({ written: true })
   })
   app.get('/test/registry', scoped, async (request) => {
@@ -105,7 +107,13 @@ t.test("SQL naming another tenant's schema outright is refused by PostgreSQL (42
     t.equal(read.statusCode, 500, `${label}: the read is an error`)
     t.same(
       read.json(),
-      { statusCode: 500, code: 'INTERNAL_ERROR', error: 'Internal Server Error', message: 'Something went wrong on our side', requestId: read.headers['x-request-id'] },
+      {
+        statusCode: 500,
+        code: 'INTERNAL_ERROR',
+        error: 'Internal Server Error',
+        message: 'Something went wrong on our side',
+        requestId: read.headers['x-request-id']
+      },
       `${label}: a generic 500, carrying only its request id`
     )
     t.notMatch(read.body, /secret|beta-inc|permission/i, `${label}: the answer names neither the data, the schema nor the reason`)

@@ -133,7 +133,10 @@ t.test('SIGTERM under load: readiness 503 at once, new connections served until 
 
   t.equal(code, 0, 'the process exits 0')
   t.equal(signal, null, 'by itself')
-  t.notOk(server.logs.some((line) => /did not finish within SHUTDOWN_GRACE_MS/.test(String(line.msg))), 'within the grace period')
+  t.notOk(
+    server.logs.some((line) => /did not finish within SHUTDOWN_GRACE_MS/.test(String(line.msg))),
+    'within the grace period'
+  )
   const shutdown = logged(server, SHUTTING_DOWN)
   const closing = logged(server, CLOSING)
   t.ok(shutdown && closing && shutdown.index < closing.index, 'it announced the drain, then closed the listener')
@@ -148,7 +151,10 @@ t.test('SIGTERM under load: readiness 503 at once, new connections served until 
   })
   const probesAfter = probes.filter((probe) => (incoming.get(probe.id) ?? -1) > shutdown.index)
   t.ok(probesAfter.length > 0, `probes reached the draining service on the connection opened before (${probesAfter.length})`)
-  t.ok(probesAfter.every((probe) => probe.reusedSocket && probe.socket === probeSocket), 'all on that one connection')
+  t.ok(
+    probesAfter.every((probe) => probe.reusedSocket && probe.socket === probeSocket),
+    'all on that one connection'
+  )
   t.same(
     probesAfter.filter((probe) => probe.status !== 503).map((probe) => probe.status ?? probe.error),
     [],
@@ -166,29 +172,46 @@ t.test('SIGTERM under load: readiness 503 at once, new connections served until 
   )
   // 5 ms of slack: the client reads its clock just before it connects.
   const refusedEarly = fresh.filter((entry) => entry.error === 'ECONNREFUSED' && entry.at < closing.time - 5)
-  t.same(refusedEarly.map((entry) => entry.id), [], 'no connection was refused before the listener closed')
-  t.ok(fresh.some((entry) => entry.error === 'ECONNREFUSED'), 'once it closed, new connections were refused')
+  t.same(
+    refusedEarly.map((entry) => entry.id),
+    [],
+    'no connection was refused before the listener closed'
+  )
+  t.ok(
+    fresh.some((entry) => entry.error === 'ECONNREFUSED'),
+    'once it closed, new connections were refused'
+  )
 
   // Nothing the service accepted failed, and nothing sent before the signal was lost.
   const load = sent.filter((entry) => entry.kind !== 'probe')
   const ok = (entry: Sent) => (entry.kind === 'write' ? entry.status === 201 : entry.status === 200)
   const accepted = load.filter((entry) => completed.has(entry.id))
   t.same(
-    accepted.filter((entry) => !ok(entry) || Number(completed.get(entry.id)!.statusCode) !== entry.status).map((entry) => `${entry.id}: ${entry.status ?? entry.error}`),
+    accepted
+      .filter((entry) => !ok(entry) || Number(completed.get(entry.id)!.statusCode) !== entry.status)
+      .map((entry) => `${entry.id}: ${entry.status ?? entry.error}`),
     [],
     `every request the service accepted succeeded (${accepted.length})`
   )
-  t.same(load.filter((entry) => entry.beforeSigterm && !ok(entry)).map((entry) => `${entry.id}: ${entry.status ?? entry.error}`), [], 'every request sent before SIGTERM succeeded')
+  t.same(
+    load.filter((entry) => entry.beforeSigterm && !ok(entry)).map((entry) => `${entry.id}: ${entry.status ?? entry.error}`),
+    [],
+    'every request sent before SIGTERM succeeded'
+  )
   // The rest never reached the service: refused once the listener closed, or sent on a keep-alive
   // connection the server closed as idle when the listener closed, before it had read them (a race
   // every HTTP server has, which the readiness delay keeps load balancers out of).
   const notAccepted = load.filter((entry) => !completed.has(entry.id))
   t.same(
-    notAccepted.filter((entry) => incoming.has(entry.id) || entry.status !== undefined || !CONNECTION_ERRORS.has(entry.error!)).map((entry) => `${entry.id}: ${entry.status ?? entry.error}`),
+    notAccepted
+      .filter((entry) => incoming.has(entry.id) || entry.status !== undefined || !CONNECTION_ERRORS.has(entry.error!))
+      .map((entry) => `${entry.id}: ${entry.status ?? entry.error}`),
     [],
     'the rest never got in: the service never saw them, and their connection was refused or closed'
   )
-  t.comment(`${accepted.length} accepted and answered; ${notAccepted.length} never reached the service (${[...new Set(notAccepted.map((entry) => entry.error))].join(', ')})`)
+  t.comment(
+    `${accepted.length} accepted and answered; ${notAccepted.length} never reached the service (${[...new Set(notAccepted.map((entry) => entry.error))].join(', ')})`
+  )
 
   const created = load.filter((entry) => entry.kind === 'write' && entry.status === 201).length
   const { rows } = await ctx.admin.query<{ count: number }>(`SELECT count(*)::int AS count FROM "${TENANT}".users`)

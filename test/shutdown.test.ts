@@ -67,7 +67,13 @@ t.test('SIGTERM under load: every accepted request completes, readiness goes 503
 
   /** One request on the keep-alive agent, tagged with a request id the server logs. */
   const send = (path: string, headers: Record<string, string>) => {
-    const outcome: Outcome = { id: `drain-${++counter}`, path, sentBeforeSigterm: sigtermAt === 0, answeredBeforeSigterm: false, sentDuringShutdown: shutdownLogged }
+    const outcome: Outcome = {
+      id: `drain-${++counter}`,
+      path,
+      sentBeforeSigterm: sigtermAt === 0,
+      answeredBeforeSigterm: false,
+      sentDuringShutdown: shutdownLogged
+    }
     outcomes.push(outcome)
     return new Promise<Outcome>((resolve) => {
       const request = http.get({ host: '127.0.0.1', port: server.port, path, agent, headers: { ...headers, 'x-request-id': outcome.id } }, (response) => {
@@ -132,7 +138,10 @@ t.test('SIGTERM under load: every accepted request completes, readiness goes 503
   t.equal(signal, null)
 
   const logs = server.logs
-  t.ok(logs.some((line) => line.msg === SHUTTING_DOWN), 'it announced the drain')
+  t.ok(
+    logs.some((line) => line.msg === SHUTTING_DOWN),
+    'it announced the drain'
+  )
   // What the server accepted: every request it logged as completed, by request id.
   const completed = new Map<string, Record<string, unknown>>()
   for (const line of logs) {
@@ -150,7 +159,11 @@ t.test('SIGTERM under load: every accepted request completes, readiness goes 503
   const inFlight = accepted.filter((o) => o.sentBeforeSigterm && !o.answeredBeforeSigterm)
   t.ok(inFlight.length > 0, `requests were in flight at SIGTERM (${inFlight.length}), and they completed`)
   const answeredWithoutLog = load.filter((o) => o.status === 200 && !completed.has(o.id))
-  t.same(answeredWithoutLog.map((o) => o.id), [], 'every 200 the clients saw is one the server logged')
+  t.same(
+    answeredWithoutLog.map((o) => o.id),
+    [],
+    'every 200 the clients saw is one the server logged'
+  )
 
   // The rest never got in: refused at the door after the listener closed, or turned away while closing.
   const notAccepted = load.filter((o) => !completed.has(o.id))
@@ -158,7 +171,10 @@ t.test('SIGTERM under load: every accepted request completes, readiness goes 503
   for (const kind of refusedKinds) {
     t.ok(['ECONNREFUSED', 'ECONNRESET', 'socket hang up', 'EPIPE', 'status 503'].includes(kind!), `not accepted: ${kind}`)
   }
-  t.ok(notAccepted.every((o) => !o.sentBeforeSigterm || o.error !== undefined || o.status === 503), 'no request sent before SIGTERM got anything but an answer or a connection error')
+  t.ok(
+    notAccepted.every((o) => !o.sentBeforeSigterm || o.error !== undefined || o.status === 503),
+    'no request sent before SIGTERM got anything but an answer or a connection error'
+  )
   t.comment(
     `${accepted.length} accepted (all 200), ${inFlight.length} of them in flight at SIGTERM; ` +
       `${notAccepted.length} not accepted (${[...refusedKinds].join(', ') || 'none'}; ${notAccepted.filter((o) => o.sentBeforeSigterm).length} sent before SIGTERM)`
@@ -166,7 +182,11 @@ t.test('SIGTERM under load: every accepted request completes, readiness goes 503
 
   const readyBefore = readiness.filter((o) => o.answeredBeforeSigterm)
   t.ok(readyBefore.length > 0, `readiness was probed while serving (${readyBefore.length} probes)`)
-  t.same(readyBefore.filter((o) => o.status !== 200).map((o) => o.status ?? o.error), [], 'ready while serving')
+  t.same(
+    readyBefore.filter((o) => o.status !== 200).map((o) => o.status ?? o.error),
+    [],
+    'ready while serving'
+  )
   const readyAfter = readiness.filter((o) => o.sentDuringShutdown && o.status !== undefined)
   t.same(
     readyAfter.filter((o) => o.status !== 503).map((o) => o.status),
@@ -177,5 +197,9 @@ t.test('SIGTERM under load: every accepted request completes, readiness goes 503
   t.match(lateAnswer, /^HTTP\/1\.1 503 /, 'a readiness probe that reaches the draining server gets 503')
 
   const after = await serviceBackends(ctx.admin)
-  t.same([...after].filter((pid) => !before.has(pid)), [], 'the process left no connection behind')
+  t.same(
+    [...after].filter((pid) => !before.has(pid)),
+    [],
+    'the process left no connection behind'
+  )
 })

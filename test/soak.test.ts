@@ -81,7 +81,10 @@ t.before(async () => {
          FROM generate_series(1, ${USERS_PER_TENANT}) AS n RETURNING id`,
       [tenant]
     )
-    userIds.set(tenant, rows.map((row) => row.id))
+    userIds.set(
+      tenant,
+      rows.map((row) => row.id)
+    )
   }
   await ctx.app.listen({ port: 0, host: '127.0.0.1' })
   port = (ctx.app.server.address() as AddressInfo).port
@@ -165,7 +168,11 @@ t.test(`${TOTAL} mixed-tenant requests at concurrency ${CONCURRENCY} on a pool o
   const byStatus: Record<number, number> = {}
   for (const outcome of answered) byStatus[outcome.status!] = (byStatus[outcome.status!] ?? 0) + 1
   t.comment(`seed ${SEED}: ${answered.length} answered ${JSON.stringify(byStatus)}, ${aborted.length} aborted by the client`)
-  t.same(failed.map((outcome) => outcome.error), [], 'no request failed without the client aborting it')
+  t.same(
+    failed.map((outcome) => outcome.error),
+    [],
+    'no request failed without the client aborting it'
+  )
   t.ok(aborted.length >= TOTAL * ABORT_RATE * 0.5, `aborts were injected (${aborted.length})`)
 
   const unexpected = answered.filter((outcome) => !EXPECTED[outcome.plan.kind].includes(outcome.status!))
@@ -199,14 +206,14 @@ t.test(`${TOTAL} mixed-tenant requests at concurrency ${CONCURRENCY} on a pool o
   for (const tenant of TENANTS) {
     const { rows } = await ctx.admin.query<{ foreign: number; doomed: number }>(
       `SELECT count(*) FILTER (WHERE email NOT LIKE $1)::int AS foreign, count(*) FILTER (WHERE email LIKE 'doomed-%')::int AS doomed
-         FROM ${'"' + tenant + '"'}.users`,
+         FROM ${`"${tenant}"`}.users`,
       [`%@${tenant}.test`]
     )
     t.same(rows[0], { foreign: 0, doomed: 0 }, `${tenant}: only its own rows, none from a failed handler`)
   }
   const created = answered.filter((outcome) => outcome.plan.kind === 'create' && outcome.status === 201)
   for (const outcome of created.slice(0, 50)) {
-    const { rows } = await ctx.admin.query(`SELECT 1 FROM ${'"' + outcome.plan.tenant + '"'}.users WHERE email = $1`, [outcome.plan.body!.email])
+    const { rows } = await ctx.admin.query(`SELECT 1 FROM ${`"${outcome.plan.tenant}"`}.users WHERE email = $1`, [outcome.plan.body!.email])
     if (rows.length !== 1) t.fail(`the user created by a 201 is missing: ${outcome.plan.body!.email}`)
   }
 

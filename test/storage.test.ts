@@ -17,7 +17,10 @@ t.test('file keys stay under the tenant prefix whatever the name', async (t) => 
     const key = fileKey('acme', FILE_ID, cleanFilename(name))
     const segment = key.slice(`tenants/acme/${FILE_ID}/`.length)
     t.ok(key.startsWith(`tenants/acme/${FILE_ID}/`), `${label}: prefix`)
-    t.notOk(key.split('/').some((part) => part === '..' || part === '.'), `${label}: no dot segment`)
+    t.notOk(
+      key.split('/').some((part) => part === '..' || part === '.'),
+      `${label}: no dot segment`
+    )
     t.notOk(key.includes('\\') || key.includes('%'), `${label}: no backslash or percent`)
     t.notOk(segment.includes('/'), `${label}: one segment`)
     t.match(segment, /^[\p{L}\p{M}\p{N}][\p{L}\p{M}\p{N}._-]*$/u, `${label}: safe characters only (${segment.slice(0, 40)})`)
@@ -135,7 +138,17 @@ t.test('SigV4 verifier agrees with the examples of the S3 documentation', async 
     ok: false
   })
   t.equal(
-    canonicalRequest({ method: 'get', path: '/a b/ü', query: [['b', '2'], ['a', 'x/y']], headers: { Host: 'h' }, signedHeaders: ['host'], payloadHash: 'P' }),
+    canonicalRequest({
+      method: 'get',
+      path: '/a b/ü',
+      query: [
+        ['b', '2'],
+        ['a', 'x/y']
+      ],
+      headers: { Host: 'h' },
+      signedHeaders: ['host'],
+      payloadHash: 'P'
+    }),
     'GET\n/a%20b/%C3%BC\na=x%2Fy&b=2\nhost:h\n\nhost\nP'
   )
 })
@@ -182,7 +195,11 @@ t.test('the embedded store: bucket created once, objects kept, pages listed, COR
     token = page.IsTruncated ? page.NextContinuationToken : undefined
   } while (token)
   t.equal(pages, 3, 'a truncated listing continues with its token')
-  t.same(keys, [0, 1, 2, 3, 4, 5, 6].map((i) => `tenants/a/${i}/f`), 'every object once, in order, only under the prefix')
+  t.same(
+    keys,
+    [0, 1, 2, 3, 4, 5, 6].map((i) => `tenants/a/${i}/f`),
+    'every object once, in order, only under the prefix'
+  )
 })
 
 t.test('deletePrefix pages through the prefix and removes only it', async (t) => {

@@ -55,13 +55,7 @@ const TENANT_ROUTES = [
   { method: 'POST' as const, url: '/users', payload: { email: 'probe@example.test', name: 'Probe' } }
 ]
 
-async function expectError(
-  tt: Test,
-  headers: Record<string, string | string[]>,
-  statusCode: number,
-  code: string,
-  label: string
-) {
+async function expectError(tt: Test, headers: Record<string, string | string[]>, statusCode: number, code: string, label: string) {
   for (const route of TENANT_ROUTES) {
     const response = await ctx.app.inject({ ...route, headers })
     tt.equal(response.statusCode, statusCode, `${label}: ${route.method} ${route.url} status`)
@@ -223,8 +217,7 @@ t.test('a status change reaches another instance', async (t) => {
   await createTenant(ctx, tenant)
   const other = await buildApp(ctx.config)
   t.teardown(() => other.close())
-  const statusOn = async (app: FastifyInstance) =>
-    (await app.inject({ method: 'GET', url: '/', headers: ctx.auth.tenantUser(tenant) })).statusCode
+  const statusOn = async (app: FastifyInstance) => (await app.inject({ method: 'GET', url: '/', headers: ctx.auth.tenantUser(tenant) })).statusCode
 
   t.equal(await statusOn(other), 200, 'the second instance has the tenant cached as active')
   t.equal(await statusOn(other), 200)
@@ -283,26 +276,38 @@ t.test('statements prepared before a migration changed their table keep answerin
   await ctx.admin.query(`ALTER TABLE "${tenant}".users ALTER COLUMN name TYPE varchar(200)`)
 
   const reads = await Promise.all(Array.from({ length: 6 }, read))
-  t.same(reads.map((response) => response.statusCode), [200, 200, 200, 200, 200, 200], 'reads are answered, not failed')
+  t.same(
+    reads.map((response) => response.statusCode),
+    [200, 200, 200, 200, 200, 200],
+    'reads are answered, not failed'
+  )
   t.same(reads[0].json(), ['ada', 'bob', 'cy'])
   const writes = []
   for (const name of ['dee', 'eve', 'fay']) writes.push((await write(name)).statusCode)
   t.same(writes, [201, 201, 201], 'so are writes that open their transaction')
   const { rows } = await ctx.admin.query(`SELECT name FROM "${tenant}".users ORDER BY name`)
-  t.same(rows.map((row) => row.name), ['ada', 'bob', 'cy', 'dee', 'eve', 'fay'], 'each write happened exactly once')
+  t.same(
+    rows.map((row) => row.name),
+    ['ada', 'bob', 'cy', 'dee', 'eve', 'fay'],
+    'each write happened exactly once'
+  )
 })
 
 t.test('past 256 statements a connection evicts some, and every tenant is still answered from its own schema', async (t) => {
   // One connection, so that every tenant's statements meet on it.
-  const one = await setupApp(t, { PG_POOL_MAX: '1' }, {
-    beforeReady: (scope) => {
-      scope.get('/test/prepared', { onRequest: scope.resolveTenant }, async (request) => {
-        // Ours only: pg keeps the service's own named statements (the registry lookup) beside them.
-        const { rows } = await request.db!.query("SELECT count(*)::int AS count FROM pg_prepared_statements WHERE name ~ '^(q[0-9]+_|tenant_context)'")
-        return rows[0]
-      })
+  const one = await setupApp(
+    t,
+    { PG_POOL_MAX: '1' },
+    {
+      beforeReady: (scope) => {
+        scope.get('/test/prepared', { onRequest: scope.resolveTenant }, async (request) => {
+          // Ours only: pg keeps the service's own named statements (the registry lookup) beside them.
+          const { rows } = await request.db!.query("SELECT count(*)::int AS count FROM pg_prepared_statements WHERE name ~ '^(q[0-9]+_|tenant_context)'")
+          return rows[0]
+        })
+      }
     }
-  })
+  )
   const tenants = Array.from({ length: 280 }, (_, i) => `evict-${String(i).padStart(3, '0')}`)
   for (const tenant of tenants) await createTenant(one, tenant)
   const wrong: string[] = []

@@ -112,7 +112,7 @@ t.test('a spare cannot be named by a request or a creation, nor reached by a ten
   t.equal(asHeader.json().code, 'TENANT_ID_INVALID')
 
   const asId = await post(spare.schema)
-  t.equal(asId.statusCode, 400, 'no tenant can be created under a spare\'s name')
+  t.equal(asId.statusCode, 400, "no tenant can be created under a spare's name")
   const { rows: registered } = await ctx.admin.query(`SELECT count(*)::int AS n FROM public.tenants WHERE id = $1`, [spare.schema])
   t.equal(registered[0].n, 0)
 
@@ -132,7 +132,10 @@ t.test('a spare cannot be named by a request or a creation, nor reached by a ten
   }
   const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM "${spare.schema}".users`)
   t.equal(rows[0].n, 0, 'nothing was written into the spare')
-  t.ok((await spares()).some((candidate) => candidate.schema === spare.schema), 'and it is still a spare')
+  t.ok(
+    (await spares()).some((candidate) => candidate.schema === spare.schema),
+    'and it is still a spare'
+  )
 })
 
 t.test('a creation that fails puts its spare back', async (t) => {

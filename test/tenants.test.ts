@@ -36,7 +36,10 @@ t.test('POST /auth/tenants creates the row, the schema and the role', async (t) 
 
   t.same(await tenantRoleRights(ctx.admin, 'acme-corp', roleOf('acme-corp')), TENANT_ROLE_RIGHTS)
   const { rows: tables } = await ctx.admin.query(`SELECT tablename FROM pg_tables WHERE schemaname = 'acme-corp' ORDER BY 1`)
-  t.ok(tables.some((row) => row.tablename === 'users'), 'the tenant migrations ran in the schema')
+  t.ok(
+    tables.some((row) => row.tablename === 'users'),
+    'the tenant migrations ran in the schema'
+  )
 })
 
 t.test('a duplicate id is 409 TENANT_EXISTS and changes nothing', async (t) => {
@@ -185,10 +188,9 @@ t.test('DELETE drops the schema, the role and the row', async (t) => {
 t.test('provisioning is atomic: a failing migration leaves no row, schema or role', async (t) => {
   const migrations = await loadMigrations('tenant')
   const broken = [...migrations, { version: latestVersion(migrations) + 1, name: 'broken', sql: 'CREATE TABLE half_done (x int); SELECT 1/0' }]
-  await t.rejects(
-    provisionTenant(ctx.admin, { id: 'atomic-co', name: 'Atomic' }, { rolePrefix: ctx.config.TENANT_ROLE_PREFIX, migrations: broken }),
-    { message: /division by zero/ }
-  )
+  await t.rejects(provisionTenant(ctx.admin, { id: 'atomic-co', name: 'Atomic' }, { rolePrefix: ctx.config.TENANT_ROLE_PREFIX, migrations: broken }), {
+    message: /division by zero/
+  })
   t.same(await traces('atomic-co'), { row: false, schema: false, role: false })
   const { rows } = await ctx.admin.query(`SELECT count(*)::int AS count FROM pg_tables WHERE tablename = 'half_done'`)
   t.equal(rows[0].count, 0)

@@ -93,9 +93,7 @@ t.test('GET /users pages through every row exactly once', async (t) => {
   const created = new Set<string>()
   // Concurrent inserts share timestamps, so the (created_at, id) tie-break is exercised.
   for (let batch = 0; batch < 3; batch++) {
-    const responses = await Promise.all(
-      Array.from({ length: 9 }, (_, i) => createUser(tenant, `user-${batch}-${i}@example.test`))
-    )
+    const responses = await Promise.all(Array.from({ length: 9 }, (_, i) => createUser(tenant, `user-${batch}-${i}@example.test`)))
     for (const response of responses) {
       t.equal(response.statusCode, 201)
       created.add(response.json().id)
@@ -214,12 +212,11 @@ t.test("a tenant cannot see or touch another tenant's users", async (t) => {
   const list = await ctx.app.inject({ method: 'GET', url: '/users', query: { limit: '100' }, headers: ctx.auth.tenantUser(B) })
   t.equal(list.statusCode, 200)
   const listed = list.json().items as { id: string; email: string }[]
-  t.notOk(listed.some((user) => user.id === secret.id || user.email === secret.email), "A's user is not in B's list")
-  t.same(
-    listed.map((user) => user.id).sort(),
-    (await rowsIn(B)).map((row) => row.id).sort(),
-    "B's list is exactly B's rows"
+  t.notOk(
+    listed.some((user) => user.id === secret.id || user.email === secret.email),
+    "A's user is not in B's list"
   )
+  t.same(listed.map((user) => user.id).sort(), (await rowsIn(B)).map((row) => row.id).sort(), "B's list is exactly B's rows")
 
   const url = `/users/${secret.id}`
   const get = await ctx.app.inject({ method: 'GET', url, headers: ctx.auth.tenantUser(B) })

@@ -80,9 +80,7 @@ t.test('PG_POOL_MIN connections are opened and switched once before the service 
 })
 
 t.test('PG_POOL_MIN unset: the whole pool is opened and switched before ready', async (t) => {
-  const app = await buildApp(
-    testConfig(ctx.database, { JWT_ISSUER: ctx.issuer.url, JWT_CLIENT_ID: ctx.issuer.clientId, PG_POOL_MIN: '', PG_POOL_MAX: '3' })
-  )
+  const app = await buildApp(testConfig(ctx.database, { JWT_ISSUER: ctx.issuer.url, JWT_CLIENT_ID: ctx.issuer.clientId, PG_POOL_MIN: '', PG_POOL_MAX: '3' }))
   t.teardown(() => app.close())
   t.ok(await eventually(async () => (await readiness(app)).statusCode === 200, 10_000), 'ready once they are open')
   t.match((await readiness(app)).checks.connections, { ok: true, detail: /^3 connections opened at start, in \d+ ms$/ })

@@ -114,8 +114,7 @@ export function verificationError(error: unknown): ApiError | null {
   return null
 }
 
-const isStringArray = (value: unknown): value is string[] =>
-  Array.isArray(value) && value.every((item) => typeof item === 'string')
+const isStringArray = (value: unknown): value is string[] => Array.isArray(value) && value.every((item) => typeof item === 'string')
 
 /**
  * Turns a verified payload into the caller, applying the Cognito rules (DESIGN §5): an access token

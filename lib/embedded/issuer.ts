@@ -55,7 +55,9 @@ export async function loadIssuerIdentity(dir: string): Promise<DevIssuerIdentity
   const privateKey = createPrivateKey(pem)
   const jwk = createPublicKey(privateKey).export({ format: 'jwk' })
   // RFC 7638 thumbprint: the kid changes exactly when the key does.
-  const kid = createHash('sha256').update(JSON.stringify({ e: jwk.e, kty: jwk.kty, n: jwk.n })).digest('base64url')
+  const kid = createHash('sha256')
+    .update(JSON.stringify({ e: jwk.e, kty: jwk.kty, n: jwk.n }))
+    .digest('base64url')
 
   let stored: StoredIdentity | null = null
   try {

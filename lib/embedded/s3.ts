@@ -13,21 +13,14 @@ interface S3rverObject {
 interface S3rverInstance {
   store: {
     getBucket(name: string): Promise<unknown>
-    listObjects(
-      bucket: string,
-      options: { prefix?: string; startAfter?: string; maxKeys?: number }
-    ): Promise<{ objects: S3rverObject[]; isTruncated: boolean }>
+    listObjects(bucket: string, options: { prefix?: string; startAfter?: string; maxKeys?: number }): Promise<{ objects: S3rverObject[]; isTruncated: boolean }>
     deleteObject(bucket: string, key: string): Promise<void>
   }
   callback(): http.RequestListener
   configureBuckets(): Promise<void>
   logger: { close(): void }
 }
-type S3rverConstructor = new (options: {
-  silent: boolean
-  directory: string
-  configureBuckets: { name: string; configs: string[] }[]
-}) => S3rverInstance
+type S3rverConstructor = new (options: { silent: boolean; directory: string; configureBuckets: { name: string; configs: string[] }[] }) => S3rverInstance
 
 export interface EmbeddedS3Options {
   /** Objects live here, kept across restarts. */
@@ -68,8 +61,7 @@ const DEVELOPMENT_CORS = `<CORSConfiguration>
   </CORSRule>
 </CORSConfiguration>`
 
-const escapeXml = (text: string) =>
-  text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c]!)
+const escapeXml = (text: string) => text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c]!)
 
 /**
  * ListObjectsV2, answered here from s3rver's store. s3rver encrypts its continuation tokens with
@@ -82,7 +74,10 @@ async function listObjectsV2(s3rver: S3rverInstance, bucket: string, query: URLS
     response.end(`<?xml version="1.0" encoding="UTF-8"?>\n${body}`)
   }
   if (!(await s3rver.store.getBucket(bucket))) {
-    return xml(404, `<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>${escapeXml(bucket)}</BucketName></Error>`)
+    return xml(
+      404,
+      `<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>${escapeXml(bucket)}</BucketName></Error>`
+    )
   }
   const prefix = query.get('prefix') ?? ''
   const maxKeys = Math.min(Math.max(Number(query.get('max-keys') ?? 1000) || 0, 0), 1000)

@@ -181,18 +181,19 @@ export async function createPendingFile(
     const { rows } = await db.query<{ used: string }>('SELECT coalesce(sum(size), 0)::text AS used FROM files')
     const used = Number(rows[0].used)
     if (used + input.size > limits.quotaBytes) {
-      throw new ApiError('QUOTA_EXCEEDED',
-        `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use`
-      )
+      throw new ApiError('QUOTA_EXCEEDED', `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use`)
     }
   }
 
   const id = randomUUID()
   const filename = cleanFilename(input.filename)
-  const { rows } = await db.query<FileRow>(
-    `INSERT INTO files (id, key, filename, content_type, size) VALUES ($1, $2, $3, $4, $5) RETURNING ${COLUMNS}`,
-    [id, fileKey(tenantId, id, filename), filename, contentType, input.size]
-  )
+  const { rows } = await db.query<FileRow>(`INSERT INTO files (id, key, filename, content_type, size) VALUES ($1, $2, $3, $4, $5) RETURNING ${COLUMNS}`, [
+    id,
+    fileKey(tenantId, id, filename),
+    filename,
+    contentType,
+    input.size
+  ])
   return rows[0]
 }
 
@@ -227,11 +228,7 @@ export async function deleteFileRow(db: Queryable, id: string): Promise<FileRow>
  * Removes every object of a tenant (the step before its schema is dropped). A failure keeps the
  * storage error's status and code, with a message saying how to finish.
  */
-export async function deleteTenantObjects(
-  storage: Pick<Storage, 'deletePrefix'>,
-  tenantId: string,
-  options: { pageSize?: number } = {}
-): Promise<number> {
+export async function deleteTenantObjects(storage: Pick<Storage, 'deletePrefix'>, tenantId: string, options: { pageSize?: number } = {}): Promise<number> {
   try {
     return await storage.deletePrefix(tenantPrefix(tenantId), options)
   } catch (error) {

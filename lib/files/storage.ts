@@ -98,11 +98,11 @@ export function createStorage(options: StorageOptions) {
     async presignUpload(key: string, object: { contentType: string; size: number }): Promise<UploadInstructions> {
       const signedAt = signingDate()
       const url = await send('sign an upload', () =>
-        getSignedUrl(
-          client,
-          new PutObjectCommand({ Bucket: bucket, Key: key, ContentType: object.contentType, ContentLength: object.size }),
-          { expiresIn: presignExpiresSeconds, signingDate: signedAt, signableHeaders: new Set(['content-type', 'content-length']) }
-        )
+        getSignedUrl(client, new PutObjectCommand({ Bucket: bucket, Key: key, ContentType: object.contentType, ContentLength: object.size }), {
+          expiresIn: presignExpiresSeconds,
+          signingDate: signedAt,
+          signableHeaders: new Set(['content-type', 'content-length'])
+        })
       )
       return {
         method: 'PUT',

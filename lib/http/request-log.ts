@@ -103,4 +103,3 @@ export class LazyRequestLogger {
 /** Fastify's childLoggerFactory: each request's logger, made when it first writes (LazyRequestLogger). */
 export const lazyRequestLogger = (logger: FastifyBaseLogger, bindings: Bindings, options: ChildLoggerOptions) =>
   new LazyRequestLogger(logger as Logger, bindings, options) as unknown as FastifyBaseLogger
-

@@ -1,12 +1,7 @@
 import { ApiError, errors, serviceUnavailable } from '../../schemas/errors.ts'
 
 /** Errors of the driver or the network that mean "the database is not there right now". */
-const UNAVAILABLE_MESSAGES = [
-  'Connection terminated',
-  'connection timeout',
-  'Client has encountered a connection error',
-  'Connection terminated unexpectedly'
-]
+const UNAVAILABLE_MESSAGES = ['Connection terminated', 'connection timeout', 'Client has encountered a connection error', 'Connection terminated unexpectedly']
 const UNAVAILABLE_SYSCALL_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN'])
 
 /**

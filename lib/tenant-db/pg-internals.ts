@@ -51,7 +51,7 @@ const STREAM_METHODS = ['write', 'cork', 'uncork']
  */
 export function checkPgInternals(client?: pg.ClientBase): string[] {
   const problems: string[] = []
-  if (typeof prepareValue !== 'function') problems.push("pg/lib/utils.js no longer exports prepareValue")
+  if (typeof prepareValue !== 'function') problems.push('pg/lib/utils.js no longer exports prepareValue')
   if (typeof pg.Query !== 'function') {
     problems.push('pg no longer exports Query')
     return problems
@@ -71,7 +71,7 @@ export function checkPgInternals(client?: pg.ClientBase): string[] {
   }
   if (client) {
     const stream = connectionOf(client)?.stream as unknown as Record<string, unknown> | undefined
-    if (!stream) problems.push("a pg client has no connection.stream")
+    if (!stream) problems.push('a pg client has no connection.stream')
     else for (const method of STREAM_METHODS) if (typeof stream[method] !== 'function') problems.push(`a pg connection's stream has no ${method}()`)
   }
   return problems

@@ -14,9 +14,7 @@ import { serialize } from 'pg-protocol'
  */
 export const CONTEXT = {
   name: 'tenant_context',
-  text:
-    "SELECT WHERE (set_config('search_path', $1, true) || set_config('role', $2, true) || " +
-    "set_config('statement_timeout', $3, true)) IS NULL"
+  text: "SELECT WHERE (set_config('search_path', $1, true) || set_config('role', $2, true) || " + "set_config('statement_timeout', $3, true)) IS NULL"
 } as const
 
 /** The same for reads: also makes the transaction read-only, so PostgreSQL itself refuses any write. */

@@ -3,7 +3,17 @@
  * spare schemas made ahead of need), migrations of the control plane and of every tenant schema,
  * and the rules and SQL that turn a tenant id into names.
  */
-export { controlPlaneVersion, migrateAll, migrateControlPlane, latestVersion, loadMigrations, MIGRATIONS_ROOT, type Migration, type MigrationProgress, type MigrationSummary } from './migrations.ts'
+export {
+  controlPlaneVersion,
+  migrateAll,
+  migrateControlPlane,
+  latestVersion,
+  loadMigrations,
+  MIGRATIONS_ROOT,
+  type Migration,
+  type MigrationProgress,
+  type MigrationSummary
+} from './migrations.ts'
 export { provisionTenant } from './provisioning.ts'
 export { deleteTenant, findTenant, getTenant, listTenants, TENANT_CHANGED_CHANNEL, toTenant, updateTenant, type TenantRow } from './registry.ts'
 export { TenantSpares } from './spares.ts'

@@ -69,10 +69,7 @@ export async function migrateControlPlane(pool: pg.Pool, migrations?: Migration[
       try {
         await client.query('BEGIN')
         await client.query(migration.sql)
-        await client.query('INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)', [
-          migration.version,
-          migration.name
-        ])
+        await client.query('INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)', [migration.version, migration.name])
         await client.query('COMMIT')
       } catch (error) {
         await client.query('ROLLBACK')
@@ -156,18 +153,11 @@ const migrationLabel = (migration: Migration) => `${String(migration.version).pa
  * registry row is locked too, so a concurrent deletion of the tenant waits for the migration (or
  * the migration finds the tenant gone), never drops the schema under it.
  */
-export async function migrateTenantSchema(
-  client: pg.PoolClient,
-  tenant: TenantToMigrate,
-  migrations: Migration[]
-): Promise<{ from: number; to: number }> {
+export async function migrateTenantSchema(client: pg.PoolClient, tenant: TenantToMigrate, migrations: Migration[]): Promise<{ from: number; to: number }> {
   await client.query('BEGIN')
   try {
     await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [LOCK_TENANT_SCHEMA, tenant.schema])
-    const { rows } = await client.query<{ schema_version: number }>(
-      'SELECT schema_version FROM public.tenants WHERE id = $1 FOR UPDATE',
-      [tenant.id]
-    )
+    const { rows } = await client.query<{ schema_version: number }>('SELECT schema_version FROM public.tenants WHERE id = $1 FOR UPDATE', [tenant.id])
     if (rows.length === 0) throw new TenantGoneError(tenant.id)
     const from = rows[0].schema_version
     const pending = migrations.filter((migration) => migration.version > from)

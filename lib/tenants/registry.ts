@@ -50,11 +50,7 @@ const LIST_TENANTS = keysetSql(`SELECT ${TENANT_COLUMNS} FROM public.tenants`, '
 
 export const listTenants = (db: pg.Pool, page: { limit: number; cursor?: string }) => readPage(db, LIST_TENANTS, page, toTenant)
 
-export async function updateTenant(
-  pool: pg.Pool,
-  id: string,
-  changes: { name?: string; status?: Exclude<TenantStatus, 'deleting'> }
-): Promise<TenantRow> {
+export async function updateTenant(pool: pg.Pool, id: string, changes: { name?: string; status?: Exclude<TenantStatus, 'deleting'> }): Promise<TenantRow> {
   if (checkTenantId(id) !== null) throw errors.tenantNotFound(id)
   // A tenant being deleted stays so: reactivating it would bring back a tenant with half its files.
   const { rows } = await pool.query<TenantRow>(

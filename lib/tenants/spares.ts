@@ -239,10 +239,9 @@ export class TenantSpares {
   async #buildWhileShort(): Promise<void> {
     try {
       while (!this.#closed) {
-        const { rows } = await this.#pool.query<{ ready: number }>(
-          'SELECT count(*)::int AS ready FROM public.tenant_spares WHERE schema_version = $1',
-          [this.#version]
-        )
+        const { rows } = await this.#pool.query<{ ready: number }>('SELECT count(*)::int AS ready FROM public.tenant_spares WHERE schema_version = $1', [
+          this.#version
+        ])
         const { ready } = rows[0]
         if (this.#closed || ready + this.#building >= this.#options.target) return
         if (ready > this.#lowWater && performance.now() - this.#lastTakeAt < this.#quietMs) {

@@ -49,9 +49,7 @@ const noIssuer: KeyFor = async () => {
 export default fp(
   async function jwt(fastify: FastifyInstance) {
     const { config } = fastify
-    const keys = config.JWT_ISSUER
-      ? createKeyStore({ issuer: config.JWT_ISSUER, refetchIntervalMs: config.JWKS_REFETCH_INTERVAL_MS, log: fastify.log })
-      : null
+    const keys = config.JWT_ISSUER ? createKeyStore({ issuer: config.JWT_ISSUER, refetchIntervalMs: config.JWKS_REFETCH_INTERVAL_MS, log: fastify.log }) : null
     fastify.decorate('signingKeys', keys)
     await fastify.register(fastifyJwt, jwtOptions(config, keys ? keys.keyFor : noIssuer))
   },

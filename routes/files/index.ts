@@ -42,7 +42,18 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         tags,
         headers,
         body: CreateFileBody,
-        response: { 201: CreatedFile, ...errorResponses(...TENANT_SCOPE_ERRORS, ...WRITE_ERRORS, 'FILE_TOO_LARGE', 'CONTENT_TYPE_NOT_ALLOWED', 'QUOTA_EXCEEDED', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
+        response: {
+          201: CreatedFile,
+          ...errorResponses(
+            ...TENANT_SCOPE_ERRORS,
+            ...WRITE_ERRORS,
+            'FILE_TOO_LARGE',
+            'CONTENT_TYPE_NOT_ALLOWED',
+            'QUOTA_EXCEEDED',
+            'STORAGE_UNAVAILABLE',
+            'STORAGE_ERROR'
+          )
+        }
       }
     },
     async (request, reply) => {
@@ -53,7 +64,10 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         quotaBytes: config.TENANT_STORAGE_QUOTA_BYTES
       })
       const upload = await storage.presignUpload(keyOf(tenant.id, row), { contentType: row.content_type, size: Number(row.size) })
-      return reply.code(201).header('location', `/files/${row.id}`).send({ file: toFile(row), upload })
+      return reply
+        .code(201)
+        .header('location', `/files/${row.id}`)
+        .send({ file: toFile(row), upload })
     }
   )
 
@@ -64,12 +78,22 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         operationId: 'completeUpload',
         summary: 'Finish an upload',
         description:
-          'Checks that the object exists with the declared size and marks the file uploaded. ' +
-          'Calling it again for an uploaded file answers the same.',
+          'Checks that the object exists with the declared size and marks the file uploaded. ' + 'Calling it again for an uploaded file answers the same.',
         tags,
         headers,
         params: IdParams,
-        response: { 200: ref(File), ...errorResponses(...TENANT_SCOPE_ERRORS, ...WRITE_ERRORS, 'FILE_NOT_FOUND', 'UPLOAD_MISSING', 'UPLOAD_SIZE_MISMATCH', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
+        response: {
+          200: ref(File),
+          ...errorResponses(
+            ...TENANT_SCOPE_ERRORS,
+            ...WRITE_ERRORS,
+            'FILE_NOT_FOUND',
+            'UPLOAD_MISSING',
+            'UPLOAD_SIZE_MISMATCH',
+            'STORAGE_UNAVAILABLE',
+            'STORAGE_ERROR'
+          )
+        }
       }
     },
     async (request) => {
@@ -84,10 +108,7 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         // Only a store that does not enforce the signed Content-Length lets this through; the
         // object is removed so the declared size stays the truth and the upload can be redone.
         await storage.deleteObject(key)
-        throw new ApiError(
-          'UPLOAD_SIZE_MISMATCH',
-          `The uploaded object has ${object.size} bytes, not the declared ${row.size}; it was discarded`
-        )
+        throw new ApiError('UPLOAD_SIZE_MISMATCH', `The uploaded object has ${object.size} bytes, not the declared ${row.size}; it was discarded`)
       }
       return toFile(await markUploaded(request.db!, row.id))
     }
@@ -133,7 +154,10 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         tags,
         headers,
         params: IdParams,
-        response: { 200: Download, ...errorResponses(...TENANT_SCOPE_ERRORS, ...DATABASE_ERRORS, 'FILE_NOT_FOUND', 'FILE_NOT_UPLOADED', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
+        response: {
+          200: Download,
+          ...errorResponses(...TENANT_SCOPE_ERRORS, ...DATABASE_ERRORS, 'FILE_NOT_FOUND', 'FILE_NOT_UPLOADED', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR')
+        }
       }
     },
     async (request) => {
@@ -154,7 +178,10 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         tags,
         headers,
         params: IdParams,
-        response: { 204: { type: 'null', description: 'Deleted' }, ...errorResponses(...TENANT_SCOPE_ERRORS, ...WRITE_ERRORS, 'FILE_NOT_FOUND', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
+        response: {
+          204: { type: 'null', description: 'Deleted' },
+          ...errorResponses(...TENANT_SCOPE_ERRORS, ...WRITE_ERRORS, 'FILE_NOT_FOUND', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR')
+        }
       }
     },
     async (request, reply) => {

@@ -9,7 +9,13 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     {
       // Probes are never rate limited: a limited probe would take a healthy instance out of service.
       config: { rateLimit: false },
-      schema: { operationId: 'getLiveness', summary: 'Liveness probe', tags: ['health'], security: [], response: { 200: Liveness, ...errorResponses(...TRANSPORT_ERRORS) } }
+      schema: {
+        operationId: 'getLiveness',
+        summary: 'Liveness probe',
+        tags: ['health'],
+        security: [],
+        response: { 200: Liveness, ...errorResponses(...TRANSPORT_ERRORS) }
+      }
     },
     async () => ({ status: 'ok' as const })
   )
@@ -30,10 +36,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     },
     async (_request, reply) => {
-      const [{ ready, checks }, state] = await Promise.all([
-        fastify.readiness.evaluate(),
-        fastify.migrationState.report()
-      ])
+      const [{ ready, checks }, state] = await Promise.all([fastify.readiness.evaluate(), fastify.migrationState.report()])
       if (!ready) reply.code(503).header('retry-after', '1')
       return {
         status: ready ? ('ready' as const) : ('unavailable' as const),

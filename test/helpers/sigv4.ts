@@ -138,7 +138,9 @@ export function signingKey(secretAccessKey: string, date: string, region: string
 export function computeSignature(secretAccessKey: string, amzDate: string, scope: string, canonical: string): string {
   const [date, region, service] = scope.split('/')
   const stringToSign = [ALGORITHM, amzDate, scope, sha256Hex(canonical)].join('\n')
-  return createHmac('sha256', signingKey(secretAccessKey, date, region, service)).update(stringToSign, 'utf8').digest('hex')
+  return createHmac('sha256', signingKey(secretAccessKey, date, region, service))
+    .update(stringToSign, 'utf8')
+    .digest('hex')
 }
 
 function parseAmzDate(amzDate: string): Date | null {

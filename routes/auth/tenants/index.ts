@@ -87,7 +87,10 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
           '`deleting` (refusing requests) and repeating the DELETE finishes the job.',
         tags: ['tenants'],
         params: TenantParams,
-        response: { 204: { type: 'null', description: 'Deleted' }, ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR') }
+        response: {
+          204: { type: 'null', description: 'Deleted' },
+          ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR')
+        }
       }
     },
     async (request, reply) => {
