@@ -1,6 +1,6 @@
 /**
  * What the bench loads: each case is a route, how a request to it is built for a tenant, and how
- * its answer is checked. BENCHMARKS.md ("The cases") describes them.
+ * its answer is checked. bench/README.md describes them.
  */
 import type { TestIssuer } from '../test/helpers/issuer.ts'
 import type { BenchTenant } from './database.ts'

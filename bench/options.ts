@@ -11,7 +11,7 @@ export const USAGE = `Usage: npm run bench -- [options]
 Loads the service (production mode, bench/server.ts) with autocannon and compares its
 tenant-scoped routes with bare routes doing the same query, in alternating rounds. It provisions
 its own database (on BENCH_DATABASE_URL, else the PostgreSQL at 127.0.0.1:5432, else an embedded
-one) and drops it, with its tenant roles, at the end. See BENCHMARKS.md.
+one) and drops it, with its tenant roles, at the end. See bench/README.md.
 
 Options:
   --tenants N                tenants the uniform cases spread over (default 100; --quick: 10);

@@ -1,6 +1,6 @@
 /**
  * A phase: cases loaded side by side in alternating rounds after a warm-up, each figure then set
- * against its floor's in the same round (BENCHMARKS.md, "Rounds").
+ * against its floor's in the same round (bench/README.md).
  */
 import { tenantRoleName } from '../lib/tenants/index.ts'
 import type { PhaseCase } from './cases.ts'

@@ -1,6 +1,6 @@
 /**
- * `npm run bench`: the load test of the tenant context switch (DESIGN §3 and §8; BENCHMARKS.md
- * says how to read it).
+ * `npm run bench`: the load test of the tenant context switch (DESIGN §3 and §8; bench/README.md
+ * says how to read it, BENCHMARKS.md has the latest figures).
  *
  * It provisions a database of its own, starts the service in production mode as a child process
  * (bench/server.ts: the real service plus the comparison routes of bench/comparison-routes.ts),

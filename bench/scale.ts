@@ -1,7 +1,7 @@
 /**
  * Latency with many tenants in the database against latency with few, side by side, as every other
  * comparison: a second database of --tenants tenants with a service of its own, configured alike,
- * loaded in the same rounds as the large one (BENCHMARKS.md, "100 → 10,000 tenants").
+ * loaded in the same rounds as the large one (BENCHMARKS.md, R4; bench/README.md).
  */
 import type pg from 'pg'
 import type { Migration } from '../lib/tenants/index.ts'
@@ -77,10 +77,10 @@ export async function compareAtScale(setup: ScaleSetup): Promise<ScaleResult> {
   // Both sides are served by services started after the cluster's last role change, each once its
   // spare stock is full. A role change (provisioning a tenant, building a spare, the role-switch
   // probe) makes every open connection of the cluster rebuild its login's membership list on its
-  // next switch to a tenant role, about 0.3 s at 10,000 tenants on PostgreSQL 15 (BENCHMARKS.md,
-  // "Tenant roles and PostgreSQL versions"); a service switches each of its connections once at
+  // next switch to a tenant role, on PostgreSQL 15 a cost that grows with the tenants (BENCHMARKS.md,
+  // R2); a service switches each of its connections once at
   // start. Measured without this, a connection still owing its rebuild stalled the requests behind
-  // it for up to 1.4 s mid-round, which is the cost of a role change, not of the tenants' number.
+  // it mid-round (BENCHMARKS.md, C19), which is the cost of a role change, not of the tenants' number.
   // The large side's service is new too, as the small side's is: the one that served the earlier
   // phases would bring their history into the comparison.
   const spareTarget = Number(setup.serviceEnv.TENANT_SPARES ?? EnvSchema.properties.TENANT_SPARES.default)

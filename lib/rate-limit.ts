@@ -57,7 +57,7 @@ const MEMORY_STORE_KEYS = 50_000
  * Fixed-window counters in memory, for instances without Redis. Answers synchronously. A key is
  * (re)inserted only when its window starts, so the map's order is the order windows started and
  * a request within a window is one lookup and one increment: moving the key on every request
- * (delete and set) measured slower than everything else this hook does.
+ * (delete and set) measured slower than everything else this hook does (BENCHMARKS.md, C5).
  */
 export class MemoryStore implements WindowStore {
   readonly #windows = new Map<string, { count: number; endsAt: number }>()

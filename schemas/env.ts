@@ -62,8 +62,8 @@ export const EnvSchema = Type.Object({
    * Connections the pool keeps open however long they stay idle (at most PG_POOL_MAX); the others
    * close after 30 s idle. Unset, the whole pool is kept, as a fixed-size pool: on PostgreSQL 15 a
    * new connection's first switch to a tenant role costs time that grows with the square of the
-   * tenants (0.2–0.3 s at 10,000), and a pool that keeps its connections pays it once at start
-   * rather than in requests after every quiet spell (BENCHMARKS.md, "100 → 10,000 tenants").
+   * tenants (BENCHMARKS.md, R2), and a pool that keeps its connections pays it once at start
+   * rather than in requests after every quiet spell (BENCHMARKS.md, C17, C18 and R4).
    * 0 gives every idle connection back to PostgreSQL.
    */
   PG_POOL_MIN: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000 })),

@@ -180,8 +180,8 @@ export interface AcceptedTokensOptions {
 
 /**
  * Callers of tokens accepted recently, by the token's text. The verifier keeps a cache too, but
- * finds a token by its SHA-256 and hands back a payload still to be read: together about 15 µs of
- * CPU per request, more than everything else authentication does. A Map keyed by the token text
+ * finds a token by its SHA-256 and hands back a payload still to be read: together more CPU per
+ * request than everything else authentication does (BENCHMARKS.md, C10). A Map keyed by the token text
  * costs a string hash. An entry lives for `ttlMs` at most and never past the token's `exp` (plus
  * the clock tolerance the verifier grants), so nothing is accepted that the verifier would refuse,
  * but for a key withdrawn less than `ttlMs` ago. Only accepted tokens enter: a flood of forged ones

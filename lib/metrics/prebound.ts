@@ -3,7 +3,7 @@ import type { Registry } from 'prom-client'
 /**
  * Prometheus metrics whose series are resolved ahead of the observations: for the request path.
  * prom-client's Histogram and Counter hash their label object on every observation, which measured
- * as the largest single cost our hooks added to a request (BENCH-REF prebound). Here a caller
+ * as the largest single cost our hooks added to a request (BENCHMARKS.md, C6). Here a caller
  * resolves a series once (per route and status, per tenant) and then counts with an array or field
  * increment. Both classes are registered in a prom-client Registry like any other
  * metric and render the same exposition lines, so scrapes and dashboards cannot tell them apart.

@@ -16,7 +16,7 @@ const DESCRIBE_EXECUTE_SYNC = Buffer.concat([serialize.describe({ type: 'P', nam
  * survives it on the connection.
  *
  * Queries without parameters go this way too: sent in the simple protocol, the context statement
- * and the query would both be parsed and planned at every request, which measured slower.
+ * and the query would both be parsed and planned at every request (BENCHMARKS.md, C21).
  *
  * It extends pg's Query so the pool's pipelining accepts it, and uses Query's result handling;
  * only the writing of messages, and skipping the completions of the statements in front, is ours.

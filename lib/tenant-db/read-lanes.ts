@@ -43,8 +43,8 @@ export type LaneCallback = (error: Error | null, lane: Lane | null) => void
  * survives into the next, so flights of different requests and tenants can follow each other on
  * one connection, pipelined, without either waiting for the connection to be free. PostgreSQL then
  * works through several requests per wake-up and answers them in one read, instead of every
- * request checking a connection out of the pool and back: measured on 2 cores, half the database
- * CPU per read and about 1.5× the throughput.
+ * request checking a connection out of the pool and back: half the database CPU per read
+ * (BENCHMARKS.md, R1 and C12).
  *
  * Each read goes to the lane with the fewest queries in flight, and never to a stalled one (busy
  * and silent for STALL_MS): a slow query holds up only the reads queued behind it before it was

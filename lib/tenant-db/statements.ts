@@ -4,8 +4,8 @@ import type { TenantScope } from './scope.ts'
 /**
  * Named statements kept per connection. A tenant's queries are prepared under names of their own,
  * because PostgreSQL re-plans a prepared statement whenever search_path differs from the one it
- * was planned under: one name shared by all tenants would be re-planned at almost every use. The
- * cap bounds what a connection holds on the server however many tenants there are.
+ * was planned under: one name shared by all tenants would be re-planned at almost every use
+ * (BENCHMARKS.md, C21). The cap bounds what a connection holds on the server however many tenants there are.
  */
 const MAX_STATEMENTS_PER_CONNECTION = 256
 
@@ -23,7 +23,7 @@ export const NO_ROWS = 'no rows'
  * (second chance) eviction, an approximation of least recently used: a use only sets the flag,
  * with no reordering, and the sweep that makes room moves used names to the back and evicts the
  * first unused one. Reordering a map on every use (delete and set) measured as the costliest part
- * of writing a query (BENCH-REF statement cache). `shape`, once known, lets later
+ * of writing a query (BENCHMARKS.md, C7). `shape`, once known, lets later
  * executions skip Describe: the server sends no RowDescription, and nothing rebuilds the row parsers.
  */
 export interface Prepared {

@@ -4,8 +4,8 @@ import type pg from 'pg'
  * One statement that switches to one of the tenant roles for its own implicit transaction only,
  * as a request's context does (DESIGN §6), and leaves nothing behind. The switch checks that the
  * login is a member of the role, and a connection's first check builds the list of the login's
- * memberships, which PostgreSQL 15 does in time that grows with the square of the tenants (about
- * 0.3 s at 10,000; BENCHMARKS.md, "Tenant roles and PostgreSQL versions"). Done here, that first
+ * memberships, which PostgreSQL 15 does in time that grows with the square of the tenants
+ * (BENCHMARKS.md, R2). Done here, that first
  * switch is not a request's. With no tenant role yet it switches nothing.
  */
 const FIRST_SWITCH = `SELECT set_config('role', r.rolname, true)

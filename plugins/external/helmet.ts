@@ -40,8 +40,8 @@ export const apiOptions: HelmetOptions = {
 /**
  * The headers helmet sets with these options, computed once. None of them depends on the request
  * (no directive is a function), so running helmet per request, as @fastify/helmet does (it
- * rebuilds the middleware and re-parses the policy every time), only costs CPU and garbage: it
- * measured about a tenth of the service's whole per-request cost.
+ * rebuilds the middleware and re-parses the policy every time), only costs CPU and garbage
+ * (BENCHMARKS.md, C2).
  */
 export function securityHeaders(options: HelmetOptions): Record<string, string> {
   const headers: Record<string, string> = {}
@@ -72,8 +72,8 @@ export const documentHeaders = securityHeaders(documentOptions)
  * X-DNS-Prefetch-Control, X-Download-Options, X-Permitted-Cross-Domain-Policies and
  * X-XSS-Protection only affect HTML documents or browsers long gone. Each header line is written
  * and parsed at both ends of every answer: with helmet's whole set an answer carried more header
- * than body, and each line cost the load generator of a paired run about 1.5% of `GET /`'s
- * throughput at 10 connections (BENCHMARKS.md).
+ * than body, and each line cost the load generator of a paired run a measurable share of
+ * `GET /`'s throughput (BENCHMARKS.md, C3 and C4).
  */
 const API_HEADER_NAMES = ['content-security-policy', 'strict-transport-security', 'x-content-type-options', 'x-frame-options']
 const apiHelmetHeaders = securityHeaders(apiOptions)
