@@ -11,7 +11,7 @@ import { clientErrorHandler, frameworkErrors, MAX_HEADER_BYTES } from './lib/htt
 import { requestId } from './lib/http/request-id.ts'
 import { lazyRequestLogger, requestLines } from './lib/http/request-log.ts'
 import { migrateControlPlane } from './lib/tenants/index.ts'
-import { loadConfigOrExit, trustProxy, type Config } from './schemas/env.ts'
+import { directDatabaseUrl, loadConfigOrExit, trustProxy, type Config } from './schemas/env.ts'
 
 const projectRoot = path.dirname(fileURLToPath(import.meta.url)).replace(/[\\/]dist$/, '')
 export const DATA_DIR = path.join(projectRoot, '.data')
@@ -150,7 +150,7 @@ export async function main() {
     // The control plane (public) is brought up to date at start; an advisory lock serialises
     // replicas that start together. Tenant schemas are `npm run migrate`'s job.
     if (config.MIGRATE_ON_START) {
-      const pool = new pg.Pool({ connectionString: config.DATABASE_URL, max: 1 })
+      const pool = new pg.Pool({ connectionString: directDatabaseUrl(config), max: 1 })
       await migrateControlPlane(pool).finally(() => pool.end())
     }
     await fastify.register(fp(app), { config })

@@ -2,7 +2,7 @@ import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { REQUEST_ID_HEADER } from '../lib/http/request-id.ts'
-import { RequestFinishedError, toApiError } from '../lib/tenant-db/index.ts'
+import { databaseFailure, RequestFinishedError, toApiError } from '../lib/tenant-db/index.ts'
 import { BODY_ERRORS, errorBody, withErrorCodes, type ErrorBody, type ErrorCode } from '../schemas/errors.ts'
 
 /** Fastify's own client errors, renamed into our vocabulary. */
@@ -78,7 +78,9 @@ export default fp(
       }
 
       if (payload.statusCode >= 500) {
-        request.log.error({ err: error, tenant: request.tenant?.id, code: payload.code }, 'request failed')
+        // The client hears only the generic answer; the log has what PostgreSQL said, and where.
+        const database = databaseFailure(apiError ?? error)
+        request.log.error({ err: error, tenant: request.tenant?.id, code: payload.code, ...(database && { database }) }, 'request failed')
       } else {
         request.log.info({ tenant: request.tenant?.id, code: payload.code, message: payload.message }, 'request rejected')
       }

@@ -57,6 +57,18 @@ export const EnvSchema = Type.Object({
   ),
 
   DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
+  /**
+   * A direct (session) connection for what needs a session, when DATABASE_URL goes through a
+   * transaction-mode pooler: the tenant-change listener (LISTEN), the control-plane migration's
+   * advisory lock, and `npm run migrate`. Unset: DATABASE_URL.
+   */
+  DATABASE_DIRECT_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
+  /**
+   * false: no named prepared statements, for a pooler in transaction mode that cannot carry them
+   * (PgBouncer before 1.21, Debian's 1.18 included). Every statement is then parsed at each use;
+   * the context and the query still travel in one round trip.
+   */
+  PG_PREPARED_STATEMENTS: Type.Boolean({ default: true }),
   PG_POOL_MAX: Integer(20, 1, 1000),
   /**
    * Connections the pool keeps open however long they stay idle (at most PG_POOL_MAX); the others
@@ -77,6 +89,12 @@ export const EnvSchema = Type.Object({
   PG_STATEMENT_TIMEOUT_MS: Integer(5000, 1),
   /** Tenant roles are `<prefix><tenant id>`; roles are cluster-wide, so a cluster shared by several deployments needs distinct prefixes. */
   TENANT_ROLE_PREFIX: Type.String({ default: 't_', pattern: '^[a-z][a-z0-9_]{0,15}$' }),
+  /**
+   * `role`: each request runs as its tenant's role as well as in its schema (DESIGN §6, layers 1
+   * and 2). `search_path`: in its schema only, as the service's role; for a Citus cluster that must
+   * serve more tenants than its workers have connections for roles (lib/tenant-db/citus.ts).
+   */
+  TENANT_ISOLATION: Type.Union([Type.Literal('role'), Type.Literal('search_path')], { default: 'role' }),
   /**
    * Tenant schemas kept built ahead of need (lib/tenants/spares.ts): creating a tenant
    * renames one instead of creating its tables while the client waits. 0 builds every tenant on the spot.
@@ -164,7 +182,13 @@ export class ConfigError extends Error {
  * Reads and validates the configuration. Unknown variables are ignored; every bad or missing
  * variable is reported, one line each, naming it.
  */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+/**
+ * What an entry point needs checked: the whole service, or only the database (`npm run migrate`,
+ * which uses nothing else and must not need S3 or an issuer configured).
+ */
+export type ConfigScope = 'service' | 'database'
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, scope: ConfigScope = 'service'): Config {
   const known = Object.keys(EnvSchema.properties)
   const raw: Record<string, unknown> = {}
   for (const key of known) {
@@ -192,14 +216,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (config.DATABASE_URL !== undefined && !databaseUrlRejected && !isUsableDatabaseUrl(config.DATABASE_URL)) {
     problems.push('DATABASE_URL: not a valid postgres:// URL')
   }
+  const directRejected = problems.some((problem) => problem.startsWith('DATABASE_DIRECT_URL'))
+  if (config.DATABASE_DIRECT_URL !== undefined && !directRejected && !isUsableDatabaseUrl(config.DATABASE_DIRECT_URL)) {
+    problems.push('DATABASE_DIRECT_URL: not a valid postgres:// URL')
+  }
+  if (config.DATABASE_DIRECT_URL !== undefined && config.DATABASE_URL === undefined) {
+    problems.push('DATABASE_DIRECT_URL: set DATABASE_URL too (the direct connection is only for what needs a session)')
+  }
   if (config.NODE_ENV === 'production' && config.DATABASE_URL === undefined) {
     problems.push('DATABASE_URL: required when NODE_ENV=production')
   }
-  if (config.NODE_ENV === 'production' && config.S3_BUCKET === undefined && !problems.some((problem) => problem.startsWith('S3_BUCKET'))) {
-    problems.push('S3_BUCKET: required when NODE_ENV=production')
+  if (scope === 'service') {
+    if (config.NODE_ENV === 'production' && config.S3_BUCKET === undefined && !problems.some((problem) => problem.startsWith('S3_BUCKET'))) {
+      problems.push('S3_BUCKET: required when NODE_ENV=production')
+    }
+    checkIssuer(config, problems)
+    checkHttpSettings(config, problems)
   }
-  checkIssuer(config, problems)
-  checkHttpSettings(config, problems)
 
   if (problems.length > 0) throw new ConfigError(problems)
   return config
@@ -218,6 +251,9 @@ export function loadConfigOrExit(env: NodeJS.ProcessEnv = process.env): Config {
     process.exit(1)
   }
 }
+
+/** The connection for what needs a session (LISTEN, advisory locks, migrations): DATABASE_DIRECT_URL, else DATABASE_URL. */
+export const directDatabaseUrl = (config: Pick<Config, 'DATABASE_URL' | 'DATABASE_DIRECT_URL'>) => config.DATABASE_DIRECT_URL ?? config.DATABASE_URL
 
 /** The connections the pool keeps open when idle: PG_POOL_MIN, or the whole pool when it is unset. */
 export function keptConnections(config: Pick<Config, 'PG_POOL_MIN' | 'PG_POOL_MAX'>): number {

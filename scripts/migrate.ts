@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { migrateAll, type MigrationProgress, type MigrationSummary } from '../lib/tenants/index.ts'
-import { ConfigError, loadConfig, type Config } from '../schemas/env.ts'
+import { ConfigError, directDatabaseUrl, loadConfig, type Config } from '../schemas/env.ts'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 // scripts/ from the sources, dist/scripts/ from the build: both share the project's .data.
@@ -35,8 +35,9 @@ Options:
                          with the service)
   -h, --help             show this help
 
-Configuration comes from the environment (DATABASE_URL; see the README). Outside production and
-without DATABASE_URL, the embedded PostgreSQL of \`npm start\` (.data/postgres) is used.
+Configuration comes from the environment: DATABASE_DIRECT_URL, else DATABASE_URL, and nothing
+else (a session is needed: not through a transaction-mode pooler). Outside production and without
+either, the embedded PostgreSQL of \`npm start\` (.data/postgres) is used.
 
 Exit status: 0 all migrated, 1 a tenant or the control plane failed, 2 bad usage or configuration,
 130 interrupted.`
@@ -152,6 +153,7 @@ export function formatSummary(summary: MigrationSummary): string {
   lines.push(`  failed:          ${summary.failed.length}`)
   for (const failure of summary.failed) lines.push(`    ${failure.tenant}: ${failure.error}`)
   if (summary.gone > 0) lines.push(`  deleted during the run: ${summary.gone}`)
+  if (summary.lockRetries > 0) lines.push(`  attempts that gave up on a lock and were made again: ${summary.lockRetries}`)
   if (summary.interrupted) lines.push(`  not attempted (interrupted): ${summary.skipped}`)
   lines.push(`duration: ${formatDuration(summary.durationMs)}`)
   if (summary.failed.length > 0 || summary.interrupted) {
@@ -176,7 +178,8 @@ function runningEmbeddedPostgres(dataDir: string): string | null {
 }
 
 async function resolveDatabase(config: Config, log: (message: string) => void): Promise<{ url: string; stop?: () => Promise<void> }> {
-  if (config.DATABASE_URL) return { url: config.DATABASE_URL }
+  const direct = directDatabaseUrl(config)
+  if (direct) return { url: direct }
   const running = runningEmbeddedPostgres(EMBEDDED_DATA_DIR)
   if (running) {
     log('using the embedded PostgreSQL that npm start is running (.data/postgres)')
@@ -201,7 +204,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       process.stdout.write(`${USAGE}\n`)
       return 0
     }
-    config = loadConfig(env)
+    config = loadConfig(env, 'database')
   } catch (error) {
     if (error instanceof UsageError) {
       log(`migrate: ${error.message}\n\n${USAGE}`)

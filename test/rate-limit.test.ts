@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import http from 'node:http'
@@ -10,13 +9,13 @@ import t, { type Test } from 'tap'
 import { clientAddressKey } from '../lib/rate-limit.ts'
 import { freePort } from '../lib/embedded/postgres.ts'
 import { buildApp, createTenant, setupApp, type TestContext } from './helpers/app.ts'
+import { ownRedis, REDIS_SERVER, redisAnswers } from './helpers/redis.ts'
 import { eventually } from './helpers/wait.ts'
 
 const ACME = 'acme-corp'
 const GLOBEX = 'globex'
 const INITECH = 'initech'
 const SHARED_REDIS = 'redis://127.0.0.1:6379'
-const REDIS_SERVER = '/usr/bin/redis-server'
 
 const ERROR_SHAPE = { statusCode: 429, code: 'RATE_LIMITED', error: 'Too Many Requests', message: String }
 
@@ -174,19 +173,6 @@ t.test('a noisy neighbour: while one tenant floods and is limited, every request
   t.same(tally(quiet), { 200: 40 }, 'the quiet tenant was served every time')
 })
 
-async function redisAnswers(url: string): Promise<boolean> {
-  const probe = new Redis(url, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  probe.on('error', () => undefined)
-  try {
-    await probe.connect()
-    return (await probe.ping()) === 'PONG'
-  } catch {
-    return false
-  } finally {
-    probe.disconnect()
-  }
-}
-
 /** Deletes every key under `prefix` (the test's own), so parallel runs and reruns start clean. */
 async function dropKeys(url: string, prefix: string): Promise<number> {
   const redis = new Redis(url)
@@ -303,26 +289,6 @@ t.test(
     }
   }
 )
-
-/** A Redis of this test's own, which it can stop and start again on the same port. */
-async function ownRedis(port: number) {
-  let child: ChildProcess | null = null
-  const start = async () => {
-    child = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-    const url = `redis://127.0.0.1:${port}`
-    for (let i = 0; i < 100 && !(await redisAnswers(url)); i++) await sleep(50)
-  }
-  const stop = async () => {
-    const running = child
-    child = null
-    if (!running || running.exitCode !== null) return
-    const exited = new Promise((resolve) => running.once('exit', resolve))
-    running.kill('SIGKILL')
-    await exited
-  }
-  await start()
-  return { url: `redis://127.0.0.1:${port}`, start, stop }
-}
 
 t.test(
   'Redis going away does not take the service down: requests are served unlimited until it is back',

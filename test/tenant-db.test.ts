@@ -1,6 +1,6 @@
 import pg from 'pg'
 import t from 'tap'
-import { createTenantDb, type ResolvedTenant, type TenantDb } from '../lib/tenant-db/index.ts'
+import { createTenantDb, databaseKind, type ResolvedTenant, type TenantDb, UNCACHED_WORKER_CONNECTIONS } from '../lib/tenant-db/index.ts'
 import { checkPgInternals } from '../lib/tenant-db/pg-internals.ts'
 import { CONTEXT, CONTEXT_READ_ONLY, createScope, scopeMode } from '../lib/tenant-db/scope.ts'
 import { migrateControlPlane, provisionTenant } from '../lib/tenants/index.ts'
@@ -73,7 +73,7 @@ t.test('the switch: one context statement, its values per tenant, and when it ri
   t.equal(scopeMode(true, false), 'read', 'every read carries the read-only context')
   t.equal(scopeMode(false, false), 'begin', "a mutation's first query opens the transaction with the context")
   t.equal(scopeMode(false, true), 'none', 'its later queries ride in that transaction')
-  const scope = createScope({ schema: 'acme-corp', role: 't_acme-corp' }, 1500)
+  const scope = createScope({ schema: 'acme-corp', role: 't_acme-corp' }, { statementTimeoutMs: 1500, prepared: true, tenantRoles: true })
   t.same(scope.values, ['"acme-corp"', 't_acme-corp', '1500'], 'search_path is the quoted schema only, then the role and the timeout')
   t.match(CONTEXT.text, /set_config\('search_path', \$1, true\).*set_config\('role', \$2, true\).*set_config\('statement_timeout', \$3, true\)/)
   t.match(CONTEXT_READ_ONLY.text, /set_config\('transaction_read_only', 'on', true\)/)
@@ -167,4 +167,28 @@ t.test('read lanes carry the reads of many requests and tenants on one connectio
   t.ok(own.totalCount <= 2, `the reads shared the lane rather than a connection each (${own.totalCount} open)`)
   t.equal(switches.length, 30, 'the observer passed in saw every context switch')
   t.ok(switches.every((seconds) => seconds >= 0 && seconds < 60))
+})
+
+t.test('TENANT_ISOLATION=search_path: the tenant schema, as the service role', async (t) => {
+  const db = createTenantDb(pool, { statementTimeoutMs: STATEMENT_TIMEOUT_MS, cacheTtlMs: 1000, readLanes: 0, tenantRoles: false })
+  t.teardown(() => db.stop())
+  const handle = db.open(await resolve(db, 'beta-co'), true)
+  const { rows } = await handle.query<{ schema: string; role: string; session: string }>(
+    'SELECT current_schema() AS schema, current_user AS role, session_user AS session'
+  )
+  handle.finish(false)
+  t.equal(rows[0].schema, 'beta-co')
+  t.equal(rows[0].role, rows[0].session, "no tenant role: the service's own")
+})
+
+t.test('the Citus connection setting is a no-op on plain PostgreSQL', async (t) => {
+  const client = await pool.connect()
+  try {
+    await client.query(UNCACHED_WORKER_CONNECTIONS)
+    const { rows } = await client.query(`SELECT current_setting('citus.max_cached_conns_per_worker', true) AS setting`)
+    t.equal(rows[0].setting, null, 'nothing set where Citus is not installed')
+    t.same(await databaseKind(client), { citus: null, workers: 0, postgres: (await client.query('SHOW server_version')).rows[0].server_version })
+  } finally {
+    client.release()
+  }
 })

@@ -57,7 +57,7 @@ export class ScopedQuery extends PgQueryClass implements FlightWriter {
     this.#statements = statementsOf(connection)
     const flight: Buffer[] = []
     this.#pendingCompletions = writeScope(flight, this.scope, this.mode, this)
-    const name = statementName(this.text, this.scope)
+    const name = this.scope.prepared ? statementName(this.text, this.scope) : undefined
     let shape: Prepared['shape'] = null
     if (name === undefined) {
       flight.push(serialize.parse({ text: this.text }))

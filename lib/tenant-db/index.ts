@@ -14,9 +14,10 @@ import { assertPgInternals } from './pg-internals.ts'
 import { ReadLanes } from './read-lanes.ts'
 import { createTenantCache, scopeOf, type ResolvedTenant } from './tenant-cache.ts'
 
-export { toApiError } from './pg-errors.ts'
+export { databaseFailure, toApiError } from './pg-errors.ts'
 export { RequestFinishedError, TenantScopedDb, type ContextSwitchObserver } from './handle.ts'
 export type { ResolvedTenant } from './tenant-cache.ts'
+export { databaseKind, UNCACHED_WORKER_CONNECTIONS, type DatabaseKind } from './citus.ts'
 export { warmConnections } from './warm-connections.ts'
 
 /** What queries a tenant's data: a request's handle, or anything with the same `query`. */
@@ -31,6 +32,12 @@ export interface TenantDbOptions {
   cacheTtlMs: number
   /** Pooled connections that carry the reads of every request, pipelined (read-lanes.ts); 0 for none. */
   readLanes: number
+  /** Named prepared statements (the default); false for a transaction-mode pooler without support for them. */
+  preparedStatements?: boolean
+  /** Run as the tenant's role too (the default); false: in the tenant's schema, as the service's role. */
+  tenantRoles?: boolean
+  /** A session connection for LISTEN when the pool goes through a transaction-mode pooler. */
+  listenConnectionString?: string
   log?: Log
   /** Told the time from having a connection to the result of a handle's first query, context included. */
   onContextSwitch?: ContextSwitchObserver
@@ -39,7 +46,14 @@ export interface TenantDbOptions {
 /** The tenant-scoped database of one pool. */
 export function createTenantDb(pool: pg.Pool, options: TenantDbOptions) {
   assertPgInternals()
-  const cache = createTenantCache(pool, { statementTimeoutMs: options.statementTimeoutMs, ttlMs: options.cacheTtlMs, log: options.log })
+  const cache = createTenantCache(pool, {
+    statementTimeoutMs: options.statementTimeoutMs,
+    ttlMs: options.cacheTtlMs,
+    preparedStatements: options.preparedStatements,
+    tenantRoles: options.tenantRoles,
+    listenConnectionString: options.listenConnectionString,
+    log: options.log
+  })
   const lanes = new ReadLanes(pool, options.readLanes)
   const environment = { pool, lanes, onContextSwitch: options.onContextSwitch ?? null }
 

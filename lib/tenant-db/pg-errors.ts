@@ -6,10 +6,17 @@ const UNAVAILABLE_SYSCALL_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMED
 
 /**
  * Translates what PostgreSQL or the driver threw into what it means to a client, or null when it
- * means nothing to them (a bug: it stays a logged 500).
+ * means nothing to them (a bug: it stays a logged 500). What was thrown stays attached as the
+ * answer's `cause`, for the log (databaseFailure).
  */
 export function toApiError(error: unknown): ApiError | null {
   if (error instanceof ApiError) return error
+  const mapped = mapDatabaseError(error)
+  if (mapped) mapped.cause = error
+  return mapped
+}
+
+function mapDatabaseError(error: unknown): ApiError | null {
   if (!(error instanceof Error)) return null
   const code = (error as { code?: unknown }).code
   if (typeof code === 'string') {
@@ -42,4 +49,26 @@ export function toApiError(error: unknown): ApiError | null {
     return errors.databaseUnavailable()
   }
   return null
+}
+
+/** Citus names the node a forwarded command failed on, in the message or in the context. */
+const REMOTE_NODE = /(?:remote node|command on|connection to) "?(?:[^@\s"]+@)?([\w.-]+:\d+)/
+
+/**
+ * What PostgreSQL (or the driver) said about a failure behind an answer, for the log line of a
+ * 5xx: its message, code and severity, detail and context, and the remote node when a Citus worker
+ * failed or refused. Null when the answer has no database failure behind it.
+ */
+export function databaseFailure(error: unknown): Record<string, string> | null {
+  const cause = error instanceof ApiError ? error.cause : error
+  if (!(cause instanceof Error)) return null
+  const failure = cause as Error & Partial<Record<'code' | 'severity' | 'detail' | 'hint' | 'where', string>>
+  if (!failure.code && !UNAVAILABLE_MESSAGES.some((message) => failure.message.includes(message))) return null
+  const described: Record<string, string> = { message: failure.message }
+  for (const field of ['code', 'severity', 'detail', 'hint', 'where'] as const) {
+    if (typeof failure[field] === 'string') described[field] = failure[field]
+  }
+  const node = REMOTE_NODE.exec(`${failure.message} ${failure.where ?? ''}`)?.[1]
+  if (node) described.node = node
+  return described
 }

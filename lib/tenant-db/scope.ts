@@ -31,6 +31,11 @@ export const CONTEXT_READ_ONLY = {
  * every request of the tenant), and how its prepared statements are named (see statements.ts).
  */
 export interface TenantScope {
+  /**
+   * Statements are prepared under names kept per connection (statements.ts); false for a pooler
+   * that cannot carry named statements: every statement of a flight is then the unnamed one.
+   */
+  readonly prepared: boolean
   /** search_path, role, statement timeout. */
   readonly values: readonly string[]
   readonly bindReadOnly: Buffer
@@ -45,10 +50,19 @@ let statementTags = 0
 
 const EXECUTE = serialize.execute()
 
-export function createScope(tenant: { schema: string; role: string }, statementTimeoutMs: number): TenantScope {
-  const values = [pg.escapeIdentifier(tenant.schema), tenant.role, String(Math.trunc(statementTimeoutMs))]
-  const bind = (statement: string) => Buffer.concat([serialize.bind({ statement, values }), EXECUTE])
+export interface ScopeOptions {
+  statementTimeoutMs: number
+  prepared: boolean
+  /** Switch to the tenant's role too (TENANT_ISOLATION=role); else `none`: the service's own role. */
+  tenantRoles: boolean
+}
+
+export function createScope(tenant: { schema: string; role: string }, options: ScopeOptions): TenantScope {
+  const role = options.tenantRoles ? tenant.role : 'none'
+  const values = [pg.escapeIdentifier(tenant.schema), role, String(Math.trunc(options.statementTimeoutMs))]
+  const bind = (statement: string) => Buffer.concat([serialize.bind({ statement: options.prepared ? statement : '', values }), EXECUTE])
   return {
+    prepared: options.prepared,
     values,
     bindReadOnly: bind(CONTEXT_READ_ONLY.name),
     bindReadWrite: bind(CONTEXT.name),
@@ -73,6 +87,9 @@ export function scopeMode(readOnly: boolean, inTransaction: boolean): ScopeMode 
 
 /** BEGIN as one unnamed Parse, Bind and Execute: serialised once. */
 const BEGIN_FLIGHT = Buffer.concat([serialize.parse({ text: 'BEGIN' }), serialize.bind({}), serialize.execute()])
+/** The context statements' Parse as the unnamed statement, for scopes that prepare nothing. */
+const PARSE_CONTEXT_UNNAMED = serialize.parse({ text: CONTEXT.text })
+const PARSE_CONTEXT_READ_ONLY_UNNAMED = serialize.parse({ text: CONTEXT_READ_ONLY.text })
 
 /** What writes a flight: it adds a statement's Parse when its connection has not prepared it yet. */
 export interface FlightWriter {
@@ -87,7 +104,8 @@ export function writeScope(flight: Buffer[], scope: TenantScope, mode: ScopeMode
   if (mode === 'none') return 0
   if (mode === 'begin') flight.push(BEGIN_FLIGHT)
   const statement = mode === 'read' ? CONTEXT_READ_ONLY : CONTEXT
-  writer.prepareStatement(flight, statement.name, statement.text)
+  if (scope.prepared) writer.prepareStatement(flight, statement.name, statement.text)
+  else flight.push(mode === 'read' ? PARSE_CONTEXT_READ_ONLY_UNNAMED : PARSE_CONTEXT_UNNAMED)
   flight.push(mode === 'read' ? scope.bindReadOnly : scope.bindReadWrite)
   return mode === 'begin' ? 2 : 1
 }

@@ -33,6 +33,12 @@ interface Entry {
 
 export interface TenantCacheOptions {
   statementTimeoutMs: number
+  /** Queries of the tenants' handles use named prepared statements (PG_PREPARED_STATEMENTS). */
+  preparedStatements?: boolean
+  /** Queries run as the tenant's role (TENANT_ISOLATION=role, the default). */
+  tenantRoles?: boolean
+  /** Where to LISTEN for tenant changes: a session, not a transaction-mode pooler. Default: the pool's. */
+  listenConnectionString?: string
   /** Trust for entries while change notifications are not arriving (listener down). */
   ttlMs: number
   maxEntries?: number
@@ -68,7 +74,14 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
     let tenant: ResolvedTenant | null = null
     if (row) {
       tenant = Object.freeze({ id: row.id, name: row.name, schema: row.schema, role: row.role, status: row.status })
-      scopes.set(tenant, createScope(row, options.statementTimeoutMs))
+      scopes.set(
+        tenant,
+        createScope(row, {
+          statementTimeoutMs: options.statementTimeoutMs,
+          prepared: options.preparedStatements ?? true,
+          tenantRoles: options.tenantRoles ?? true
+        })
+      )
     }
     if (entries.size >= maxEntries) entries.delete(entries.keys().next().value as string)
     entries.set(id, { tenant, fetchedAt: Date.now() })
@@ -111,7 +124,7 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
 
   async function listen(): Promise<void> {
     if (stopped) return
-    const client = new pg.Client(pool.options)
+    const client = new pg.Client(options.listenConnectionString ? { ...pool.options, connectionString: options.listenConnectionString } : pool.options)
     listener = client
     client.on('error', onListenerLost)
     client.on('end', () => onListenerLost())

@@ -2,6 +2,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
+import { statementsOf } from './split-sql.ts'
 import { grantTenantRoleSql } from './sql.ts'
 
 export interface Migration {
@@ -68,7 +69,7 @@ export async function migrateControlPlane(pool: pg.Pool, migrations?: Migration[
       if (done.has(migration.version)) continue
       try {
         await client.query('BEGIN')
-        await client.query(migration.sql)
+        for (const statement of statementsOf(migration)) await client.query(statement)
         await client.query('INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)', [migration.version, migration.name])
         await client.query('COMMIT')
       } catch (error) {
@@ -147,15 +148,37 @@ export async function ensureTenantRole(client: pg.PoolClient, role: string): Pro
 const migrationLabel = (migration: Migration) => `${String(migration.version).padStart(4, '0')}_${migration.name}`
 
 /**
- * Applies the pending tenant migrations to one schema, in one transaction that also records the new
- * version, so a tenant is either wholly at the new version or untouched. An advisory lock keeps two
- * migrators off the same schema; the second one finds the work done and applies nothing. The
- * registry row is locked too, so a concurrent deletion of the tenant waits for the migration (or
- * the migration finds the tenant gone), never drops the schema under it.
+ * How long a tenant migration waits for a lock (the schema's advisory lock, its registry row, a
+ * table a request is using) before giving up: DDL queues behind the lock it waits for, and every
+ * request of the tenant would queue behind the DDL. A tenant that gives up is tried again.
  */
-export async function migrateTenantSchema(client: pg.PoolClient, tenant: TenantToMigrate, migrations: Migration[]): Promise<{ from: number; to: number }> {
+export const MIGRATION_LOCK_TIMEOUT_MS = 3000
+
+/** PostgreSQL gave up waiting for a lock (lock_timeout). */
+export const isLockTimeout = (error: unknown): boolean => {
+  for (let cause = error as { code?: string; cause?: unknown } | undefined; cause; cause = cause.cause as typeof cause) {
+    if (cause.code === '55P03') return true
+  }
+  return false
+}
+
+/**
+ * Applies the pending tenant migrations to one schema, in one transaction that also records the new
+ * version, so a tenant is either wholly at the new version or untouched. Each statement is a
+ * message of its own (DESIGN §9). An advisory lock keeps two migrators off the same schema; the
+ * second one finds the work done and applies nothing. The registry row is locked too, so a
+ * concurrent deletion of the tenant waits for the migration (or the migration finds the tenant
+ * gone), never drops the schema under it. No lock is waited for longer than `lockTimeoutMs`.
+ */
+export async function migrateTenantSchema(
+  client: pg.PoolClient,
+  tenant: TenantToMigrate,
+  migrations: Migration[],
+  options: { lockTimeoutMs?: number } = {}
+): Promise<{ from: number; to: number }> {
   await client.query('BEGIN')
   try {
+    await client.query(`SET LOCAL lock_timeout = ${Math.trunc(options.lockTimeoutMs ?? MIGRATION_LOCK_TIMEOUT_MS)}`)
     await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [LOCK_TENANT_SCHEMA, tenant.schema])
     const { rows } = await client.query<{ schema_version: number }>('SELECT schema_version FROM public.tenants WHERE id = $1 FOR UPDATE', [tenant.id])
     if (rows.length === 0) throw new TenantGoneError(tenant.id)
@@ -166,7 +189,7 @@ export async function migrateTenantSchema(client: pg.PoolClient, tenant: TenantT
       await client.query(`SET LOCAL search_path TO ${pg.escapeIdentifier(tenant.schema)}`)
       for (const migration of pending) {
         try {
-          await client.query(migration.sql)
+          for (const statement of statementsOf(migration)) await client.query(statement)
         } catch (error) {
           throw new Error(`migration ${migrationLabel(migration)}: ${(error as Error).message}`, { cause: error })
         }
@@ -174,7 +197,7 @@ export async function migrateTenantSchema(client: pg.PoolClient, tenant: TenantT
     }
     // New tables are granted to the role through the schema's default privileges; a role that had
     // to be created again gets its rights on everything already there.
-    if (await ensureTenantRole(client, tenant.role)) await client.query(grantTenantRoleSql(tenant))
+    if (await ensureTenantRole(client, tenant.role)) for (const statement of grantTenantRoleSql(tenant)) await client.query(statement)
     await client.query(
       `UPDATE public.tenants SET schema_version = greatest(schema_version, $2), migration_status = 'ok', migration_error = NULL
         WHERE id = $1 AND (schema_version < $2 OR migration_status <> 'ok')`,
@@ -205,6 +228,8 @@ export interface MigrationSummary {
   failed: { tenant: string; error: string }[]
   /** Tenants not attempted because the run was aborted. */
   skipped: number
+  /** Attempts given up on a lock (lock_timeout) and made again later in the run. */
+  lockRetries: number
   interrupted: boolean
   latestVersion: number
   durationMs: number
@@ -219,13 +244,20 @@ export interface MigrateAllOptions {
   tenantMigrations?: Migration[]
   /** When aborted, no further tenant is started; those under way finish, and the summary says so. */
   signal?: AbortSignal
+  /** The longest wait for a lock in a tenant's migration (default MIGRATION_LOCK_TIMEOUT_MS). */
+  lockTimeoutMs?: number
 }
+
+/** Attempts of a tenant whose migration keeps giving up on a lock, before it is reported as failed. */
+const LOCK_ATTEMPTS = 3
 
 /**
  * Migrates the control plane, then every tenant schema, `concurrency` at a time. A tenant that
  * fails is recorded (`migration_status = 'failed'`, with the error) and reported; the others carry
- * on. Running it again resumes: only versions above each tenant's `schema_version` are applied, and
- * tenants already at the latest version only have their grants re-checked.
+ * on. A tenant that gives up on a lock (a busy tenant's table) is tried again after the others,
+ * up to LOCK_ATTEMPTS times. Running it again resumes: only versions above each tenant's
+ * `schema_version` are applied, and tenants already at the latest version only have their grants
+ * re-checked.
  */
 export async function migrateAll(pool: pg.Pool, options: MigrateAllOptions = {}): Promise<MigrationSummary> {
   const started = performance.now()
@@ -242,29 +274,41 @@ export async function migrateAll(pool: pg.Pool, options: MigrateAllOptions = {})
     gone: 0,
     failed: [],
     skipped: 0,
+    lockRetries: 0,
     interrupted: false,
     latestVersion: latestVersion(migrations),
     durationMs: 0
   }
+  /** The tenants to migrate, in order; one that gave up on a lock is queued again at the end. */
+  const queue = [...tenants]
   let next = 0
   let done = 0
+  const attempts = new Map<string, number>()
   let fatal: { error: unknown } | null = null
   const stopping = () => fatal !== null || options.signal?.aborted === true
 
   const worker = async () => {
     let client: pg.PoolClient | null = null
     try {
-      while (next < tenants.length && !stopping()) {
-        const tenant = tenants[next++]
+      while (next < queue.length && !stopping()) {
+        const tenant = queue[next++]
         client ??= await pool.connect()
         try {
-          const { from, to } = await migrateTenantSchema(client, tenant, migrations)
+          const { from, to } = await migrateTenantSchema(client, tenant, migrations, { lockTimeoutMs: options.lockTimeoutMs })
           if (to > from) summary.migrated++
           else summary.upToDate++
         } catch (error) {
           // After a failure the connection's state is not worth trusting: the next tenant gets a new one.
           client.release(true)
           client = null
+          const attempt = (attempts.get(tenant.id) ?? 0) + 1
+          if (isLockTimeout(error) && attempt < LOCK_ATTEMPTS) {
+            // Again after the tenants still to come; nothing is counted done yet.
+            attempts.set(tenant.id, attempt)
+            summary.lockRetries++
+            queue.push(tenant)
+            continue
+          }
           if (error instanceof TenantGoneError) {
             summary.gone++
           } else {

@@ -1,6 +1,6 @@
 import pg from 'pg'
 import { ApiError } from '../../schemas/errors.ts'
-import { runInTransaction } from '../transaction.ts'
+import { runInTransaction, sendEach } from '../transaction.ts'
 import { latestVersion, loadMigrations, type Migration } from './migrations.ts'
 import { TENANT_CHANGED_CHANNEL, TENANT_COLUMNS, type TenantRow } from './registry.ts'
 import type { TenantSpares } from './spares.ts'
@@ -15,7 +15,8 @@ export interface ProvisionOptions {
 }
 
 /**
- * Creates a tenant: registry row, role, schema and every tenant migration, in one transaction; or,
+ * Creates a tenant: registry row, role, schema and every tenant migration, in one transaction, one
+ * statement per message (Citus refuses several DDL statements in one, DESIGN §9); or,
  * when `spares` has one ready, by renaming a spare schema and role built the same way at the same
  * migration version, in one transaction too. Any failure rolls all of it back, so there is never a
  * schema without a row, or the reverse (a spare taken is put back).
@@ -46,7 +47,8 @@ export async function provisionTenant(pool: pg.Pool, input: { id: string; name: 
         `NOTIFY ${TENANT_CHANGED_CHANNEL}, ${id}`,
         `SELECT ${TENANT_COLUMNS} FROM public.tenants WHERE id = ${id}`
       ]
-      const results = (await client.query(script.join(';\n'))) as unknown as pg.QueryResult<TenantRow>[]
+      // One statement per message (DESIGN §9), all in one round trip where the pool pipelines.
+      const results = await sendEach<TenantRow>(client, script)
       return results.at(-1)?.rows[0]
     })
   } catch (error) {

@@ -2,7 +2,7 @@ import pg from 'pg'
 import { errors } from '../../schemas/errors.ts'
 import type { Tenant, TenantStatus } from '../../schemas/tenant.ts'
 import { keysetSql, readPage } from '../pagination.ts'
-import { runInTransaction } from '../transaction.ts'
+import { runInTransaction, sendEach } from '../transaction.ts'
 import { checkTenantId } from './sql.ts'
 
 /** Channel on which every instance hears that a tenant changed, so caches drop it at once. */
@@ -32,11 +32,8 @@ export const toTenant = (row: TenantRow): Tenant => ({
 })
 
 export async function findTenant(db: pg.Pool | pg.PoolClient, id: string): Promise<TenantRow | undefined> {
-  const { rows } = await db.query<TenantRow>({
-    name: 'tenant-by-id',
-    text: `SELECT ${TENANT_COLUMNS} FROM public.tenants WHERE id = $1`,
-    values: [id]
-  })
+  // Unnamed: a transaction-mode pooler may carry no named statement (PG_PREPARED_STATEMENTS).
+  const { rows } = await db.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM public.tenants WHERE id = $1`, [id])
   return rows[0]
 }
 
@@ -102,15 +99,13 @@ export async function deleteTenant(pool: pg.Pool, id: string, options: DeleteTen
     const row = rows[0]
     if (!row) throw errors.tenantNotFound(id)
     const role = pg.escapeIdentifier(row.role)
-    await client.query(
-      [
-        `DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(row.schema)} CASCADE`,
-        `DELETE FROM public.tenants WHERE id = ${pg.escapeLiteral(id)}`,
-        // DROP OWNED revokes whatever the role was granted in this database, which DROP ROLE requires.
-        `DROP OWNED BY ${role}`,
-        `DROP ROLE ${role}`,
-        `NOTIFY ${TENANT_CHANGED_CHANNEL}, ${pg.escapeLiteral(id)}`
-      ].join(';\n')
-    )
+    await sendEach(client, [
+      `DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(row.schema)} CASCADE`,
+      `DELETE FROM public.tenants WHERE id = ${pg.escapeLiteral(id)}`,
+      // DROP OWNED revokes whatever the role was granted in this database, which DROP ROLE requires.
+      `DROP OWNED BY ${role}`,
+      `DROP ROLE ${role}`,
+      `NOTIFY ${TENANT_CHANGED_CHANNEL}, ${pg.escapeLiteral(id)}`
+    ])
   })
 }

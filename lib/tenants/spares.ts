@@ -272,21 +272,19 @@ export class TenantSpares {
       `INSERT INTO public.tenant_spares (schema, role, schema_version)
          VALUES (${pg.escapeLiteral(spare.schema)}, ${pg.escapeLiteral(spare.role)}, ${this.#version})`
     ]
-    await runInTransaction(this.#pool, (client) => client.query(script.join(';\n')))
+    await runInTransaction(this.#pool, (client) => sendEach(client, script))
   }
 
   /** Drops a spare of an older version, unless someone else is dropping or taking it. */
   async #drop(spare: TenantIdentity): Promise<void> {
     const role = pg.escapeIdentifier(spare.role)
     await runInTransaction(this.#pool, (client) =>
-      client.query(
-        [
-          `DELETE FROM public.tenant_spares WHERE schema = ${pg.escapeLiteral(spare.schema)}`,
-          `DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(spare.schema)} CASCADE`,
-          `DROP OWNED BY ${role}`,
-          `DROP ROLE ${role}`
-        ].join(';\n')
-      )
+      sendEach(client, [
+        `DELETE FROM public.tenant_spares WHERE schema = ${pg.escapeLiteral(spare.schema)}`,
+        `DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(spare.schema)} CASCADE`,
+        `DROP OWNED BY ${role}`,
+        `DROP ROLE ${role}`
+      ])
     )
   }
 

@@ -3,6 +3,7 @@ import pg from 'pg'
 import { TENANT_ID_PATTERN } from '../../schemas/common.ts'
 import { ApiError } from '../../schemas/errors.ts'
 import type { Migration } from './migrations.ts'
+import { statementsOf } from './split-sql.ts'
 
 /**
  * Everything that turns a tenant id into SQL text lives here. Identifiers go through
@@ -60,30 +61,31 @@ export interface TenantIdentity {
  * creation. (Granting ON ALL TABLES IN SCHEMA instead scans all of pg_class, which with thousands
  * of tenants makes each provisioning and each tenant migration tens of milliseconds slower.)
  */
-export function tenantPrivilegesSql(tenant: TenantIdentity): string {
+export function tenantPrivilegesSql(tenant: TenantIdentity): string[] {
   const schema = pg.escapeIdentifier(tenant.schema)
   const role = pg.escapeIdentifier(tenant.role)
   return [
     `GRANT USAGE ON SCHEMA ${schema} TO ${role}`,
     `ALTER DEFAULT PRIVILEGES IN SCHEMA ${schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ${role}`,
     `ALTER DEFAULT PRIVILEGES IN SCHEMA ${schema} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO ${role}`
-  ].join('; ')
+  ]
 }
 
 /** The same rights re-granted on everything already in the schema: the repair of a recreated role. */
-export function grantTenantRoleSql(tenant: TenantIdentity): string {
+export function grantTenantRoleSql(tenant: TenantIdentity): string[] {
   const schema = pg.escapeIdentifier(tenant.schema)
   const role = pg.escapeIdentifier(tenant.role)
   return [
-    tenantPrivilegesSql(tenant),
+    ...tenantPrivilegesSql(tenant),
     `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ${schema} TO ${role}`,
     `GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA ${schema} TO ${role}`
-  ].join('; ')
+  ]
 }
 
 /**
  * What makes a tenant's schema: its role, the schema, the role's rights and every tenant
- * migration, for one transaction that also registers it (a tenant) or records it (a spare).
+ * migration, for one transaction that also registers it (a tenant) or records it (a spare). One
+ * statement per element, to be sent one per message (DESIGN §9).
  */
 export function tenantSchemaSql(identity: TenantIdentity, migrations: Migration[]): string[] {
   const schema = pg.escapeIdentifier(identity.schema)
@@ -95,8 +97,8 @@ export function tenantSchemaSql(identity: TenantIdentity, migrations: Migration[
     `GRANT ${role} TO CURRENT_USER`,
     `CREATE SCHEMA ${schema}`,
     // Before the migrations, so that every table they create is granted to the role at creation.
-    tenantPrivilegesSql(identity),
+    ...tenantPrivilegesSql(identity),
     `SET LOCAL search_path TO ${schema}`,
-    ...migrations.map((migration) => migration.sql)
+    ...migrations.flatMap(statementsOf)
   ]
 }

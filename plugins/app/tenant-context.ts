@@ -45,6 +45,9 @@ export default fp(
       cacheTtlMs: config.TENANT_CACHE_TTL_MS,
       // At most all connections but one: writes need a connection of their own.
       readLanes: Math.min(config.PG_READ_LANES, config.PG_POOL_MAX - 1),
+      preparedStatements: config.PG_PREPARED_STATEMENTS,
+      tenantRoles: config.TENANT_ISOLATION === 'role',
+      listenConnectionString: config.DATABASE_DIRECT_URL,
       log: fastify.log,
       onContextSwitch: (seconds) => contextSwitch.observe(seconds)
     })

@@ -2,6 +2,7 @@ import fastifyPostgres, { type PostgresPluginOptions } from '@fastify/postgres'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
+import { databaseKind, UNCACHED_WORKER_CONNECTIONS, type DatabaseKind } from '../../lib/tenant-db/index.ts'
 import { keptConnections } from '../../schemas/env.ts'
 
 /** The pool options derived from configuration. */
@@ -42,9 +43,33 @@ export default fp(
       fastify.log.warn({ err: { type: error.name, message: error.message, code, severity }, backendPid }, 'database connection lost')
     }
     pool.on('error', connectionLost)
+    const tenantRoles = fastify.config.TENANT_ISOLATION === 'role'
     pool.on('connect', (client) => {
       client.on('error', (error) => connectionLost(error, client))
+      // On a Citus coordinator, no worker connection cached per tenant role (lib/tenant-db/citus.ts).
+      // Not awaited: pg runs it before anything the connection is handed out for.
+      if (tenantRoles) client.query(UNCACHED_WORKER_CONNECTIONS).catch(() => undefined)
     })
+
+    // What the database is, and so what a worker's connections are bounded by, said once at start.
+    // Not awaited: the start waits for nothing the database may be slow to give.
+    fastify.addHook('onReady', async () => {
+      void databaseKind(pool).then(logDatabaseKind, () => undefined)
+    })
+    const logDatabaseKind = (kind: DatabaseKind) => {
+      const { config } = fastify
+      if (!kind.citus) {
+        fastify.log.info({ postgres: kind.postgres, isolation: config.TENANT_ISOLATION }, `database: PostgreSQL ${kind.postgres}`)
+        return
+      }
+      const perWorker = tenantRoles
+        ? `tenant roles on, worker connections not cached: at most PG_POOL_MAX (${config.PG_POOL_MAX}) per worker for each replica`
+        : `TENANT_ISOLATION=search_path, worker connections cached for the service's role: at most PG_POOL_MAX (${config.PG_POOL_MAX}) per worker for each replica`
+      fastify.log.info(
+        { postgres: kind.postgres, citus: kind.citus, workers: kind.workers, isolation: config.TENANT_ISOLATION },
+        `database: Citus ${kind.citus} coordinator with ${kind.workers} workers; ${perWorker}`
+      )
+    }
   },
   { name: 'postgres' }
 )

@@ -8,7 +8,8 @@ import app from '../../app.ts'
 import { migrateControlPlane } from '../../lib/tenants/index.ts'
 import { ConfigError, loadConfig, type Config } from '../../schemas/env.ts'
 import { loggerOptions, serverOptions } from '../../server.ts'
-import { createTestDatabase, type TestDatabase } from './database.ts'
+import { clusterUrl, createTestDatabase, type TestDatabase } from './database.ts'
+import { startPgBouncer, type PgBouncer } from './pgbouncer.ts'
 import { startTestIssuer, type TestIssuer } from './issuer.ts'
 import { startTestS3, type TestS3 } from './s3.ts'
 
@@ -126,6 +127,14 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 }
 
 /**
+ * With TEST_PGBOUNCER=1 (`.ci/run` sets it for a part of the suite), the services the tests build
+ * reach their database through a PgBouncer in transaction mode, as a deployment behind one does:
+ * DATABASE_URL through the pooler, DATABASE_DIRECT_URL for what needs a session, and no named
+ * prepared statements. The tests' own `admin` pool stays direct.
+ */
+const THROUGH_PGBOUNCER = process.env.TEST_PGBOUNCER === '1'
+
+/**
  * A fresh database with the control plane migrated, a token issuer, and the service built on them,
  * trusting the issuer through JWT_ISSUER and JWT_CLIENT_ID as in production (`env` wins). Everything
  * is closed and dropped when the test ends.
@@ -139,18 +148,25 @@ export async function setupApp(t: Teardown, env: Record<string, string> = {}, op
   let fastify: FastifyInstance | undefined
   let issuer: TestIssuer | undefined
   let s3: TestS3 | undefined
+  let bouncer: PgBouncer | undefined
   // One teardown, so the order is certain: the service lets go of the database before it is dropped.
   t.teardown(async () => {
     await fastify?.close()
     await issuer?.close()
     await s3?.stop()
     await admin.end()
+    await bouncer?.stop()
     await database.drop()
   })
   issuer = await startTestIssuer()
   if (options.s3) s3 = await startTestS3()
   await migrateControlPlane(admin)
-  const config = testConfig(database, { JWT_ISSUER: issuer.url, JWT_CLIENT_ID: issuer.clientId, ...s3?.env, ...env })
+  const pooled: Record<string, string> = {}
+  if (THROUGH_PGBOUNCER) {
+    bouncer = await startPgBouncer(clusterUrl)
+    Object.assign(pooled, { DATABASE_URL: bouncer.through(database.url), DATABASE_DIRECT_URL: database.url, PG_PREPARED_STATEMENTS: 'false' })
+  }
+  const config = testConfig(database, { JWT_ISSUER: issuer.url, JWT_CLIENT_ID: issuer.clientId, ...s3?.env, ...pooled, ...env })
   fastify = await buildApp(config, options)
   return { app: fastify, config, database, admin, issuer, s3, auth: issuerAuth(issuer, config) }
 }

@@ -26,6 +26,8 @@ export function serverEnv(context?: { config: Config }, overrides: Env = {}): Re
   }
   if (context) {
     env.DATABASE_URL = context.config.DATABASE_URL
+    env.DATABASE_DIRECT_URL = context.config.DATABASE_DIRECT_URL
+    env.PG_PREPARED_STATEMENTS = String(context.config.PG_PREPARED_STATEMENTS)
     env.TENANT_ROLE_PREFIX = context.config.TENANT_ROLE_PREFIX
     env.TENANT_SPARES = String(context.config.TENANT_SPARES)
     if (context.config.PG_POOL_MIN !== undefined) env.PG_POOL_MIN = String(context.config.PG_POOL_MIN)
