@@ -14,6 +14,8 @@ export interface CaseDef {
   label: string
   /** Served by the bare Fastify + pg process (bench/bare-floor.ts) rather than the service. */
   bareProcess?: boolean
+  /** Served by a second service reaching the database through PgBouncer in transaction mode. */
+  pooled?: boolean
   /** The case this one is divided by: the same query on the service's pool, without tenant context. */
   floor?: string
   /** The bare process's counterpart of this case, which it is divided by too. */
@@ -112,6 +114,15 @@ export function benchCases(issuer: TestIssuer, tenantClaim: string) {
     c: users('c', 'c-floor', 'c-bare'),
     dFloor: usersFloor('d-floor'),
     d: users('d', 'd-floor'),
+    bPooled: {
+      key: 'b-pooled',
+      label: 'GET / tenant-scoped, through PgBouncer (÷ b)',
+      floor: 'b',
+      pooled: true,
+      request: (tenant) => ({ path: '/', headers: plain(tenant) }),
+      check: scoped
+    },
+    cPooled: { ...users('c-pooled', 'c'), label: 'GET /users/:id with JWT, through PgBouncer (÷ c)', pooled: true },
     e: {
       key: 'e',
       label: 'prototype: SET search_path, query, RESET',

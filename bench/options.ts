@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util'
 
 /** --quick fails below this tenant-scoped/floor throughput ratio: a collapse, not a slowdown. */
 export const GUARD_MIN_RATIO = 0.6
-export const PARTS = ['prototype', 'zipf', 'creation', 'migrate', 'scale'] as const
+export const PARTS = ['prototype', 'pooler', 'zipf', 'creation', 'migrate', 'scale'] as const
 export type Part = (typeof PARTS)[number]
 
 export const USAGE = `Usage: npm run bench -- [options]

@@ -24,6 +24,7 @@ import { loadMigrations, type Migration } from '../lib/tenants/index.ts'
 import { startEmbeddedS3 } from '../lib/embedded/s3.ts'
 import { EnvSchema } from '../schemas/env.ts'
 import { startTestIssuer } from '../test/helpers/issuer.ts'
+import { PGBOUNCER_BINARY, startPgBouncer } from '../test/helpers/pgbouncer.ts'
 import { benchCases, TOKEN_LIFETIME_S, type CaseDef, type PhaseCase, type Server } from './cases.ts'
 import { timeTenantCreation, type CreationTimes } from './creation.ts'
 import { benchTenantId, chooseCluster, insertTenantRows, openBenchDatabase, provisionTenants, settleDatabase, type BenchTenant } from './database.ts'
@@ -197,7 +198,9 @@ async function bench(options: Options): Promise<number> {
   }
   const phases: PhaseResult[] = []
   report.phases = phases
-  const serverOf = (def: CaseDef): Server => (def.bareProcess ? bareProcess : service)
+  // The pooler phase's second service, through PgBouncer in transaction mode (started there).
+  let pooledService: Server | null = null
+  const serverOf = (def: CaseDef): Server => (def.bareProcess ? bareProcess : def.pooled ? pooledService! : service)
   const uniformCase = (def: CaseDef): PhaseCase => ({
     def,
     tenants: tenants.slice(0, options.tenants),
@@ -222,6 +225,26 @@ async function bench(options: Options): Promise<number> {
       })
     getRootOverPrototype = round(median(ratios))
     report.prototypeComparison = { getRootOverPrototype }
+  }
+
+  // Through PgBouncer in transaction mode with no named prepared statements, side by side with
+  // the direct service (DESIGN §8 asks for the ratio to direct).
+  if (!options.skip.has('pooler')) {
+    if (!PGBOUNCER_BINARY) {
+      log('pooler: PgBouncer is not installed (apt-get install pgbouncer); that part is left out')
+    } else {
+      checkpoint()
+      const bouncer = await startPgBouncer(login.url, { poolSize: Number(serviceEnv.PG_POOL_MAX ?? EnvSchema.properties.PG_POOL_MAX.default) })
+      onCleanup('stopping PgBouncer', () => bouncer.stop())
+      const pooled = await startService(
+        { ...serviceEnv, DATABASE_URL: bouncer.through(login.url), DATABASE_DIRECT_URL: login.url, PG_PREPARED_STATEMENTS: 'false' },
+        { nodeArgs }
+      )
+      await waitUntilReady(pooled.url)
+      pooledService = pooled
+      log(`service through PgBouncer (transaction mode) listening at ${pooled.url}`)
+      phases.push(await runPhase(phaseEnvironment, 'pooler', [cases.b, cases.bPooled, cases.c, cases.cPooled].map(uniformCase)))
+    }
   }
 
   let creation: CreationTimes | undefined

@@ -46,6 +46,14 @@ export function evaluateTargets(figures: RunFigures): Target[] {
     targets.push({ figure: 'prototype ÷ floor (req/s)', measured: cell(prototype), target: '≈ 0.4–0.6 (expected)', met: null })
   }
   atLeast('GET / ÷ prototype (req/s)', figures.getRootOverPrototype, 1.5)
+  for (const [key, route] of [
+    ['b-pooled', 'GET /'],
+    ['c-pooled', 'GET /users/:id']
+  ] as const) {
+    const pooled = row('pooler', key)?.ratio
+    if (pooled !== null && pooled !== undefined)
+      targets.push({ figure: `${route} through PgBouncer ÷ direct (req/s)`, measured: cell(pooled), target: 'report', met: null })
+  }
   atMost('tenant creation p50', figures.creationP50Ms, 10, ' ms')
   for (const entry of figures.scale ?? []) {
     const figure = (percentileName: string) => `${percentileName} with ${entry.tenantsLarge} tenants ÷ ${entry.tenantsSmall}, case ${entry.case}`
