@@ -11,6 +11,7 @@ import fp from 'fastify-plugin'
 import t from 'tap'
 import { parseAllDocuments } from 'yaml'
 import { EnvSchema } from '../schemas/env.ts'
+import { eventually } from './helpers/wait.ts'
 import { setupApp } from './helpers/app.ts'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -346,7 +347,10 @@ t.test('npm run build produces what the image runs, and the compiled service wor
     t.equal(compiled.printRoutes({ commonPrefix: false }), context.app.printRoutes({ commonPrefix: false }))
     const live = await compiled.inject({ method: 'GET', url: '/health/live' })
     t.equal(live.statusCode, 200)
-    const ready = await compiled.inject({ method: 'GET', url: '/health/ready' })
+    // Ready once its dependencies answer: on a loaded machine the first JWKS fetch may need its retry.
+    const probe = () => compiled!.inject({ method: 'GET', url: '/health/ready', headers: context.auth.admin() })
+    await eventually(async () => (await probe()).statusCode === 200, 15_000, 200)
+    const ready = await probe()
     if (ready.statusCode !== 200) t.comment(ready.body)
     t.equal(ready.statusCode, 200, 'the compiled service is ready')
     t.equal(ready.json().status, 'ready')

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
 import { databaseKind, UNCACHED_WORKER_CONNECTIONS, type DatabaseKind } from '../../lib/tenant-db/index.ts'
-import { keptConnections } from '../../schemas/env.ts'
+import { directDatabaseUrl, keptConnections } from '../../schemas/env.ts'
 
 /** The pool options derived from configuration. */
 export function poolOptions(fastify: FastifyInstance): PostgresPluginOptions {
@@ -51,10 +51,17 @@ export default fp(
       if (tenantRoles) client.query(UNCACHED_WORKER_CONNECTIONS).catch(() => undefined)
     })
 
-    // What the database is, and so what a worker's connections are bounded by, said once at start.
-    // Not awaited: the start waits for nothing the database may be slow to give.
+    // What the database is, and so what a worker's connections are bounded by, said once at start,
+    // on a connection of its own rather than one of the pool's. Not awaited: the start waits for
+    // nothing the database may be slow to give.
     fastify.addHook('onReady', async () => {
-      void databaseKind(pool).then(logDatabaseKind, () => undefined)
+      const client = new pg.Client({ connectionString: directDatabaseUrl(fastify.config), connectionTimeoutMillis: 5000 })
+      client.on('error', () => undefined)
+      void client
+        .connect()
+        .then(() => databaseKind(client))
+        .then(logDatabaseKind, () => undefined)
+        .finally(() => client.end().catch(() => undefined))
     })
     const logDatabaseKind = (kind: DatabaseKind) => {
       const { config } = fastify
