@@ -262,11 +262,17 @@ t.test('a statement past PG_STATEMENT_TIMEOUT_MS is 504 STATEMENT_TIMEOUT', asyn
 })
 
 t.test('an exhausted pool answers 503 DATABASE_BUSY with Retry-After, and recovers', async (t) => {
-  // Without read lanes every request, reads included, takes a pooled connection of its own.
-  const pooled = await buildApp({ ...ctx.config, PG_READ_LANES: 0 }, { beforeReady: testRoutes })
+  // Without read lanes every request, reads included, takes a pooled connection of its own. The
+  // holders sleep long enough, and are given time enough to get their connections, for the
+  // refused requests below to be refused on a machine under load.
+  const pooled = await buildApp(
+    { ...ctx.config, PG_READ_LANES: 0, PG_ACQUIRE_TIMEOUT_MS: 1000, PG_STATEMENT_TIMEOUT_MS: 20_000 },
+    { beforeReady: testRoutes }
+  )
   await pooled.listen({ port: 0, host: '127.0.0.1' })
   const on = { port: (pooled.server.address() as AddressInfo).port }
-  const holders = [call('GET', `/test/sleep?seconds=${HOLD_SECONDS}`, on), call('GET', `/test/sleep?seconds=${HOLD_SECONDS}`, { ...on, tenant: OTHER })]
+  const holdSeconds = 6
+  const holders = [call('GET', `/test/sleep?seconds=${holdSeconds}`, on), call('GET', `/test/sleep?seconds=${holdSeconds}`, { ...on, tenant: OTHER })]
   t.ok(await eventually(async () => (await sessions()).sleeping === 2), 'both pooled connections are busy')
   const refused = await call('GET', '/users', on)
   t.equal(refused.status, 503)
