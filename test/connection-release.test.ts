@@ -265,10 +265,7 @@ t.test('an exhausted pool answers 503 DATABASE_BUSY with Retry-After, and recove
   // Without read lanes every request, reads included, takes a pooled connection of its own. The
   // holders sleep long enough, and are given time enough to get their connections, for the
   // refused requests below to be refused on a machine under load.
-  const pooled = await buildApp(
-    { ...ctx.config, PG_READ_LANES: 0, PG_ACQUIRE_TIMEOUT_MS: 1000, PG_STATEMENT_TIMEOUT_MS: 20_000 },
-    { beforeReady: testRoutes }
-  )
+  const pooled = await buildApp({ ...ctx.config, PG_READ_LANES: 0, PG_ACQUIRE_TIMEOUT_MS: 1000, PG_STATEMENT_TIMEOUT_MS: 20_000 }, { beforeReady: testRoutes })
   await pooled.listen({ port: 0, host: '127.0.0.1' })
   const on = { port: (pooled.server.address() as AddressInfo).port }
   const holdSeconds = 6
