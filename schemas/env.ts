@@ -50,6 +50,12 @@ export const EnvSchema = Type.Object({
     default: 'development'
   }),
   PORT: Integer(3000, 0, 65535),
+  /**
+   * A second listener, on HOST, that serves only `GET /metrics` and `GET /health/ready?verbose`,
+   * for Prometheus inside the cluster (9464 in deploy/). Unset: `/metrics` is served on PORT to
+   * admin tokens only.
+   */
+  METRICS_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
   HOST: Type.String({ default: '0.0.0.0' }),
   LOG_LEVEL: Type.Union(
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)),
@@ -87,6 +93,17 @@ export const EnvSchema = Type.Object({
   PG_READ_LANES: Integer(2, 0, 64),
   PG_ACQUIRE_TIMEOUT_MS: Integer(2000, 1),
   PG_STATEMENT_TIMEOUT_MS: Integer(5000, 1),
+  /**
+   * A request's transaction that sits idle this long (the service waiting on something else while
+   * it holds the connection) is ended by PostgreSQL, with its session. 0: never.
+   */
+  PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: Integer(10_000, 0),
+  /**
+   * Pooled connections one tenant's requests may hold at once; past it a request that needs one
+   * more answers 503 DATABASE_BUSY at once, so one tenant cannot take the whole pool. Unset: half
+   * of PG_POOL_MAX (at least 1).
+   */
+  TENANT_MAX_CONNECTIONS: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
   /** Tenant roles are `<prefix><tenant id>`; roles are cluster-wide, so a cluster shared by several deployments needs distinct prefixes. */
   TENANT_ROLE_PREFIX: Type.String({ default: 't_', pattern: '^[a-z][a-z0-9_]{0,15}$' }),
   /**
@@ -119,8 +136,10 @@ export const EnvSchema = Type.Object({
   ADMIN_GROUP: Type.String({ default: 'admin', minLength: 1, maxLength: 256 }),
   /** A token signed with a key the service does not know triggers at most one JWKS fetch per this interval. */
   JWKS_REFETCH_INTERVAL_MS: Integer(5000, 100),
-  /** Leeway for `exp` and `nbf`, for clocks that disagree a little. */
+  /** Leeway for `exp`, `nbf` and `iat`, for clocks that disagree a little. */
   JWT_CLOCK_TOLERANCE_MS: Integer(5000, 0, 300_000),
+  /** The longest lifetime (`exp` − `iat`) a token may claim; longer-lived tokens are refused. */
+  JWT_MAX_AGE: Type.String({ default: '24 hours', pattern: DURATION_PATTERN }),
 
   /**
    * Object storage. One bucket, each tenant under `tenants/<id>/`. Credentials are never
@@ -154,6 +173,11 @@ export const EnvSchema = Type.Object({
   RATE_LIMIT_MAX: Integer(1000, 1),
   /** Milliseconds, or a duration such as `1 minute`, `30s`, `1h`. */
   RATE_LIMIT_WINDOW: Type.String({ default: '1 minute', pattern: DURATION_PATTERN }),
+  /**
+   * The fraction of a tenant's budget one caller (token subject) may spend, so that one user
+   * cannot lock the tenant's others out; 1: no share of their own.
+   */
+  RATE_LIMIT_CALLER_SHARE: Type.Number({ default: 0.5, exclusiveMinimum: 0, maximum: 1 }),
   /** Shares rate-limit counters between instances; without it each instance counts on its own. */
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://\\S+$' })),
   /** Prefix of the rate-limit keys in Redis, for deployments that share one. */
@@ -298,6 +322,12 @@ function isAddressOrRange(entry: string): boolean {
 
 function checkHttpSettings(config: Config, problems: string[]): void {
   const rejected = (name: string) => problems.some((problem) => problem.startsWith(`${name}:`))
+  if (config.METRICS_PORT !== undefined && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
+    problems.push(`METRICS_PORT: must differ from PORT (both are ${config.PORT})`)
+  }
+  if (!rejected('JWT_MAX_AGE') && durationMs(config.JWT_MAX_AGE) < 1000) {
+    problems.push(`JWT_MAX_AGE: must be at least 1 second (got ${JSON.stringify(config.JWT_MAX_AGE)})`)
+  }
   if (!rejected('RATE_LIMIT_WINDOW') && durationMs(config.RATE_LIMIT_WINDOW) < 1) {
     problems.push(`RATE_LIMIT_WINDOW: must be at least 1 ms (got ${JSON.stringify(config.RATE_LIMIT_WINDOW)})`)
   }

@@ -1,5 +1,5 @@
 import type pg from 'pg'
-import { ApiError } from '../../schemas/errors.ts'
+import { ApiError, serviceUnavailable } from '../../schemas/errors.ts'
 import { ScopedQuery, send } from './flight.ts'
 import { toApiError } from './pg-errors.ts'
 import { laneAnswered, laneSent, type Lane, type ReadLanes } from './read-lanes.ts'
@@ -14,6 +14,9 @@ export interface HandleEnvironment {
   /** Carry the reads; null: every read takes a pooled connection. */
   readonly lanes: ReadLanes | null
   readonly onContextSwitch: ContextSwitchObserver | null
+  /** Pooled connections each tenant's handles hold (asked for or in hand), by tenant id. */
+  readonly connectionsHeld: Map<string, number>
+  readonly maxConnectionsPerTenant: number
 }
 
 /** What settles the promise of a handle's query. */
@@ -92,6 +95,7 @@ export class RequestFinishedError extends Error {
 export class TenantScopedDb {
   readonly #environment: HandleEnvironment
   readonly #lanes: ReadLanes | null
+  readonly #tenantId: string
   /** The tenant's context and statement names (private to lib/tenant-db). */
   readonly scope: TenantScope
   readonly #readOnly: boolean
@@ -114,8 +118,9 @@ export class TenantScopedDb {
   #acquiredAt = 0
 
   /** Reads ride the environment's lanes when it has any; writes, and reads finding no lane free, take a pooled connection. */
-  constructor(environment: HandleEnvironment, scope: TenantScope, readOnly: boolean) {
+  constructor(environment: HandleEnvironment, tenantId: string, scope: TenantScope, readOnly: boolean) {
     this.#environment = environment
+    this.#tenantId = tenantId
     this.#lanes = readOnly ? environment.lanes : null
     this.scope = scope
     this.#readOnly = readOnly
@@ -237,15 +242,38 @@ export class TenantScopedDb {
   }
 
   #connectPooled(): void {
-    this.#environment.pool.connect((error, client, release) => {
-      if (client && this.#finished) {
+    const { connectionsHeld, maxConnectionsPerTenant } = this.#environment
+    const held = connectionsHeld.get(this.#tenantId) ?? 0
+    if (held >= maxConnectionsPerTenant) {
+      return this.#connected(null, serviceUnavailable('DATABASE_BUSY', 'This tenant holds as many database connections as it may; retry shortly'))
+    }
+    connectionsHeld.set(this.#tenantId, held + 1)
+    this.#environment.pool.connect((error, client) => {
+      if (!client) {
+        this.#givenBack()
+        return this.#connected(null, error ?? null)
+      }
+      if (this.#finished) {
         // The request ended (an abort, a timeout) while the connection was on its way: nothing
         // was sent on it, so it goes straight back.
-        release()
+        this.#release(client)
         return this.#connected(null, null)
       }
-      this.#connected(client ?? null, error ?? null)
+      this.#connected(client, error ?? null)
     })
+  }
+
+  /** Gives a pooled connection back (destroys it when `destroy`), and counts it off its tenant's. */
+  #release(client: pg.PoolClient, destroy = false): void {
+    client.release(destroy)
+    this.#givenBack()
+  }
+
+  #givenBack(): void {
+    const { connectionsHeld } = this.#environment
+    const held = (connectionsHeld.get(this.#tenantId) ?? 1) - 1
+    if (held > 0) connectionsHeld.set(this.#tenantId, held)
+    else connectionsHeld.delete(this.#tenantId)
   }
 
   /** The connection arrived (or could not be had): the queries asked for meanwhile go out, or fail. */
@@ -295,10 +323,10 @@ export class TenantScopedDb {
     if (!this.#inTransaction) {
       // Reads: every flight ended its own implicit transaction at its Sync.
       if (this.#inflight === 0) {
-        client.release()
+        this.#release(client)
         return
       }
-      return this.#whenSettled().then(() => client.release())
+      return this.#whenSettled().then(() => this.#release(client))
     }
     return this.#end(client, commit)
   }
@@ -309,10 +337,10 @@ export class TenantScopedDb {
       try {
         result = await client.query('COMMIT')
       } catch (error) {
-        client.release(true)
+        this.#release(client, true)
         throw toApiError(error) ?? error
       }
-      client.release()
+      this.#release(client)
       // COMMIT of a transaction that had failed answers ROLLBACK rather than an error.
       if (result.command !== 'COMMIT') throw new ApiError('TRANSACTION_FAILED', 'The transaction could not be committed')
       return
@@ -321,9 +349,9 @@ export class TenantScopedDb {
     try {
       // Queued behind whatever is still in flight: the pipeline keeps the order.
       await client.query('ROLLBACK')
-      client.release()
+      this.#release(client)
     } catch {
-      client.release(true)
+      this.#release(client, true)
     }
     if (commit) throw new ApiError('TRANSACTION_FAILED', 'A statement of this request failed; nothing was saved')
   }

@@ -28,6 +28,14 @@ export interface Queryable {
 export interface TenantDbOptions {
   /** Every query's statement_timeout (PG_STATEMENT_TIMEOUT_MS). */
   statementTimeoutMs: number
+  /** A mutation's idle_in_transaction_session_timeout (PG_IDLE_IN_TRANSACTION_TIMEOUT_MS); 0: none. */
+  idleInTransactionTimeoutMs?: number
+  /**
+   * Pooled connections one tenant's handles may hold at once (TENANT_MAX_CONNECTIONS); past it a
+   * handle that needs one more fails at once with DATABASE_BUSY, so that whatever one tenant does,
+   * the rest of the pool stays for the others. Unset: no bound.
+   */
+  maxConnectionsPerTenant?: number
   /** How long a cached tenant is trusted while change notifications are not arriving. */
   cacheTtlMs: number
   /** Pooled connections that carry the reads of every request, pipelined (read-lanes.ts); 0 for none. */
@@ -48,6 +56,7 @@ export function createTenantDb(pool: pg.Pool, options: TenantDbOptions) {
   assertPgInternals()
   const cache = createTenantCache(pool, {
     statementTimeoutMs: options.statementTimeoutMs,
+    idleInTransactionTimeoutMs: options.idleInTransactionTimeoutMs,
     ttlMs: options.cacheTtlMs,
     preparedStatements: options.preparedStatements,
     tenantRoles: options.tenantRoles,
@@ -55,13 +64,19 @@ export function createTenantDb(pool: pg.Pool, options: TenantDbOptions) {
     log: options.log
   })
   const lanes = new ReadLanes(pool, options.readLanes)
-  const environment = { pool, lanes, onContextSwitch: options.onContextSwitch ?? null }
+  const environment = {
+    pool,
+    lanes,
+    onContextSwitch: options.onContextSwitch ?? null,
+    connectionsHeld: new Map<string, number>(),
+    maxConnectionsPerTenant: options.maxConnectionsPerTenant ?? Number.POSITIVE_INFINITY
+  }
 
   return {
     /** The tenant of an id: at once when cached (null: no such tenant), else once the registry answered. */
     lookup: cache.lookup,
     /** A request's handle on `tenant` (one `lookup` returned): reads are read-only, anything else one transaction. */
-    open: (tenant: ResolvedTenant, readOnly: boolean) => new TenantScopedDb(environment, scopeOf(tenant), readOnly),
+    open: (tenant: ResolvedTenant, readOnly: boolean) => new TenantScopedDb(environment, tenant.id, scopeOf(tenant), readOnly),
     /** Drops one tenant (this instance changed it and must not wait for its own notification). */
     invalidate: cache.invalidate,
     /** Starts listening for tenant changes. Resolves once listening, or once the first attempt failed. */

@@ -23,9 +23,22 @@ function mapDatabaseError(error: unknown): ApiError | null {
     switch (code) {
       case '23505':
         return new ApiError('CONFLICT', 'A record with the same unique value already exists')
+      // The registry refused a mutation's tenant at its first query (public.tenant_accepts_writes).
+      case 'TS404':
+        return errors.tenantNotFound(quotedName(error.message))
+      case 'TS403': {
+        const id = quotedName(error.message)
+        return (error as { detail?: string }).detail === 'deleting' ? errors.tenantDeleting(id) : errors.tenantSuspended(id)
+      }
+      case '22023':
+        // The tenant's role went with the tenant, deleted while this request was on its way.
+        if (/^role ".*" does not exist$/.test(error.message)) return new ApiError('TENANT_NOT_FOUND', 'The tenant no longer exists')
+        return new ApiError('INVALID_INPUT', 'A value is out of range')
       case '22P02':
       case '22007':
       case '22008':
+      // A time zone offset PostgreSQL does not know (e.g. +14:30).
+      case '22009':
       // A character the database cannot store (NUL, or one outside its encoding).
       case '22021':
       case '22P05':
@@ -50,6 +63,9 @@ function mapDatabaseError(error: unknown): ApiError | null {
   }
   return null
 }
+
+/** The first double-quoted name of a message. */
+const quotedName = (message: string) => /"([^"]*)"/.exec(message)?.[1] ?? ''
 
 /** Citus names the node a forwarded command failed on, in the message or in the context. */
 const REMOTE_NODE = /(?:remote node|command on|connection to) "?(?:[^@\s"]+@)?([\w.-]+:\d+)/

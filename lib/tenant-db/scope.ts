@@ -6,18 +6,28 @@ import pg from 'pg'
 import { serialize } from 'pg-protocol'
 
 /**
- * The context statement: search_path (the tenant's schema only), the tenant's role (DESIGN §6) and
- * the statement timeout, all transaction-locally (set_config(…, true) is SET LOCAL), so the Sync or
- * COMMIT that ends the transaction also ends the context and a released connection carries nothing.
- * Prepared once per connection; the WHERE clause evaluates the calls and returns no row, so there
- * is nothing to describe or parse.
+ * The context statement of a mutation: search_path (the tenant's schema only), the tenant's role
+ * (DESIGN §6), the statement timeout and the idle-in-transaction timeout, all transaction-locally
+ * (set_config(…, true) is SET LOCAL), so the COMMIT that ends the transaction also ends the context
+ * and a released connection carries nothing. It also asks the registry whether the tenant still
+ * takes writes (public.tenant_accepts_writes raises TS404 or TS403 otherwise): access was decided
+ * when the headers arrived, and the body may have taken long enough for the tenant to be suspended
+ * or deleted since. Prepared once per connection; the WHERE clause evaluates the calls and returns
+ * no row, so there is nothing to describe or parse.
  */
 export const CONTEXT = {
-  name: 'tenant_context',
-  text: "SELECT WHERE (set_config('search_path', $1, true) || set_config('role', $2, true) || " + "set_config('statement_timeout', $3, true)) IS NULL"
+  name: 'tenant_context_w',
+  text:
+    "SELECT WHERE (set_config('search_path', $1, true) || set_config('role', $2, true) || " +
+    "set_config('statement_timeout', $3, true) || set_config('idle_in_transaction_session_timeout', $4, true)) IS NULL " +
+    'AND public.tenant_accepts_writes($5)'
 } as const
 
-/** The same for reads: also makes the transaction read-only, so PostgreSQL itself refuses any write. */
+/**
+ * The same for reads, without the registry check (a read changes nothing, and the tenant was
+ * checked when the request arrived): also makes the transaction read-only, so PostgreSQL itself
+ * refuses any write.
+ */
 export const CONTEXT_READ_ONLY = {
   name: 'tenant_context_ro',
   text:
@@ -36,7 +46,7 @@ export interface TenantScope {
    * that cannot carry named statements: every statement of a flight is then the unnamed one.
    */
   readonly prepared: boolean
-  /** search_path, role, statement timeout. */
+  /** search_path, role, statement timeout (the read context's values; a mutation's add two). */
   readonly values: readonly string[]
   readonly bindReadOnly: Buffer
   readonly bindReadWrite: Buffer
@@ -52,20 +62,24 @@ const EXECUTE = serialize.execute()
 
 export interface ScopeOptions {
   statementTimeoutMs: number
+  /** How long a mutation's transaction may sit idle before PostgreSQL ends its session. */
+  idleInTransactionTimeoutMs: number
   prepared: boolean
   /** Switch to the tenant's role too (TENANT_ISOLATION=role); else `none`: the service's own role. */
   tenantRoles: boolean
 }
 
-export function createScope(tenant: { schema: string; role: string }, options: ScopeOptions): TenantScope {
+export function createScope(tenant: { id: string; schema: string; role: string }, options: ScopeOptions): TenantScope {
   const role = options.tenantRoles ? tenant.role : 'none'
   const values = [pg.escapeIdentifier(tenant.schema), role, String(Math.trunc(options.statementTimeoutMs))]
-  const bind = (statement: string) => Buffer.concat([serialize.bind({ statement: options.prepared ? statement : '', values }), EXECUTE])
+  const writeValues = [...values, String(Math.trunc(options.idleInTransactionTimeoutMs)), tenant.id]
+  const bind = (statement: string, values: string[]) =>
+    Buffer.concat([serialize.bind({ statement: options.prepared ? statement : '', values }), EXECUTE])
   return {
     prepared: options.prepared,
     values,
-    bindReadOnly: bind(CONTEXT_READ_ONLY.name),
-    bindReadWrite: bind(CONTEXT.name),
+    bindReadOnly: bind(CONTEXT_READ_ONLY.name, values),
+    bindReadWrite: bind(CONTEXT.name, writeValues),
     statementTag: (statementTags++).toString(36),
     statementNames: new Map()
   }

@@ -11,6 +11,8 @@ export interface ResolvedTenant {
   readonly schema: string
   readonly role: string
   readonly status: TenantStatus
+  /** When the tenant was created, in milliseconds since the epoch: tokens issued before it are refused. */
+  readonly createdAt: number
 }
 
 /**
@@ -33,6 +35,7 @@ interface Entry {
 
 export interface TenantCacheOptions {
   statementTimeoutMs: number
+  idleInTransactionTimeoutMs?: number
   /** Queries of the tenants' handles use named prepared statements (PG_PREPARED_STATEMENTS). */
   preparedStatements?: boolean
   /** Queries run as the tenant's role (TENANT_ISOLATION=role, the default). */
@@ -73,11 +76,19 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
     const row = await findTenant(pool, id)
     let tenant: ResolvedTenant | null = null
     if (row) {
-      tenant = Object.freeze({ id: row.id, name: row.name, schema: row.schema, role: row.role, status: row.status })
+      tenant = Object.freeze({
+        id: row.id,
+        name: row.name,
+        schema: row.schema,
+        role: row.role,
+        status: row.status,
+        createdAt: row.created_at.getTime()
+      })
       scopes.set(
         tenant,
         createScope(row, {
           statementTimeoutMs: options.statementTimeoutMs,
+          idleInTransactionTimeoutMs: options.idleInTransactionTimeoutMs ?? 0,
           prepared: options.preparedStatements ?? true,
           tenantRoles: options.tenantRoles ?? true
         })
