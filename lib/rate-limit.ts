@@ -5,18 +5,27 @@ import { ApiError } from '../schemas/errors.ts'
 import type { Log } from './log.ts'
 
 /**
- * Whose budget a request spends. Only what a guard verified counts: the tenant the request was
- * resolved to once its token was accepted (a token's own tenant, or the tenant an admin acts on),
- * else the verified caller. Requests without a verified token are counted per client address,
- * never per the X-Tenant-ID they claim, so nobody can spend another tenant's budget by naming it.
+ * Whose budget a request spends, decided before its tenant is looked up, so that every request to
+ * a limited route counts, those refused for an unknown or suspended tenant included, and a flood of
+ * made-up tenant ids costs no database work past the budget. Only what a guard verified counts: a
+ * token bound to a tenant spends that tenant's budget (and its caller's share of it, see
+ * callerShareKey); an admin's token, or one bound to no tenant, its caller's own. Requests without
+ * a verified token are counted per client address, never per the X-Tenant-ID they claim, so
+ * nobody can spend another tenant's budget by naming it.
  */
 export function rateLimitKey(request: FastifyRequest): string {
   // Routes of plugins registered before the decorators (Swagger UI's) see them as undefined.
   const caller = request.principal ?? null
   if (caller === null) return `ip:${clientAddressKey(request.ip)}`
-  if (request.tenant) return `tenant:${request.tenant.id}`
   if (caller.tenant !== null && !caller.admin) return `tenant:${caller.tenant}`
   return `caller:${caller.subject}`
+}
+
+/** The key of a tenant-bound caller's own share of its tenant's budget; null for every other request. */
+export function callerShareKey(request: FastifyRequest): string | null {
+  const caller = request.principal ?? null
+  if (caller === null || caller.tenant === null || caller.admin) return null
+  return `tenant:${caller.tenant}:caller:${caller.subject}`
 }
 
 /**
@@ -42,12 +51,25 @@ export function clientAddressKey(ip: string): string {
   return `${prefix.map((group) => group.toString(16)).join(':')}::/56`
 }
 
-/** A request counted in a window: how many the key has made in it, and the milliseconds it has left. */
-type Counted = (error: Error | null, current: number, ttlMs: number) => void
+/**
+ * A request counted in a window: how many the key has made in it, and the milliseconds it has
+ * left; `overShare` when it was refused by the caller's share and the key was not counted.
+ */
+type Counted = (error: Error | null, current: number, ttlMs: number, overShare: boolean) => void
 
-/** Fixed-window counters. `incr` may call back synchronously (memory) or later (Redis). */
+/** A caller's share of a key's budget: its own counter, and the most it may count in a window. */
+export interface Share {
+  key: string
+  max: number
+}
+
+/**
+ * Fixed-window counters. `incr` may call back synchronously (memory) or later (Redis). With a
+ * share, the share's counter is counted first, and the key only when the share is not spent: a
+ * caller past its share spends nothing more of the budget it shares with others.
+ */
 export interface WindowStore {
-  incr(key: string, windowMs: number, counted: Counted): void
+  incr(key: string, windowMs: number, counted: Counted, share?: Share | null): void
 }
 
 /** Distinct keys counted in memory; past it the windows that started longest ago are forgotten. */
@@ -62,8 +84,17 @@ const MEMORY_STORE_KEYS = 50_000
 export class MemoryStore implements WindowStore {
   readonly #windows = new Map<string, { count: number; endsAt: number }>()
 
-  incr(key: string, windowMs: number, counted: Counted): void {
+  incr(key: string, windowMs: number, counted: Counted, share?: Share | null): void {
     const now = Date.now()
+    if (share) {
+      const own = this.#count(share.key, windowMs, now)
+      if (own.count > share.max) return counted(null, own.count, own.endsAt - now, true)
+    }
+    const window = this.#count(key, windowMs, now)
+    counted(null, window.count, window.endsAt - now, false)
+  }
+
+  #count(key: string, windowMs: number, now: number) {
     let window = this.#windows.get(key)
     if (window === undefined || window.endsAt <= now) {
       window = { count: 0, endsAt: now + windowMs }
@@ -72,22 +103,36 @@ export class MemoryStore implements WindowStore {
       if (this.#windows.size > MEMORY_STORE_KEYS) this.#windows.delete(this.#windows.keys().next().value as string)
     }
     window.count++
-    counted(null, window.count, window.endsAt - now)
+    return window
   }
 }
 
-/** INCR, starting the window's expiry on its first request; answers the count and the time left. */
+/**
+ * INCR, starting the window's expiry on its first request; answers the count and the time left.
+ * With a second key (a caller's share, whose most is ARGV[2]), that one is counted first, and the
+ * first only when the share is not spent; the third answer is 1 when the share refused.
+ */
 const COUNT_IN_WINDOW = `
-local current = redis.call('INCR', KEYS[1])
-if current == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  return {current, tonumber(ARGV[1])}
+local function count(key)
+  local current = redis.call('INCR', key)
+  if current == 1 then
+    redis.call('PEXPIRE', key, ARGV[1])
+    return current, tonumber(ARGV[1])
+  end
+  return current, redis.call('PTTL', key)
 end
-return {current, redis.call('PTTL', KEYS[1])}
+if KEYS[2] then
+  local own, ownTtl = count(KEYS[2])
+  if own > tonumber(ARGV[2]) then return {own, ownTtl, 1} end
+end
+local current, ttl = count(KEYS[1])
+return {current, ttl, 0}
 `
 
+type CountAnswer = (error: Error | null | undefined, result?: [number, number, number]) => void
 type RedisWithWindows = Redis & {
-  countInWindow(key: string, windowMs: number, callback: (error: Error | null | undefined, result?: [number, number]) => void): void
+  countInWindow(key: string, windowMs: number, callback: CountAnswer): void
+  countInWindowShared(key: string, shareKey: string, windowMs: number, shareMax: number, callback: CountAnswer): void
 }
 
 /** Counters shared by every instance through Redis: one atomic script call per request. */
@@ -97,15 +142,18 @@ export class RedisStore implements WindowStore {
 
   constructor(redis: Redis, prefix: string) {
     redis.defineCommand('countInWindow', { numberOfKeys: 1, lua: COUNT_IN_WINDOW })
+    redis.defineCommand('countInWindowShared', { numberOfKeys: 2, lua: COUNT_IN_WINDOW })
     this.#redis = redis as RedisWithWindows
     this.#prefix = prefix
   }
 
-  incr(key: string, windowMs: number, counted: Counted): void {
-    this.#redis.countInWindow(this.#prefix + key, windowMs, (error, result) => {
-      if (error || !result) counted(error ?? new Error('no answer from Redis'), 0, 0)
-      else counted(null, result[0], result[1])
-    })
+  incr(key: string, windowMs: number, counted: Counted, share?: Share | null): void {
+    const answer: CountAnswer = (error, result) => {
+      if (error || !result) counted(error ?? new Error('no answer from Redis'), 0, 0, false)
+      else counted(null, result[0], result[1], result[2] === 1)
+    }
+    if (share) this.#redis.countInWindowShared(this.#prefix + key, this.#prefix + share.key, windowMs, share.max, answer)
+    else this.#redis.countInWindow(this.#prefix + key, windowMs, answer)
   }
 }
 
@@ -172,6 +220,8 @@ export function createRedis(url: string, log: Log) {
 
 export interface RateLimitSettings {
   max: number
+  /** The fraction of a tenant's budget one of its callers may spend (RATE_LIMIT_CALLER_SHARE). */
+  callerShare: number
   windowMs: number
   /** The window as configured, for messages: `1 minute`, or `60000` (milliseconds). */
   windowLabel: string
@@ -187,22 +237,33 @@ export function createRateLimitHook(store: WindowStore, settings: RateLimitSetti
   const { max, windowMs, windowLabel } = settings
   const limit = String(max)
   const per = /^\d+$/.test(windowLabel) ? `${windowLabel} ms` : windowLabel
+  const shareMax = Math.max(1, Math.floor(max * settings.callerShare))
+  const shared = shareMax < max
+  const refuse = (message: string, ttlMs: number) => {
+    const resetSeconds = Math.max(1, Math.ceil(ttlMs / 1000))
+    return new ApiError('RATE_LIMITED', `${message}; retry in ${formatSeconds(resetSeconds)}`, { 'retry-after': String(resetSeconds) })
+  }
   return function rateLimit(request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    store.incr(rateLimitKey(request), windowMs, (error, current, ttlMs) => {
-      if (error) return done()
-      const resetSeconds = Math.max(0, Math.ceil(ttlMs / 1000))
-      reply.header('x-ratelimit-limit', limit)
-      reply.header('x-ratelimit-remaining', max > current ? max - current : 0)
-      reply.header('x-ratelimit-reset', resetSeconds)
-      if (current <= max) return done()
-      done(
-        new ApiError(
-          'RATE_LIMITED',
-          `Too many requests ${request.principal ? 'for this tenant' : 'from this address'}: at most ${max} per ${per}; retry in ${formatSeconds(resetSeconds)}`,
-          { 'retry-after': String(Math.max(1, resetSeconds)) }
-        )
-      )
-    })
+    const shareKey = shared ? callerShareKey(request) : null
+    const key = rateLimitKey(request)
+    store.incr(
+      key,
+      windowMs,
+      (error, current, ttlMs, overShare) => {
+        if (error) return done()
+        const resetSeconds = Math.max(0, Math.ceil(ttlMs / 1000))
+        reply.header('x-ratelimit-limit', limit)
+        reply.header('x-ratelimit-remaining', overShare ? 0 : max > current ? max - current : 0)
+        reply.header('x-ratelimit-reset', resetSeconds)
+        if (overShare) {
+          return done(refuse(`Too many requests from this caller: at most ${shareMax} of the tenant's ${max} per ${per}`, ttlMs))
+        }
+        if (current <= max) return done()
+        const whose = key.startsWith('ip:') ? 'from this address' : key.startsWith('tenant:') ? 'for this tenant' : 'from this caller'
+        done(refuse(`Too many requests ${whose}: at most ${max} per ${per}`, ttlMs))
+      },
+      shareKey === null ? null : { key: shareKey, max: shareMax }
+    )
   }
 }
 

@@ -7,13 +7,39 @@ type Check = () => Promise<unknown>
 
 const CHECK_TIMEOUT_MS = 2000
 
+type Results = Record<string, { ok: boolean; detail?: string }>
+
+export interface ReadinessOptions {
+  /** How long one evaluation answers every probe: probes are anonymous and must not cost a dependency call each. */
+  cacheMs?: number
+  /** Told when a check starts or stops failing, with its detail. */
+  onChange?: (name: string, ok: boolean, detail: string | undefined) => void
+}
+
 /**
  * What /health/ready reports. Plugins add the dependencies they cannot work without; shutdown flips
  * the whole answer to "unavailable" before the drain begins, so the load balancer stops sending.
+ * The checks run at most once per `cacheMs` (1 s), whoever asks and however often.
  */
-export function createReadiness() {
+export function createReadiness(options: ReadinessOptions = {}) {
+  const cacheMs = options.cacheMs ?? 1000
   const checks = new Map<string, Check>()
   let shuttingDown = false
+  let last: { at: number; results: Promise<Results> } | null = null
+  const previous = new Map<string, boolean>()
+
+  async function runAll(): Promise<Results> {
+    const results: Results = {}
+    const names = [...checks.keys()]
+    const outcomes = await Promise.all(names.map((name) => run(checks.get(name)!)))
+    for (const [i, name] of names.entries()) {
+      const outcome = outcomes[i]
+      results[name] = outcome
+      if (previous.get(name) !== outcome.ok && (previous.has(name) || !outcome.ok)) options.onChange?.(name, outcome.ok, outcome.detail)
+      previous.set(name, outcome.ok)
+    }
+    return results
+  }
 
   async function run(check: Check): Promise<{ ok: boolean; detail?: string }> {
     let timer: NodeJS.Timeout | undefined
@@ -41,11 +67,10 @@ export function createReadiness() {
       return shuttingDown
     },
     async evaluate() {
-      const results: Record<string, { ok: boolean; detail?: string }> = {}
-      if (shuttingDown) results.shutdown = { ok: false, detail: 'shutting down' }
-      const names = [...checks.keys()]
-      const outcomes = await Promise.all(names.map((name) => run(checks.get(name)!)))
-      for (const [i, name] of names.entries()) results[name] = outcomes[i]
+      const now = Date.now()
+      if (last === null || now - last.at >= cacheMs) last = { at: now, results: runAll() }
+      const checked = await last.results
+      const results: Results = shuttingDown ? { shutdown: { ok: false, detail: 'shutting down' }, ...checked } : checked
       return { ready: Object.values(results).every((result) => result.ok), checks: results }
     }
   }

@@ -30,6 +30,10 @@ export const MigrationReport = Type.Object({
 
 export const Readiness = Type.Object({
   status: Type.Union([Type.Literal('ready'), Type.Literal('unavailable')]),
-  checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), detail: Type.Optional(Type.String()) })),
+  checks: Type.Optional(
+    Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), detail: Type.Optional(Type.String()) }), {
+      description: 'Each dependency check: for admin tokens, and on METRICS_PORT with ?verbose'
+    })
+  ),
   migrations: Type.Optional(MigrationReport)
 })

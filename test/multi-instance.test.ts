@@ -20,7 +20,7 @@ t.test('two instances on one database and one Redis', { skip: HAS_REDIS_SERVER ?
   const redis = await ownRedis(await freePort())
   t.teardown(() => redis.stop())
   const ctx: TestContext = await setupApp(t, {}, { s3: true })
-  const env = serverEnv(ctx, { REDIS_URL: redis.url, RATE_LIMIT_MAX: String(BUDGET), PG_POOL_MIN: '0' })
+  const env = serverEnv(ctx, { REDIS_URL: redis.url, RATE_LIMIT_MAX: String(BUDGET), RATE_LIMIT_CALLER_SHARE: '1', PG_POOL_MIN: '0' })
   const [a, b] = await Promise.all([startServer(env), startServer(env)])
   t.teardown(async () => {
     await a.kill()

@@ -84,6 +84,19 @@ export function createGuards(
   return {
     authenticate: guard(() => undefined),
 
+    /**
+     * Whether the request carries a valid admin token; false for none, an invalid one or any other
+     * caller. For public routes that tell admins more than anyone else (readiness details).
+     */
+    async callerIsAdmin(request: FastifyRequest): Promise<boolean> {
+      if (request.headers.authorization === undefined) return false
+      try {
+        return (await principal(request)).admin
+      } catch {
+        return false
+      }
+    },
+
     requireTenantAccess: guard((request, caller) => {
       if (caller.admin) return
       if (caller.tenant === null) {

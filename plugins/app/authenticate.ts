@@ -15,6 +15,8 @@ declare module 'fastify' {
     requireTenantAccess: ReturnType<typeof createGuards>['requireTenantAccess']
     /** onRequest hook: a token of a member of ADMIN_GROUP. */
     requireAdmin: ReturnType<typeof createGuards>['requireAdmin']
+    /** Whether the request carries a valid admin token (never throws): for public routes that tell admins more. */
+    callerIsAdmin: ReturnType<typeof createGuards>['callerIsAdmin']
     /** onRoute hook of a guarded folder: documents the bearer requirement and the guard's codes in OpenAPI. */
     declareBearerAuth: ReturnType<typeof createGuards>['declareBearerAuth']
   }
@@ -47,6 +49,7 @@ export default fp(
     fastify.decorate('requireTenantAccess', guards.requireTenantAccess)
     fastify.decorate('requireAdmin', guards.requireAdmin)
     fastify.decorate('declareBearerAuth', guards.declareBearerAuth)
+    fastify.decorate('callerIsAdmin', guards.callerIsAdmin)
 
     const keys = fastify.signingKeys
     if (!keys) {

@@ -70,7 +70,7 @@ export function createMetrics(fastify: FastifyInstance) {
 
   const tenantRequests = new SingleLabelCounter({
     name: 'tenant_service_tenant_requests_total',
-    help: `Requests per tenant, for the busiest tenants only; the rest are counted as tenant="${OTHER_TENANTS}"`,
+    help: `Requests per tenant by callers with a verified token, for the busiest tenants only; the rest are counted as tenant="${OTHER_TENANTS}"`,
     label: 'tenant',
     registers
   })
@@ -225,7 +225,9 @@ export default fp(
     fastify.addHook('onResponse', (request, reply, done) => {
       // The route pattern, never the URL: one series per route, whatever ids the URLs carry.
       metrics.httpSeriesOf(request.routeOptions.url ?? 'unmatched', request.method, reply.statusCode).observe(reply.elapsedTime / 1000)
-      if (request.tenant) metrics.tenantRequests.inc(metrics.topTenants.record(request.tenant.id))
+      // Only callers a guard verified: anonymous requests (GET /) name a tenant nobody vouched for,
+      // and would let anyone inflate a tenant's count.
+      if (request.tenant && request.principal) metrics.tenantRequests.inc(metrics.topTenants.record(request.tenant.id))
       done()
     })
     // onResponse never runs for a request whose connection closed before its answer. onSend runs

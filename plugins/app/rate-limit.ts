@@ -14,9 +14,10 @@ declare module 'fastify' {
 /**
  * Per-tenant rate limiting (DESIGN §7). Counters live in memory, or in Redis when REDIS_URL is set
  * so that every instance shares them. Each route gets the hook as a route-level onRequest hook,
- * which Fastify runs after its folder's hooks: the guards have verified the token and the tenant
- * is resolved when the key is taken, while the body is not read yet. Health probes and /metrics
- * opt out with `config: { rateLimit: false }`, and then carry no hook at all.
+ * which Fastify runs after its folder's hooks (the guards have verified the token) and before
+ * tenant resolution (placed in front of `resolveTenant`, which route folders add at route level
+ * too): a request refused for its tenant counts like any other, and the body is not read yet.
+ * Health probes and /metrics opt out with `config: { rateLimit: false }`, and then carry no hook.
  */
 export default fp(
   async function rateLimit(fastify: FastifyInstance) {
@@ -34,11 +35,19 @@ export default fp(
     }
     const windowLabel = config.RATE_LIMIT_WINDOW.trim()
     const store = redis ? new RedisStore(redis.redis, config.RATE_LIMIT_REDIS_PREFIX) : new MemoryStore()
-    const hook = createRateLimitHook(store, { max: config.RATE_LIMIT_MAX, windowMs: durationMs(windowLabel), windowLabel })
+    const hook = createRateLimitHook(store, {
+      max: config.RATE_LIMIT_MAX,
+      callerShare: config.RATE_LIMIT_CALLER_SHARE,
+      windowMs: durationMs(windowLabel),
+      windowLabel
+    })
 
     fastify.addHook('onRoute', (route: RouteOptions) => {
       if (route.config?.rateLimit === false) return
-      route.onRequest = route.onRequest === undefined ? [hook] : [...[route.onRequest].flat(), hook]
+      const hooks = route.onRequest === undefined ? [] : [route.onRequest].flat()
+      const resolution = hooks.indexOf(fastify.resolveTenant)
+      hooks.splice(resolution === -1 ? hooks.length : resolution, 0, hook)
+      route.onRequest = hooks
       // Every limited route documents its 429.
       if (route.schema?.response) route.schema = { ...route.schema, response: withErrorCodes(route.schema.response as Record<string, unknown>, 'RATE_LIMITED') }
     })

@@ -1,11 +1,15 @@
+import type { Static } from '@sinclair/typebox'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { createMigrationState, createReadiness } from '../../lib/readiness.ts'
+import type { Readiness } from '../../schemas/health.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
     readiness: ReturnType<typeof createReadiness>
     migrationState: ReturnType<typeof createMigrationState>
+    /** The readiness answer: the status only, or (`verbose`) what each check said and where migrations stand. */
+    readinessReport: (verbose: boolean) => Promise<Static<typeof Readiness>>
   }
 }
 
@@ -16,7 +20,13 @@ declare module 'fastify' {
  */
 export default fp(
   async function readiness(fastify: FastifyInstance) {
-    const state = createReadiness()
+    const state = createReadiness({
+      // Probes do not log; a dependency that starts or stops failing does, once.
+      onChange: (name, ok, detail) => {
+        if (ok) fastify.log.info({ check: name, detail }, `readiness check "${name}" passes again`)
+        else fastify.log.warn({ check: name, detail }, `readiness check "${name}" fails: ${detail}`)
+      }
+    })
     const migrations = createMigrationState(fastify.pg.pool)
     state.addCheck('database', async () => {
       await fastify.pg.pool.query('SELECT 1')
@@ -29,6 +39,18 @@ export default fp(
     })
     fastify.decorate('readiness', state)
     fastify.decorate('migrationState', migrations)
+    fastify.decorate('readinessReport', async function readinessReport(verbose: boolean) {
+      const [{ ready, checks }, report] = await Promise.all([state.evaluate(), verbose ? migrations.report() : null])
+      const status = ready ? ('ready' as const) : ('unavailable' as const)
+      if (!verbose) return { status }
+      return {
+        status,
+        checks,
+        ...(report && {
+          migrations: { controlPlane: report.controlPlane, tenants: { latest: report.tenants.latest, behind: report.tenants.behind } }
+        })
+      }
+    })
   },
   { name: 'readiness', dependencies: ['postgres'] }
 )

@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { createTenantDb, toApiError, type ResolvedTenant, type TenantDb, type TenantScopedDb } from '../../lib/tenant-db/index.ts'
 import { assertValidTenantId } from '../../lib/tenants/index.ts'
@@ -10,6 +10,12 @@ declare module 'fastify' {
     tenantDb: TenantDb
     /** onRequest hook for tenant-scoped routes: resolves X-Tenant-ID into request.tenant and request.db. */
     resolveTenant: (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => void
+    /**
+     * onRoute hook of a tenant-scoped folder: adds resolveTenant as the route's own onRequest hook,
+     * so that it runs after the folder's guards and after the rate limit, which counts a request
+     * whatever its tenant turns out to be.
+     */
+    scopeToTenant: (route: RouteOptions) => void
   }
   interface FastifyRequest {
     tenant: ResolvedTenant | null
@@ -100,6 +106,10 @@ export default fp(
       } catch (error) {
         done(error as Error)
       }
+    })
+
+    fastify.decorate('scopeToTenant', function scopeToTenant(route: RouteOptions) {
+      route.onRequest = [...(route.onRequest === undefined ? [] : [route.onRequest].flat()), fastify.resolveTenant]
     })
 
     // Callback style, like resolveTenant: a read ends synchronously, with no promise.

@@ -29,25 +29,19 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
         summary: 'Readiness probe',
         description:
           '503 while a dependency is unreachable, the control-plane schema is older than the code, or the service is ' +
-          'shutting down. `migrations` reports the schema versions, tenants behind included, whenever the database answers.',
+          'shutting down. Anonymous callers get the status only. With an admin token (or on METRICS_PORT with ?verbose), ' +
+          '`checks` says what each dependency answered and `migrations` reports the schema versions, tenants behind included.',
         tags: ['health'],
         security: [],
         response: { 200: Readiness, 503: Readiness, ...errorResponses(...TRANSPORT_ERRORS) }
       }
     },
-    async (_request, reply) => {
-      const [{ ready, checks }, state] = await Promise.all([fastify.readiness.evaluate(), fastify.migrationState.report()])
-      if (!ready) reply.code(503).header('retry-after', '1')
-      return {
-        status: ready ? ('ready' as const) : ('unavailable' as const),
-        checks,
-        ...(state && {
-          migrations: {
-            controlPlane: state.controlPlane,
-            tenants: { latest: state.tenants.latest, behind: state.tenants.behind }
-          }
-        })
-      }
+    async (request, reply) => {
+      // Details name the bucket, the issuer and what failed: for operators, not for the internet.
+      const verbose = await fastify.callerIsAdmin(request)
+      const answer = await fastify.readinessReport(verbose)
+      if (answer.status !== 'ready') reply.code(503).header('retry-after', '1')
+      return answer
     }
   )
 }

@@ -2,10 +2,11 @@ import type { FastifyInstance } from 'fastify'
 
 /**
  * Everything under /users is tenant-scoped: a token bound to the tenant in X-Tenant-ID (or an
- * admin's) comes first, so an anonymous caller cannot probe which tenants exist; then the tenant.
+ * admin's) comes first, so an anonymous caller cannot probe which tenants exist; then the rate
+ * limit, then the tenant (at route level: see scopeToTenant).
  */
 export default async function usersHooks(fastify: FastifyInstance) {
   fastify.addHook('onRoute', fastify.declareBearerAuth('tenant'))
   fastify.addHook('onRequest', fastify.requireTenantAccess)
-  fastify.addHook('onRequest', fastify.resolveTenant)
+  fastify.addHook('onRoute', fastify.scopeToTenant)
 }
