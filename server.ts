@@ -3,6 +3,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
+import AjvCompiler from '@fastify/ajv-compiler'
 import Fastify, { LogController, type FastifyHttpOptions, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
@@ -56,8 +57,24 @@ export function serverOptions(config: Config): FastifyHttpOptions<Server> {
     return503OnClosing: false,
     requestIdHeader: false,
     genReqId: requestId,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array' } }
+    ajv: { customOptions: AJV_OPTIONS },
+    schemaController: { compilersFactory: { buildValidator: strictBodies } }
   }
+}
+
+const AJV_OPTIONS = { removeAdditional: false, coerceTypes: 'array' } as const
+const validators = AjvCompiler()
+
+/**
+ * Query strings, params and headers arrive as text, so their schemas coerce ("20" is a limit of
+ * 20). A JSON body says what types it means: `"size": "1e3"`, `true` or `[1]` is not a number, and
+ * it is refused rather than converted.
+ */
+const strictBodies: typeof validators = (externalSchemas, options) => {
+  type Options = NonNullable<typeof options>
+  const coercing = validators(externalSchemas, { ...options, customOptions: AJV_OPTIONS } as Options)
+  const strict = validators(externalSchemas, { ...options, customOptions: { ...AJV_OPTIONS, coerceTypes: false } } as unknown as Options)
+  return (route) => (route.httpPart === 'body' ? strict(route) : coercing(route))
 }
 
 /**

@@ -10,11 +10,29 @@ export function encodeCursor(createdAt: Date, id: string): string {
   return Buffer.from(JSON.stringify([createdAt.toISOString(), id])).toString('base64url')
 }
 
+/** What encodeCursor writes: an ISO instant in milliseconds, UTC, within years 0000–9999. */
+const CURSOR_INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
+/** A row id: a UUID (users, files) or a tenant id. */
+const CURSOR_ID = /^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9-]{1,61}[a-z0-9])$/
+
+/**
+ * Only the exact form encodeCursor writes is accepted, so nothing else reaches the database (a
+ * year −271821 or a "+14:00" offset PostgreSQL refuses would otherwise be a 500).
+ */
 export function decodeCursor(cursor: string): { createdAt: string; id: string } {
   try {
-    const [createdAt, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown[]
-    if (typeof createdAt === 'string' && typeof id === 'string' && !Number.isNaN(Date.parse(createdAt))) {
-      return { createdAt, id }
+    const decoded = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown
+    if (Array.isArray(decoded) && decoded.length === 2) {
+      const [createdAt, id] = decoded as unknown[]
+      if (
+        typeof createdAt === 'string' &&
+        typeof id === 'string' &&
+        CURSOR_INSTANT.test(createdAt) &&
+        CURSOR_ID.test(id) &&
+        encodeCursor(new Date(createdAt), id) === cursor
+      ) {
+        return { createdAt, id }
+      }
     }
   } catch {
     // fall through to the client error

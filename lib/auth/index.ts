@@ -4,4 +4,4 @@
  */
 export { createGuards } from './guards.ts'
 export { createKeyStore, jwksUrl, KeyLookupError, type KeyStore } from './jwks.ts'
-export { createAcceptedTokens, createPrincipalReader, DETERMINISTIC_TOKEN_ERRORS, type Principal } from './token-claims.ts'
+export { createAcceptedTokens, createPrincipalReader, DETERMINISTIC_TOKEN_ERRORS, tokenInvalid, type Principal } from './token-claims.ts'

@@ -11,6 +11,8 @@ export interface Principal {
   /** `cognito:groups`, the only claim groups are read from. */
   groups: readonly string[]
   admin: boolean
+  /** `iat`: when the token was issued, in seconds since the epoch. */
+  issuedAt: number
 }
 
 export interface ClaimRules {
@@ -18,6 +20,11 @@ export interface ClaimRules {
   tokenUse: 'access' | 'id' | 'any'
   tenantClaim: string
   adminGroup: string
+  /** The longest lifetime (`exp` − `iat`) accepted (JWT_MAX_AGE). */
+  maxAgeMs: number
+  /** Leeway for an `iat` ahead of this clock. */
+  clockToleranceMs: number
+  now?: () => number
 }
 
 const REALM = 'tenant-service'
@@ -77,7 +84,7 @@ const VERIFY_REASONS: Record<string, string> = {
   FAST_JWT_INACTIVE: 'The token is not valid yet',
   FAST_JWT_INVALID_CLAIM_VALUE: 'The token is not from the trusted issuer',
   FAST_JWT_INVALID_CLAIM_TYPE: 'The token has a claim of the wrong type',
-  FAST_JWT_MISSING_REQUIRED_CLAIM: 'The token lacks a required claim (iss, exp)',
+  FAST_JWT_MISSING_REQUIRED_CLAIM: 'The token lacks a required claim (iss, exp, iat)',
   FAST_JWT_INVALID_CRIT_HEADER: 'The token has a critical header this service does not understand'
 }
 
@@ -125,6 +132,7 @@ const isStringArray = (value: unknown): value is string[] => Array.isArray(value
  * verdict is remembered per payload and a repeated token costs a WeakMap lookup.
  */
 export function createPrincipalReader(rules: ClaimRules) {
+  const now = rules.now ?? Date.now
   const verdicts = new WeakMap<object, Principal | ApiError>()
 
   function read(payload: Record<string, unknown>): Principal | ApiError {
@@ -142,6 +150,14 @@ export function createPrincipalReader(rules: ClaimRules) {
       return tokenInvalid('Only access and ID tokens are accepted (token_use)')
     }
     if (typeof payload.sub !== 'string' || payload.sub === '') return tokenInvalid('The token names no subject (sub)')
+    // When it was issued bounds what it may do: no later than now, no longer than JWT_MAX_AGE, and
+    // never before its tenant was created (checked where the tenant is known: tenant-context).
+    const iat = payload.iat
+    if (typeof iat !== 'number' || !Number.isFinite(iat)) return tokenInvalid('The token lacks its issue time (iat)')
+    if (iat * 1000 > now() + rules.clockToleranceMs) return tokenInvalid('The token is issued in the future (iat)')
+    if (typeof payload.exp === 'number' && (payload.exp - iat) * 1000 > rules.maxAgeMs) {
+      return tokenInvalid('The token lives longer than this service accepts (exp - iat)')
+    }
 
     const groupsClaim = payload['cognito:groups']
     const groups = isStringArray(groupsClaim) ? Object.freeze([...groupsClaim]) : Object.freeze([] as string[])
@@ -153,7 +169,8 @@ export function createPrincipalReader(rules: ClaimRules) {
       tokenUse,
       tenant: typeof tenant === 'string' && tenant !== '' ? tenant : null,
       groups,
-      admin: groups.includes(rules.adminGroup)
+      admin: groups.includes(rules.adminGroup),
+      issuedAt: iat
     })
   }
 

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { createAcceptedTokens, createGuards, createPrincipalReader, type Principal } from '../../lib/auth/index.ts'
+import { durationMs } from '../../schemas/env.ts'
 import { VERIFIED_TOKEN_TTL_MS } from '../external/jwt.ts'
 
 declare module 'fastify' {
@@ -37,7 +38,9 @@ export default fp(
       clientId: config.JWT_CLIENT_ID ?? '',
       tokenUse: config.JWT_TOKEN_USE,
       tenantClaim: config.TENANT_CLAIM,
-      adminGroup: config.ADMIN_GROUP
+      adminGroup: config.ADMIN_GROUP,
+      maxAgeMs: durationMs(config.JWT_MAX_AGE),
+      clockToleranceMs: config.JWT_CLOCK_TOLERANCE_MS
     })
     // With a key fetcher, fast-jwt verifies asynchronously; @fastify/jwt's types only know the sync form.
     const verify = (token: string) => fastify.jwt.verify(token) as unknown as Promise<Record<string, unknown>>

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { createTenantDb, toApiError, type ResolvedTenant, type TenantDb, type TenantScopedDb } from '../../lib/tenant-db/index.ts'
+import { tokenInvalid } from '../../lib/auth/index.ts'
 import { assertValidTenantId } from '../../lib/tenants/index.ts'
 import { ApiError, errors } from '../../schemas/errors.ts'
 
@@ -45,6 +46,7 @@ const rollback = async (request: FastifyRequest) => {
 export default fp(
   async function tenantContext(fastify: FastifyInstance) {
     const { config } = fastify
+    const clockToleranceMs = config.JWT_CLOCK_TOLERANCE_MS
     const contextSwitch = fastify.metrics.contextSwitch
     const tenantDb = createTenantDb(fastify.pg.pool, {
       statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
@@ -71,6 +73,11 @@ export default fp(
       const caller = request.principal
       if (caller && !caller.admin && caller.tenant !== header) throw errors.tenantMismatch()
       if (!tenant) throw errors.tenantNotFound(header)
+      // A token of an earlier tenant of the same id (deleted, then created again) is not one of
+      // this tenant's. `iat` has a resolution of a second, and clocks differ a little.
+      if (caller && !caller.admin && (caller.issuedAt + 1) * 1000 + clockToleranceMs < tenant.createdAt) {
+        throw tokenInvalid('The token was issued before its tenant was created')
+      }
       if (tenant.status === 'suspended') throw errors.tenantSuspended(header)
       if (tenant.status === 'deleting') throw errors.tenantDeleting(header)
       request.tenant = tenant
