@@ -113,10 +113,10 @@ t.test('every series an alert reads is one the service exports, with the labels 
   await once(socket, 'data')
   socket.end('{"email":')
   socket.destroy()
-  const scrape = async () => (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const scrape = async () => (await app.inject({ method: 'GET', url: '/metrics', headers: auth.admin() })).body
   t.ok(await eventually(async () => (await scrape()).includes('tenant_service_http_requests_aborted_total{')), 'the abort is counted')
 
-  const response = await app.inject({ method: 'GET', url: '/metrics' })
+  const response = await app.inject({ method: 'GET', url: '/metrics', headers: auth.admin() })
   t.equal(response.statusCode, 200)
   const labelsOf = new Map<string, Set<string>>()
   for (const line of response.body.split('\n')) {

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { createTenant, setupApp, type TestContext } from './helpers/app.ts'
+import { createTenant, readinessDetails, setupApp, type TestContext } from './helpers/app.ts'
 import { startTestIssuer, type TestIssuer } from './helpers/issuer.ts'
 
 const ACME = 'acme-corp'
@@ -135,11 +135,11 @@ t.test('an outage of the issuer does not fail tokens whose key is in hand', asyn
 t.test('an unreachable issuer at start: readiness 503 and an error naming it, then ready once it answers', async (t) => {
   const down = await unreachableIssuer(t)
   const logs = logCollector()
-  const ctx = await setupApp(t, { JWT_ISSUER: down.url, JWT_CLIENT_ID: down.clientId, LOG_LEVEL: 'info' }, { logStream: logs.stream })
+  const ctx = await setupApp(t, { JWT_ISSUER: down.url, JWT_CLIENT_ID: down.clientId, LOG_LEVEL: 'info', METRICS_PORT: '0' }, { logStream: logs.stream })
 
-  const ready = await ctx.app.inject({ method: 'GET', url: '/health/ready' })
+  const ready = await readinessDetails(ctx.app)
   t.equal(ready.statusCode, 503, 'not ready without keys')
-  const check = ready.json().checks.jwks
+  const check = ready.body.checks.jwks
   t.equal(check.ok, false)
   t.match(check.detail, down.jwksUrl, 'the check names the JWKS URL')
   t.match(check.detail, /ECONNREFUSED/, 'and the reason')
@@ -171,11 +171,11 @@ t.test('a wrong user pool (404 from the issuer): readiness 503 with the reason, 
   t.teardown(() => missing.close())
   missing.setMode('not-found')
   const logs = logCollector()
-  const ctx = await setupApp(t, { JWT_ISSUER: missing.url, JWT_CLIENT_ID: missing.clientId, LOG_LEVEL: 'info' }, { logStream: logs.stream })
+  const ctx = await setupApp(t, { JWT_ISSUER: missing.url, JWT_CLIENT_ID: missing.clientId, LOG_LEVEL: 'info', METRICS_PORT: '0' }, { logStream: logs.stream })
 
-  const ready = await ctx.app.inject({ method: 'GET', url: '/health/ready' })
+  const ready = await readinessDetails(ctx.app)
   t.equal(ready.statusCode, 503)
-  t.match(ready.json().checks.jwks.detail, /HTTP 404 ResourceNotFoundException/)
+  t.match(ready.body.checks.jwks.detail, /HTTP 404 ResourceNotFoundException/)
   const error = logs.lines.find((line) => line.level >= 50 && line.msg.includes(missing.jwksUrl))
   t.ok(error, 'an error names the JWKS URL')
   t.match(error?.msg, /HTTP 404 ResourceNotFoundException: User pool .* does not exist/, 'with what the issuer said')

@@ -238,7 +238,7 @@ t.test('a client abort while the query runs rolls back and releases', async (t) 
 
   // Counted by route and method, the GET aborted while its request was still arriving as far as
   // Node is concerned, the POST after its body was read in full: Fastify sees the two differently.
-  const metrics = async () => (await ctx.app.inject({ method: 'GET', url: '/metrics' })).body
+  const metrics = async () => (await ctx.app.inject({ method: 'GET', url: '/metrics', headers: ctx.auth.admin() })).body
   const aborted = (route: string, method: string) => `tenant_service_http_requests_aborted_total{route="${route}",method="${method}"} 1`
   t.ok(
     await eventually(async () => {

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type pg from 'pg'
 import t from 'tap'
-import { buildApp, createTenant, setupApp, testConfig, type TestContext } from './helpers/app.ts'
+import { buildApp, createTenant, readinessDetails, setupApp, testConfig, type TestContext } from './helpers/app.ts'
 import { eventually } from './helpers/wait.ts'
 
 /**
@@ -28,8 +28,8 @@ async function firstSwitches(admin: pg.Pool, database: string): Promise<number> 
 }
 
 async function readiness(app: FastifyInstance) {
-  const response = await app.inject({ method: 'GET', url: '/health/ready' })
-  return { statusCode: response.statusCode, checks: response.json().checks as Record<string, { ok: boolean; detail?: string }> }
+  const { statusCode, body } = await readinessDetails(app)
+  return { statusCode, checks: body.checks }
 }
 
 t.test('PG_POOL_MIN connections are opened and switched once before the service says ready', async (t) => {
@@ -43,7 +43,8 @@ t.test('PG_POOL_MIN connections are opened and switched once before the service 
       JWT_CLIENT_ID: ctx.issuer.clientId,
       PG_POOL_MIN: '3',
       PG_POOL_MAX: '4',
-      PG_ACQUIRE_TIMEOUT_MS: '30000'
+      PG_ACQUIRE_TIMEOUT_MS: '30000',
+      METRICS_PORT: '0'
     }),
     {
       beforeRegister: (app) =>
@@ -80,7 +81,9 @@ t.test('PG_POOL_MIN connections are opened and switched once before the service 
 })
 
 t.test('PG_POOL_MIN unset: the whole pool is opened and switched before ready', async (t) => {
-  const app = await buildApp(testConfig(ctx.database, { JWT_ISSUER: ctx.issuer.url, JWT_CLIENT_ID: ctx.issuer.clientId, PG_POOL_MIN: '', PG_POOL_MAX: '3' }))
+  const app = await buildApp(
+    testConfig(ctx.database, { JWT_ISSUER: ctx.issuer.url, JWT_CLIENT_ID: ctx.issuer.clientId, PG_POOL_MIN: '', PG_POOL_MAX: '3', METRICS_PORT: '0' })
+  )
   t.teardown(() => app.close())
   t.ok(await eventually(async () => (await readiness(app)).statusCode === 200, 10_000), 'ready once they are open')
   t.match((await readiness(app)).checks.connections, { ok: true, detail: /^3 connections opened at start, in \d+ ms$/ })

@@ -73,8 +73,7 @@ export function createScope(tenant: { id: string; schema: string; role: string }
   const role = options.tenantRoles ? tenant.role : 'none'
   const values = [pg.escapeIdentifier(tenant.schema), role, String(Math.trunc(options.statementTimeoutMs))]
   const writeValues = [...values, String(Math.trunc(options.idleInTransactionTimeoutMs)), tenant.id]
-  const bind = (statement: string, values: string[]) =>
-    Buffer.concat([serialize.bind({ statement: options.prepared ? statement : '', values }), EXECUTE])
+  const bind = (statement: string, values: string[]) => Buffer.concat([serialize.bind({ statement: options.prepared ? statement : '', values }), EXECUTE])
   return {
     prepared: options.prepared,
     values,

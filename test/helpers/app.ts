@@ -197,3 +197,16 @@ export async function tenantRoleRights(admin: pg.Pool, tenant: string, role: str
 
 /** tenantRoleRights of a correctly provisioned tenant. */
 export const TENANT_ROLE_RIGHTS = { login: true, no_password: true, superuser: false, uses_schema: true, uses_tables: true, reads_registry: false }
+
+/**
+ * What readiness tells operators, from the METRICS_PORT listener (`/health/ready?verbose`): the
+ * service must be built with METRICS_PORT set (`'0'` picks a free port).
+ */
+export async function readinessDetails(app: FastifyInstance): Promise<{ statusCode: number; body: Readiness }> {
+  const address = app.metricsAddress()
+  if (!address) throw new Error('set METRICS_PORT (e.g. "0") to read the readiness details')
+  const response = await fetch(`http://127.0.0.1:${address.port}/health/ready?verbose`)
+  return { statusCode: response.status, body: (await response.json()) as Readiness }
+}
+
+type Readiness = { status: string; checks: Record<string, { ok: boolean; detail?: string }>; migrations?: unknown }

@@ -1,0 +1,298 @@
+/**
+ * The service attacked from outside, each rule by the attack that would break it: the rate limit
+ * by floods of made-up tenants and by one greedy user, the pool by one tenant's held connections,
+ * a slow body by a tenant suspended or deleted meanwhile, pagination by forged cursors, tokens by
+ * their issue time, /metrics and readiness by anonymous callers, and bodies by values of the wrong
+ * type. Each checks what the attacker got and that nothing was written.
+ */
+import net, { type AddressInfo } from 'node:net'
+import { once } from 'node:events'
+import t from 'tap'
+import { createTenant, readinessDetails, setupApp, type TestContext } from './helpers/app.ts'
+import { eventually } from './helpers/wait.ts'
+
+const ACME = 'acme-corp'
+const GLOBEX = 'globex'
+
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+const userCount = async (ctx: TestContext, tenant: string) =>
+  (await ctx.admin.query<{ count: number }>(`SELECT count(*)::int AS count FROM "${tenant}".users`)).rows[0].count
+
+/** Tallies answers by status. */
+function tally(statuses: number[]): Record<number, number> {
+  const counts: Record<number, number> = {}
+  for (const status of statuses) counts[status] = (counts[status] ?? 0) + 1
+  return counts
+}
+
+t.test('unknown tenant ids are rate limited before they are looked up, and each costs no registry query past the budget', async (t) => {
+  const ctx = await setupApp(t, { RATE_LIMIT_MAX: '5' })
+  await createTenant(ctx, ACME)
+  await ctx.app.inject({ method: 'PATCH', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin(), payload: { status: 'suspended' } })
+  // The registry lookups the service sends, counted as they pass (the pool itself is untouched).
+  const pool = ctx.app.pg.pool
+  const query = pool.query.bind(pool) as (...args: unknown[]) => unknown
+  let lookups = 0
+  pool.query = ((...args: unknown[]) => {
+    if (typeof args[0] === 'string' && /FROM public\.tenants\s+WHERE id = \$1/.test(args[0])) lookups++
+    return query(...args)
+  }) as typeof pool.query
+  const registryLookups = () => lookups
+  const before = registryLookups()
+
+  const answers: number[] = []
+  for (let i = 0; i < 300; i++) {
+    const response = await ctx.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': `no-such-tenant-${i}` } })
+    answers.push(response.statusCode)
+  }
+  t.same(tally(answers), { 404: 5, 429: 295 }, 'five unknown ids answered 404, then the address is limited')
+  t.ok(registryLookups() - before <= 5, `at most the budget reached the registry (${registryLookups() - before} lookups)`)
+
+  const suspended = await ctx.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': ACME } })
+  t.equal(suspended.statusCode, 429, "a suspended tenant's 403 is behind the same limit")
+})
+
+t.test("one caller spends at most RATE_LIMIT_CALLER_SHARE of its tenant's budget; the tenant's others and admins keep working", async (t) => {
+  const ctx = await setupApp(t, { RATE_LIMIT_MAX: '10', RATE_LIMIT_CALLER_SHARE: '0.5' })
+  await createTenant(ctx, ACME)
+  const greedy = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
+  const other = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
+  const statuses = async (headers: Record<string, string>, count: number) => {
+    const seen: number[] = []
+    for (let i = 0; i < count; i++) seen.push((await ctx.app.inject({ method: 'GET', url: '/users', headers })).statusCode)
+    return tally(seen)
+  }
+  t.same(await statuses(greedy, 50), { 200: 5, 429: 45 }, 'the greedy caller gets its half, then 429')
+  t.same(await statuses(other, 5), { 200: 5 }, "another user of the tenant still has the tenant's other half")
+  const admin = await ctx.app.inject({ method: 'GET', url: '/users', headers: { ...ctx.auth.admin(), 'x-tenant-id': ACME } })
+  t.equal(admin.statusCode, 200, "an admin acting on the tenant spends a budget of its own, not the tenant's")
+  const refused = await ctx.app.inject({ method: 'POST', url: '/users', headers: greedy, payload: { email: 'late@acme.test', name: 'Late' } })
+  t.equal(refused.statusCode, 429)
+  t.match(refused.json().message, /from this caller: at most 5 of the tenant's 10/)
+  t.equal(await userCount(ctx, ACME), 0, 'a refused write wrote nothing')
+})
+
+t.test('one tenant holding connections cannot take the pool: past TENANT_MAX_CONNECTIONS it gets 503, others are served', async (t) => {
+  const ctx = await setupApp(t, { PG_POOL_MAX: '4', TENANT_MAX_CONNECTIONS: '2', PG_ACQUIRE_TIMEOUT_MS: '10000' })
+  await createTenant(ctx, ACME)
+  await createTenant(ctx, GLOBEX)
+  // acme's writes block on a lock held outside the service, each holding a pooled connection.
+  const locker = await ctx.admin.connect()
+  t.teardown(() => locker.release())
+  await locker.query('BEGIN')
+  await locker.query(`LOCK TABLE "${ACME}".users IN ACCESS EXCLUSIVE MODE`)
+  const write = (tenant: string, email: string) =>
+    ctx.app.inject({ method: 'POST', url: '/users', headers: ctx.auth.tenantUser(tenant), payload: { email, name: 'N' } })
+  const blocked = [write(ACME, 'one@acme.test'), write(ACME, 'two@acme.test')]
+  const waiting = async () =>
+    (
+      await ctx.admin.query<{ count: number }>(
+        `SELECT count(*)::int AS count FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`
+      )
+    ).rows[0].count
+  t.ok(await eventually(async () => (await waiting()) === 2, 10_000), "two of acme's writes hold connections, waiting on the lock")
+
+  const third = await write(ACME, 'three@acme.test')
+  t.equal(third.statusCode, 503, 'a third is refused at once rather than queued for the pool')
+  t.equal(third.json().code, 'DATABASE_BUSY')
+  const neighbour = await write(GLOBEX, 'one@globex.test')
+  t.equal(neighbour.statusCode, 201, 'another tenant is served meanwhile')
+
+  await locker.query('COMMIT')
+  t.same(
+    (await Promise.all(blocked)).map((response) => response.statusCode),
+    [201, 201],
+    'the held writes complete'
+  )
+  t.equal(await userCount(ctx, ACME), 2, 'the refused write wrote nothing')
+  t.equal((await write(ACME, 'four@acme.test')).statusCode, 201, 'and acme is served again once its connections are back')
+})
+
+t.test("a mutation's transaction carries idle_in_transaction_session_timeout", async (t) => {
+  const ctx = await setupApp(t, { PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: '7000' })
+  await createTenant(ctx, ACME)
+  const tenant = await ctx.app.tenantDb.lookup(ACME)
+  const handle = ctx.app.tenantDb.open(tenant!, false)
+  const { rows } = await handle.query<{ timeout: string }>("SELECT current_setting('idle_in_transaction_session_timeout') AS timeout")
+  await handle.finish(false)
+  t.equal(rows[0].timeout, '7s')
+})
+
+/**
+ * Sends a POST's headers and the first half of its body on a socket, and answers a function that
+ * sends the rest and resolves with the status code.
+ */
+async function trickle(port: number, path: string, headers: Record<string, string>, body: string) {
+  const socket = net.connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  const lines = Object.entries({ ...headers, host: 'localhost', 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) })
+  let answer = ''
+  const answered = new Promise<void>((resolve) => {
+    socket.on('data', (chunk) => {
+      answer += chunk.toString()
+      // The whole answer: a JSON body after the headers, whose length they state.
+      const length = Number(/content-length: (\d+)/i.exec(answer)?.[1] ?? Number.NaN)
+      if (answer.length - answer.indexOf('\r\n\r\n') - 4 >= length) resolve()
+    })
+    socket.on('close', () => resolve())
+  })
+  socket.write(`POST ${path} HTTP/1.1\r\n${lines.map(([name, value]) => `${name}: ${value}\r\n`).join('')}\r\n${body.slice(0, 10)}`)
+  return async () => {
+    // Not end(): a client that half-closes has left, as far as Node is concerned.
+    socket.write(body.slice(10))
+    await answered
+    socket.destroy()
+    return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1]), body: answer.slice(answer.indexOf('\r\n\r\n') + 4) }
+  }
+}
+
+t.test('a write re-checks its tenant at its first query: suspended meanwhile is 403, deleted meanwhile is 404, never a 5xx', async (t) => {
+  const ctx = await setupApp(t)
+  await createTenant(ctx, ACME)
+  await createTenant(ctx, GLOBEX)
+  await ctx.app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (ctx.app.server.address() as AddressInfo).port
+
+  const slowWrite = await trickle(port, '/users', ctx.auth.tenantUser(ACME), JSON.stringify({ email: 'slow@acme.test', name: 'Slow' }))
+  const suspend = await ctx.app.inject({ method: 'PATCH', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin(), payload: { status: 'suspended' } })
+  t.equal(suspend.statusCode, 200)
+  const suspended = await slowWrite()
+  t.equal(suspended.status, 403, suspended.body)
+  t.match(JSON.parse(suspended.body), { code: 'TENANT_SUSPENDED' })
+  t.equal(await userCount(ctx, ACME), 0, 'the write of a tenant suspended while its body arrived wrote nothing')
+
+  const doomedWrite = await trickle(port, '/users', ctx.auth.tenantUser(GLOBEX), JSON.stringify({ email: 'slow@globex.test', name: 'Slow' }))
+  const deleted = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${GLOBEX}`, headers: ctx.auth.admin() })
+  t.equal(deleted.statusCode, 204)
+  const vanished = await doomedWrite()
+  t.equal(vanished.status, 404, `a tenant deleted while the body arrived is 404: ${vanished.body}`)
+  t.match(JSON.parse(vanished.body), { code: 'TENANT_NOT_FOUND' })
+  const schemas = await ctx.admin.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [GLOBEX])
+  t.equal(schemas.rowCount, 0, 'and nothing of it came back')
+})
+
+t.test('forged pagination cursors are 400 INVALID_CURSOR on every listing', async (t) => {
+  const ctx = await setupApp(t)
+  await createTenant(ctx, ACME)
+  const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const forged = [
+    encode(['-271821-04-20T00:00:00Z', '00000000-0000-0000-0000-000000000000']),
+    encode(['2024-01-01T00:00:00.000+14:30', '00000000-0000-0000-0000-000000000000']),
+    encode(['Mon Jan 01 2024 00:00:00 GMT+1400', '00000000-0000-0000-0000-000000000000']),
+    encode(['+275760-09-13T00:00:00.000Z', 'acme-corp']),
+    encode(['2024-02-30T00:00:00.000Z', 'acme-corp']),
+    encode(['2024-01-01T00:00:00.000Z', "x' OR 1=1 --"]),
+    encode(['2024-01-01T00:00:00.000Z', '00000000-0000-0000-0000-000000000000', 'extra']),
+    encode({ createdAt: '2024-01-01T00:00:00.000Z', id: 'acme-corp' }),
+    'bm90IGpzb24'
+  ]
+  const listings = [
+    { url: '/users', headers: ctx.auth.tenantUser(ACME) },
+    { url: '/auth/tenants', headers: ctx.auth.admin() }
+  ]
+  for (const { url, headers } of listings) {
+    for (const cursor of forged) {
+      const response = await ctx.app.inject({ method: 'GET', url: `${url}?cursor=${cursor}`, headers })
+      t.equal(response.statusCode, 400, `${url} with ${Buffer.from(cursor, 'base64url').toString()}`)
+      t.equal(response.json().code, 'INVALID_CURSOR')
+    }
+  }
+  const genuine = encode(['2024-01-01T00:00:00.000Z', '00000000-0000-0000-0000-000000000000'])
+  t.equal(
+    (await ctx.app.inject({ method: 'GET', url: `/users?cursor=${genuine}`, headers: ctx.auth.tenantUser(ACME) })).statusCode,
+    200,
+    'the form the service writes is accepted'
+  )
+})
+
+t.test('token issue times: required, not in the future, a lifetime within JWT_MAX_AGE, and never before the tenant', async (t) => {
+  // No clock tolerance, so that two seconds are enough to tell a token from before a tenant.
+  const ctx = await setupApp(t, { JWT_MAX_AGE: '1 hour', JWT_CLOCK_TOLERANCE_MS: '0' })
+  await createTenant(ctx, ACME)
+  const now = Math.floor(Date.now() / 1000)
+  const call = (claims: Record<string, unknown>) =>
+    ctx.app.inject({ method: 'GET', url: '/users', headers: { ...bearer(ctx.issuer.token({ tenant: ACME, claims })), 'x-tenant-id': ACME } })
+  const cases: [string, Record<string, unknown>, RegExp][] = [
+    ['no iat', { iat: undefined }, /issue time/],
+    ['an iat an hour ahead', { iat: now + 3600, exp: now + 3700 }, /future/],
+    ['a lifetime of two hours', { iat: now, exp: now + 7200 }, /longer/]
+  ]
+  for (const [label, claims, message] of cases) {
+    const response = await call(claims)
+    t.equal(response.statusCode, 401, label)
+    t.match(response.json(), { code: 'TOKEN_INVALID', message }, label)
+  }
+  t.equal((await call({ iat: now, exp: now + 3600 })).statusCode, 200, 'an hour is within JWT_MAX_AGE')
+
+  // A token of the tenant's earlier incarnation: issued, then the tenant deleted and created again.
+  const earlier = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: earlier })).statusCode, 200, 'it works while its tenant lives')
+  await new Promise((resolve) => setTimeout(resolve, 2100))
+  t.equal((await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin() })).statusCode, 204)
+  await createTenant(ctx, ACME)
+  const replayed = await ctx.app.inject({ method: 'POST', url: '/users', headers: earlier, payload: { email: 'ghost@acme.test', name: 'Ghost' } })
+  t.equal(replayed.statusCode, 401, 'the old token is refused by the new tenant of the same id')
+  t.match(replayed.json(), { code: 'TOKEN_INVALID', message: /before its tenant was created/ })
+  t.equal(await userCount(ctx, ACME), 0, 'and wrote nothing')
+  const fresh = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: fresh })).statusCode, 200, 'a token issued since is accepted')
+})
+
+t.test('/metrics and readiness details are not for anonymous callers; per-tenant counts only count verified callers', async (t) => {
+  const ctx = await setupApp(t, {}, { s3: true })
+  await createTenant(ctx, ACME)
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/metrics' })).statusCode, 401, 'anonymous /metrics is refused')
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/metrics', headers: ctx.auth.tenantUser(ACME) })).statusCode, 403, "a tenant's token is not enough")
+
+  for (let i = 0; i < 20; i++) await ctx.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': ACME } })
+  await ctx.app.inject({ method: 'GET', url: '/users', headers: ctx.auth.tenantUser(ACME) })
+  const exposition = (await ctx.app.inject({ method: 'GET', url: '/metrics', headers: ctx.auth.admin() })).body
+  t.match(exposition, `tenant_service_tenant_requests_total{tenant="${ACME}"} 1`, 'anonymous GET / did not inflate the count')
+
+  const headsBefore = ctx.s3!.requests.filter((request) => request.method === 'HEAD').length
+  const answers = await Promise.all(Array.from({ length: 200 }, () => ctx.app.inject({ method: 'GET', url: '/health/ready' })))
+  t.same(tally(answers.map((answer) => answer.statusCode)), { 200: 200 })
+  t.same(Object.keys(answers[0].json()), ['status'], 'anonymous readiness tells the status only')
+  t.notMatch(answers[0].body, /bucket|http:|jwks/i, 'no bucket, issuer or reason')
+  const heads = ctx.s3!.requests.filter((request) => request.method === 'HEAD').length - headsBefore
+  t.ok(heads <= 2, `200 probes made ${heads} bucket checks, not 200`)
+})
+
+t.test('METRICS_PORT: /metrics and readiness details on their own port, and not on the public one', async (t) => {
+  const ctx = await setupApp(t, { METRICS_PORT: '0' })
+  await createTenant(ctx, ACME)
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/metrics', headers: ctx.auth.admin() })).statusCode, 404, 'the public port has no /metrics')
+  const port = ctx.app.metricsAddress()!.port
+  const scrape = await fetch(`http://127.0.0.1:${port}/metrics`)
+  t.equal(scrape.status, 200)
+  t.match(await scrape.text(), /http_request_duration_seconds/)
+  const details = await readinessDetails(ctx.app)
+  t.equal(details.statusCode, 200)
+  t.match(details.body.checks, { database: { ok: true }, jwks: { ok: true } })
+  t.same(await (await fetch(`http://127.0.0.1:${port}/health/ready`)).json(), { status: 'ready' }, 'without ?verbose, the status only')
+  t.equal((await fetch(`http://127.0.0.1:${port}/users`)).status, 404, 'nothing of the API is served there')
+})
+
+t.test('JSON bodies are validated strictly: no value is coerced into the type the schema wants', async (t) => {
+  const ctx = await setupApp(t, {}, { s3: true })
+  await createTenant(ctx, ACME)
+  const headers = ctx.auth.tenantUser(ACME)
+  for (const payload of [
+    { email: 'a@acme.test', name: 12 },
+    { email: ['a@acme.test'], name: 'A' },
+    { email: 'a@acme.test', name: ['A'] },
+    { email: 'a@acme.test', name: true }
+  ]) {
+    const response = await ctx.app.inject({ method: 'POST', url: '/users', headers, payload })
+    t.equal(response.statusCode, 400, JSON.stringify(payload))
+  }
+  t.equal(await userCount(ctx, ACME), 0, 'no user was written')
+  for (const size of ['1e3', '1000', true, [1000], null]) {
+    const response = await ctx.app.inject({ method: 'POST', url: '/files', headers, payload: { filename: 'a.txt', contentType: 'text/plain', size } })
+    t.equal(response.statusCode, 400, `size ${JSON.stringify(size)}`)
+  }
+  const files = await ctx.admin.query(`SELECT 1 FROM "${ACME}".files`)
+  t.equal(files.rowCount, 0, 'no file was declared')
+  const limit = await ctx.app.inject({ method: 'GET', url: '/users?limit=5', headers })
+  t.equal(limit.statusCode, 200, 'query strings still read "5" as a number')
+})
