@@ -99,9 +99,9 @@ export const EnvSchema = Type.Object({
    */
   PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: Integer(10_000, 0),
   /**
-   * Pooled connections one tenant's requests may hold at once; past it a request that needs one
-   * more answers 503 DATABASE_BUSY at once, so one tenant cannot take the whole pool. Unset: half
-   * of PG_POOL_MAX (at least 1).
+   * Pooled connections one tenant's requests may hold at once, so one tenant cannot take the whole
+   * pool; past it a request waits for one of its tenant's (PG_ACQUIRE_TIMEOUT_MS at most, then 503
+   * DATABASE_BUSY). Unset: half of PG_POOL_MAX (at least 1).
    */
   TENANT_MAX_CONNECTIONS: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
   /** Tenant roles are `<prefix><tenant id>`; roles are cluster-wide, so a cluster shared by several deployments needs distinct prefixes. */

@@ -79,7 +79,7 @@ let port: number
 t.before(async () => {
   ctx = await setupApp(
     t,
-    { PG_POOL_MAX: '2', PG_ACQUIRE_TIMEOUT_MS: '200', PG_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS) },
+    { PG_POOL_MAX: '2', TENANT_MAX_CONNECTIONS: '2', PG_ACQUIRE_TIMEOUT_MS: '200', PG_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS) },
     { beforeReady: testRoutes }
   )
   await createTenant(ctx, TENANT)

@@ -180,10 +180,12 @@ t.test('/metrics', async (t) => {
   t.test('per-tenant request counts', async (t) => {
     const { samples } = await scrape(context)
     const before = value(samples, 'tenant_service_tenant_requests_total', { tenant: 'acme' }) ?? 0
-    for (let i = 0; i < 3; i++) await app.inject({ method: 'GET', url: '/', headers: auth.tenantUser('acme') })
+    for (let i = 0; i < 3; i++) await app.inject({ method: 'GET', url: '/users', headers: auth.tenantUser('acme') })
+    // Only callers a guard verified count: GET / takes no token, so even one that sends one is not counted.
+    t.equal((await app.inject({ method: 'GET', url: '/', headers: auth.tenantUser('acme') })).statusCode, 200)
     // Suspended and unknown tenants are not resolved, so they are never counted.
-    t.equal((await app.inject({ method: 'GET', url: '/', headers: auth.tenantUser('globex') })).statusCode, 403)
-    t.equal((await app.inject({ method: 'GET', url: '/', headers: auth.tenantUser('nobody') })).statusCode, 404)
+    t.equal((await app.inject({ method: 'GET', url: '/users', headers: auth.tenantUser('globex') })).statusCode, 403)
+    t.equal((await app.inject({ method: 'GET', url: '/users', headers: auth.tenantUser('nobody') })).statusCode, 404)
     const after = (await scrape(context)).samples
     t.equal(value(after, 'tenant_service_tenant_requests_total', { tenant: 'acme' }), before + 3)
     t.equal(value(after, 'tenant_service_tenant_requests_total', { tenant: 'globex' }), undefined)
@@ -195,7 +197,7 @@ t.test('/metrics', async (t) => {
     const before = total((await scrape(context)).samples)
     const ids = Array.from({ length: 22 }, (_, i) => `many-${String(i).padStart(2, '0')}`)
     for (const id of ids) await createTenant(context, id)
-    for (const id of ids) t.equal((await app.inject({ method: 'GET', url: '/', headers: auth.tenantUser(id) })).statusCode, 200)
+    for (const id of ids) t.equal((await app.inject({ method: 'GET', url: '/users', headers: auth.tenantUser(id) })).statusCode, 200)
     const { samples } = await scrape(context)
     const series = samples.filter((s) => s.name === 'tenant_service_tenant_requests_total')
     t.equal(series.length, 21, '20 tenants of their own plus the other bucket')

@@ -73,7 +73,11 @@ const userIds = new Map<string, string[]>()
 t.before(async () => {
   // A generous wait for a connection: on a busy machine the queue of 64 callers must not turn into
   // 503s, while a leaked connection still would.
-  ctx = await setupApp(t, { PG_POOL_MAX: '2', PG_ACQUIRE_TIMEOUT_MS: '10000', RATE_LIMIT_MAX: '1000000' }, { beforeReady: faultyRoutes })
+  ctx = await setupApp(
+    t,
+    { PG_POOL_MAX: '2', TENANT_MAX_CONNECTIONS: '2', PG_ACQUIRE_TIMEOUT_MS: '10000', RATE_LIMIT_MAX: '1000000' },
+    { beforeReady: faultyRoutes }
+  )
   for (const tenant of TENANTS) {
     await createTenant(ctx, tenant)
     const { rows } = await ctx.admin.query<{ id: string }>(

@@ -13,7 +13,7 @@ import { eventually } from './helpers/wait.ts'
 let ctx: TestContext
 
 t.before(async () => {
-  ctx = await setupApp(t)
+  ctx = await setupApp(t, { METRICS_PORT: '0' })
   for (const tenant of ['warm-alpha', 'warm-beta']) await createTenant(ctx, tenant)
 })
 
@@ -103,7 +103,8 @@ t.test('a database that cannot be reached at start: reported, and readiness is l
       JWT_CLIENT_ID: ctx.issuer.clientId,
       DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nothing',
       MIGRATE_ON_START: 'false',
-      PG_POOL_MIN: '2'
+      PG_POOL_MIN: '2',
+      METRICS_PORT: '0'
     })
   )
   t.teardown(() => app.close())

@@ -1,9 +1,10 @@
 import type pg from 'pg'
-import { ApiError, serviceUnavailable } from '../../schemas/errors.ts'
+import { ApiError } from '../../schemas/errors.ts'
 import { ScopedQuery, send } from './flight.ts'
 import { toApiError } from './pg-errors.ts'
 import { laneAnswered, laneSent, type Lane, type ReadLanes } from './read-lanes.ts'
 import { scopeMode, type TenantScope } from './scope.ts'
+import type { TenantSlots } from './tenant-slots.ts'
 
 /** Receives, in seconds, the time from having a connection to the first query's result. */
 export type ContextSwitchObserver = (seconds: number) => void
@@ -14,9 +15,8 @@ export interface HandleEnvironment {
   /** Carry the reads; null: every read takes a pooled connection. */
   readonly lanes: ReadLanes | null
   readonly onContextSwitch: ContextSwitchObserver | null
-  /** Pooled connections each tenant's handles hold (asked for or in hand), by tenant id. */
-  readonly connectionsHeld: Map<string, number>
-  readonly maxConnectionsPerTenant: number
+  /** Pooled connections each tenant's handles hold, bounded per tenant. */
+  readonly slots: TenantSlots
 }
 
 /** What settles the promise of a handle's query. */
@@ -242,24 +242,26 @@ export class TenantScopedDb {
   }
 
   #connectPooled(): void {
-    const { connectionsHeld, maxConnectionsPerTenant } = this.#environment
-    const held = connectionsHeld.get(this.#tenantId) ?? 0
-    if (held >= maxConnectionsPerTenant) {
-      return this.#connected(null, serviceUnavailable('DATABASE_BUSY', 'This tenant holds as many database connections as it may; retry shortly'))
-    }
-    connectionsHeld.set(this.#tenantId, held + 1)
-    this.#environment.pool.connect((error, client) => {
-      if (!client) {
-        this.#givenBack()
-        return this.#connected(null, error ?? null)
-      }
+    this.#environment.slots.take(this.#tenantId, (refused) => {
+      if (refused) return this.#connected(null, refused)
+      // The request may have ended while it waited for one of its tenant's connections.
       if (this.#finished) {
-        // The request ended (an abort, a timeout) while the connection was on its way: nothing
-        // was sent on it, so it goes straight back.
-        this.#release(client)
+        this.#givenBack()
         return this.#connected(null, null)
       }
-      this.#connected(client, error ?? null)
+      this.#environment.pool.connect((error, client) => {
+        if (!client) {
+          this.#givenBack()
+          return this.#connected(null, error ?? null)
+        }
+        if (this.#finished) {
+          // The request ended (an abort, a timeout) while the connection was on its way: nothing
+          // was sent on it, so it goes straight back.
+          this.#release(client)
+          return this.#connected(null, null)
+        }
+        this.#connected(client, null)
+      })
     })
   }
 
@@ -270,10 +272,7 @@ export class TenantScopedDb {
   }
 
   #givenBack(): void {
-    const { connectionsHeld } = this.#environment
-    const held = (connectionsHeld.get(this.#tenantId) ?? 1) - 1
-    if (held > 0) connectionsHeld.set(this.#tenantId, held)
-    else connectionsHeld.delete(this.#tenantId)
+    this.#environment.slots.give(this.#tenantId)
   }
 
   /** The connection arrived (or could not be had): the queries asked for meanwhile go out, or fail. */

@@ -13,6 +13,7 @@ import { TenantScopedDb, type ContextSwitchObserver } from './handle.ts'
 import { assertPgInternals } from './pg-internals.ts'
 import { ReadLanes } from './read-lanes.ts'
 import { createTenantCache, scopeOf, type ResolvedTenant } from './tenant-cache.ts'
+import { TenantSlots } from './tenant-slots.ts'
 
 export { databaseFailure, toApiError } from './pg-errors.ts'
 export { RequestFinishedError, TenantScopedDb, type ContextSwitchObserver } from './handle.ts'
@@ -30,12 +31,10 @@ export interface TenantDbOptions {
   statementTimeoutMs: number
   /** A mutation's idle_in_transaction_session_timeout (PG_IDLE_IN_TRANSACTION_TIMEOUT_MS); 0: none. */
   idleInTransactionTimeoutMs?: number
-  /**
-   * Pooled connections one tenant's handles may hold at once (TENANT_MAX_CONNECTIONS); past it a
-   * handle that needs one more fails at once with DATABASE_BUSY, so that whatever one tenant does,
-   * the rest of the pool stays for the others. Unset: no bound.
-   */
+  /** Pooled connections one tenant's handles may hold at once (TENANT_MAX_CONNECTIONS; tenant-slots.ts). Unset: no bound. */
   maxConnectionsPerTenant?: number
+  /** How long a handle waits for one of its tenant's connections when the tenant is at its bound (PG_ACQUIRE_TIMEOUT_MS). */
+  acquireTimeoutMs?: number
   /** How long a cached tenant is trusted while change notifications are not arriving. */
   cacheTtlMs: number
   /** Pooled connections that carry the reads of every request, pipelined (read-lanes.ts); 0 for none. */
@@ -68,8 +67,7 @@ export function createTenantDb(pool: pg.Pool, options: TenantDbOptions) {
     pool,
     lanes,
     onContextSwitch: options.onContextSwitch ?? null,
-    connectionsHeld: new Map<string, number>(),
-    maxConnectionsPerTenant: options.maxConnectionsPerTenant ?? Number.POSITIVE_INFINITY
+    slots: new TenantSlots(options.maxConnectionsPerTenant ?? Number.POSITIVE_INFINITY, options.acquireTimeoutMs ?? 2000)
   }
 
   return {

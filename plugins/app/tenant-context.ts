@@ -52,6 +52,7 @@ export default fp(
       statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
       idleInTransactionTimeoutMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS,
       maxConnectionsPerTenant: config.TENANT_MAX_CONNECTIONS ?? Math.max(1, Math.floor(config.PG_POOL_MAX / 2)),
+      acquireTimeoutMs: config.PG_ACQUIRE_TIMEOUT_MS,
       cacheTtlMs: config.TENANT_CACHE_TTL_MS,
       // At most all connections but one: writes need a connection of their own.
       readLanes: Math.min(config.PG_READ_LANES, config.PG_POOL_MAX - 1),
