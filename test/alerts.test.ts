@@ -1,11 +1,10 @@
 import { once } from 'node:events'
-import { readFile } from 'node:fs/promises'
 import net, { type AddressInfo } from 'node:net'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { parse } from 'yaml'
 import { createTenant, setupApp } from './helpers/app.ts'
+import { render } from './helpers/kustomize.ts'
 import { eventually } from './helpers/wait.ts'
 
 interface Rule {
@@ -50,8 +49,11 @@ function selectors(expr: string): { name: string; labels: string[] }[] {
   return found
 }
 
-const rulesFile = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../deploy/alerts.yaml')
-const document = parse(await readFile(rulesFile, 'utf8')) as { groups: { name: string; rules: Rule[] }[] }
+// The rules are those the deployment installs: the PrometheusRule of the rendered kustomize base.
+const deployDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../deploy')
+const prometheusRules = (await render(deployDir)).filter((resource) => resource.kind === 'PrometheusRule')
+if (prometheusRules.length !== 1) throw new Error(`expected one PrometheusRule in deploy/, found ${prometheusRules.length}`)
+const document = prometheusRules[0].spec as { groups: { name: string; rules: Rule[] }[] }
 const rules = document.groups.flatMap((group) => group.rules)
 
 t.test('the PromQL reader finds metric names and matchers', async (t) => {

@@ -1,65 +1,78 @@
 import { execFile } from 'node:child_process'
-import { copyFile, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
+import { isDeepStrictEqual, promisify } from 'node:util'
+import { PrometheusRule, ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1'
 import { Deployment } from 'kubernetes-models/apps/v1'
+import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2'
 import { Job } from 'kubernetes-models/batch/v1'
+import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1'
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1'
 import { ConfigMap, Secret, Service, ServiceAccount } from 'kubernetes-models/v1'
 import type { IContainer, IPodSpec, IProbe } from 'kubernetes-models/v1'
 import t from 'tap'
-import { parseAllDocuments } from 'yaml'
+import { parse, parseAllDocuments } from 'yaml'
 import { EnvSchema, loadConfig } from '../schemas/env.ts'
+import { main as migrate, parseOptions as migrateOptions } from '../scripts/migrate.ts'
 import { setupApp } from './helpers/app.ts'
+import { type Resource, render, resourceId } from './helpers/kustomize.ts'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const deployDir = path.join(root, 'deploy')
+const baseDir = path.join(deployDir, 'base')
+const overlayDir = path.join(deployDir, 'overlays', 'example')
 
-interface Manifest {
-  file: string
-  resource: { apiVersion: string; kind: string; metadata: { name: string; labels?: Record<string, string> } } & Record<string, any>
-}
-
-/** The models validate against the official OpenAPI schemas of the Kubernetes API. */
-const models: Record<string, { type: string; create: (data: any) => { validate(): void } }> = {
-  'v1/ConfigMap': { type: 'IConfigMap', create: (data) => new ConfigMap(data) },
-  'v1/Secret': { type: 'ISecret', create: (data) => new Secret(data) },
-  'v1/Service': { type: 'IService', create: (data) => new Service(data) },
-  'v1/ServiceAccount': { type: 'IServiceAccount', create: (data) => new ServiceAccount(data) },
-  'apps/v1/Deployment': { type: 'IDeployment', create: (data) => new Deployment(data) },
-  'batch/v1/Job': { type: 'IJob', create: (data) => new Job(data) },
-  'policy/v1/PodDisruptionBudget': { type: 'IPodDisruptionBudget', create: (data) => new PodDisruptionBudget(data) }
-}
-const typeModule: Record<string, string> = {
-  v1: 'kubernetes-models/v1',
-  'apps/v1': 'kubernetes-models/apps/v1',
-  'batch/v1': 'kubernetes-models/batch/v1',
-  'policy/v1': 'kubernetes-models/policy/v1'
-}
-
-const manifests: Manifest[] = []
-for (const file of (await readdir(deployDir)).filter((name) => /\.ya?ml$/.test(name)).sort()) {
-  for (const document of parseAllDocuments(await readFile(path.join(deployDir, file), 'utf8'))) {
-    if (document.errors.length > 0) throw new Error(`${file}: ${document.errors.map((error) => error.message).join('; ')}`)
-    const resource = document.toJS()
-    // deploy/ may also hold files for other tools (Prometheus rules); only Kubernetes objects are checked here.
-    if (resource?.apiVersion && resource?.kind) manifests.push({ file, resource })
+/**
+ * The models validate against the official OpenAPI schemas of the Kubernetes API, and, for the
+ * Prometheus Operator's kinds, against the schemas of its CustomResourceDefinitions.
+ */
+const models: Record<string, { type: string; module: string; create: (data: any) => { validate(): void } }> = {
+  'v1/ConfigMap': { type: 'IConfigMap', module: 'kubernetes-models/v1', create: (data) => new ConfigMap(data) },
+  'v1/Secret': { type: 'ISecret', module: 'kubernetes-models/v1', create: (data) => new Secret(data) },
+  'v1/Service': { type: 'IService', module: 'kubernetes-models/v1', create: (data) => new Service(data) },
+  'v1/ServiceAccount': { type: 'IServiceAccount', module: 'kubernetes-models/v1', create: (data) => new ServiceAccount(data) },
+  'apps/v1/Deployment': { type: 'IDeployment', module: 'kubernetes-models/apps/v1', create: (data) => new Deployment(data) },
+  'batch/v1/Job': { type: 'IJob', module: 'kubernetes-models/batch/v1', create: (data) => new Job(data) },
+  'policy/v1/PodDisruptionBudget': { type: 'IPodDisruptionBudget', module: 'kubernetes-models/policy/v1', create: (data) => new PodDisruptionBudget(data) },
+  'autoscaling/v2/HorizontalPodAutoscaler': {
+    type: 'IHorizontalPodAutoscaler',
+    module: 'kubernetes-models/autoscaling/v2',
+    create: (data) => new HorizontalPodAutoscaler(data)
+  },
+  'networking.k8s.io/v1/NetworkPolicy': { type: 'INetworkPolicy', module: 'kubernetes-models/networking.k8s.io/v1', create: (data) => new NetworkPolicy(data) },
+  'monitoring.coreos.com/v1/ServiceMonitor': {
+    type: 'IServiceMonitor',
+    module: '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1',
+    create: (data) => new ServiceMonitor(data)
+  },
+  'monitoring.coreos.com/v1/PrometheusRule': {
+    type: 'IPrometheusRule',
+    module: '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1',
+    create: (data) => new PrometheusRule(data)
   }
 }
 
-const one = (kind: string) => {
-  const found = manifests.filter((manifest) => manifest.resource.kind === kind)
-  if (found.length !== 1) throw new Error(`expected one ${kind} in deploy/, found ${found.length}`)
-  return found[0].resource
+/** What `kubectl apply -k` sends: the base as deploy/ applies it, and the example overlay. */
+const renderings = { base: await render(deployDir), overlay: await render(overlayDir) }
+/** The Secret is created out of band; 00-secret.yaml is its example, kept out of the base. */
+const secretExample = parse(await readFile(path.join(baseDir, '00-secret.yaml'), 'utf8')) as Resource
+
+const oneOf = (resources: Resource[], kind: string, name?: string) => {
+  const found = resources.filter((resource) => resource.kind === kind && (name === undefined || resource.metadata.name === name))
+  if (found.length !== 1) throw new Error(`expected one ${kind}${name ? ` ${name}` : ''}, found ${found.length}`)
+  return found[0]
 }
+const base = renderings.base
+const one = (kind: string, name?: string) => oneOf(base, kind, name)
 const configMap = one('ConfigMap')
-const secret = one('Secret')
+const secret = secretExample
 const service = one('Service')
 const deployment = one('Deployment')
 const job = one('Job')
 const pdb = one('PodDisruptionBudget')
+const hpa = one('HorizontalPodAutoscaler')
 const podSpec = deployment.spec.template.spec as IPodSpec
 const container = podSpec.containers[0] as IContainer
 const secretValues: Record<string, string> = {
@@ -73,15 +86,129 @@ const configured = (name: keyof typeof EnvSchema.properties) => Number(container
 const matches = (selector: Record<string, string>, labels: Record<string, string> | undefined) =>
   Object.entries(selector).every(([key, value]) => labels?.[key] === value)
 
-t.test('every manifest is a valid Kubernetes object', async (t) => {
-  const kinds = manifests.map((manifest) => manifest.resource.kind).sort()
-  t.same(kinds, ['ConfigMap', 'Deployment', 'Job', 'PodDisruptionBudget', 'Secret', 'Service', 'ServiceAccount'])
-  for (const { file, resource } of manifests) {
-    const model = models[`${resource.apiVersion}/${resource.kind}`]
-    t.ok(model, `${file}: ${resource.apiVersion} ${resource.kind} is a known, current API`)
-    if (!model) continue
-    t.doesNotThrow(() => model.create(resource).validate(), `${file}: ${resource.kind} ${resource.metadata.name} matches the schema`)
+const KINDS = [
+  'ConfigMap',
+  'Deployment',
+  'HorizontalPodAutoscaler',
+  'Job',
+  'NetworkPolicy',
+  'NetworkPolicy',
+  'PodDisruptionBudget',
+  'PrometheusRule',
+  'Service',
+  'ServiceAccount',
+  'ServiceMonitor'
+]
+
+t.test('the base and the overlay render to valid Kubernetes objects', async (t) => {
+  for (const [name, resources] of Object.entries(renderings)) {
+    t.same(resources.map((resource) => resource.kind).sort(), KINDS, `${name}: the objects of the base`)
+    for (const resource of [...resources, secretExample]) {
+      const model = models[`${resource.apiVersion}/${resource.kind}`]
+      t.ok(model, `${name}: ${resource.apiVersion} ${resource.kind} is a known, current API`)
+      if (!model) continue
+      t.doesNotThrow(() => model.create(resource).validate(), `${name}: ${resourceId(resource)} matches the schema`)
+    }
   }
+  const invalid = structuredClone(oneOf(renderings.overlay, 'ServiceMonitor'))
+  invalid.spec.endpoints[0].port = 9464
+  t.throws(() => models['monitoring.coreos.com/v1/ServiceMonitor'].create(invalid).validate(), 'the CRD schema catches a wrong type')
+  for (const resource of renderings.overlay) t.equal(resource.metadata.namespace, 'tenant-service', `overlay: ${resource.kind} in its namespace`)
+  t.notOk(
+    base.some((resource) => resource.kind === 'Secret'),
+    'applying the base never overwrites the real Secret with placeholders'
+  )
+})
+
+t.test('every manifest of deploy/base is in its kustomization', async (t) => {
+  const kustomization = parse(await readFile(path.join(baseDir, 'kustomization.yaml'), 'utf8')) as { resources: string[] }
+  const files = (await readdir(baseDir)).filter((name) => /\.ya?ml$/.test(name) && name !== 'kustomization.yaml' && name !== '00-secret.yaml')
+  t.same([...kustomization.resources].sort(), files.sort())
+})
+
+/** A kustomize to compare the renderer with, when the machine has one (neither Debian nor npm packages it). */
+const kustomizeTool = await (async () => {
+  const run = promisify(execFile)
+  for (const [command, args, version] of [
+    ['kustomize', ['build'], ['version']],
+    ['kubectl', ['kustomize'], ['version', '--client']]
+  ] as const) {
+    if (
+      await run(command, version, { timeout: 10_000 }).then(
+        () => true,
+        () => false
+      )
+    )
+      return { command, args }
+  }
+  return undefined
+})()
+
+t.test(
+  'the renderer agrees with kustomize where a kustomize is installed',
+  { skip: kustomizeTool ? false : 'neither kustomize nor kubectl is installed: the renderer alone renders (test/helpers/kustomize.ts)' },
+  async (t) => {
+    const run = promisify(execFile)
+    const tool = kustomizeTool!
+    for (const [name, dir] of [
+      ['base', deployDir],
+      ['overlay', overlayDir]
+    ] as const) {
+      const { stdout } = await run(tool.command, [...tool.args, dir], { maxBuffer: 16 << 20 })
+      const theirs = new Map(parseAllDocuments(stdout).map((document) => [resourceId(document.toJS()), document.toJS() as Resource]))
+      t.same([...theirs.keys()].sort(), renderings[name].map(resourceId).sort(), `${name}: the same objects as ${tool.command}`)
+      for (const resource of renderings[name]) {
+        t.ok(isDeepStrictEqual(resource, theirs.get(resourceId(resource))), `${name}: ${resourceId(resource)} as ${tool.command} renders it`)
+      }
+    }
+  }
+)
+
+t.test('the renderer refuses what it does not implement, and applies the patches it does', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'tenant-service-kustomize-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const kustomization = async (name: string, body: string) => {
+    await mkdir(path.join(dir, name), { recursive: true })
+    await writeFile(path.join(dir, name, 'kustomization.yaml'), body)
+    return path.join(dir, name)
+  }
+  const base = `resources: [${JSON.stringify(baseDir)}]\n`
+  await t.rejects(render(await kustomization('prefix', `${base}namePrefix: staging-\n`)), /namePrefix not supported/, 'namePrefix is refused')
+  await t.rejects(
+    render(
+      await kustomization(
+        'list',
+        `${base}patches:\n  - patch: |-\n      kind: Deployment\n      metadata: { name: tenant-service }\n      spec: { template: { spec: { containers: [] } } }\n`
+      )
+    ),
+    /JSON 6902/,
+    'a strategic-merge patch of a list is refused'
+  )
+  await t.rejects(
+    render(
+      await kustomization(
+        'test-op',
+        `${base}patches:\n  - target: { kind: HorizontalPodAutoscaler }\n    patch: '[{op: test, path: /spec/maxReplicas, value: 99}]'\n`
+      )
+    ),
+    /test \/spec\/maxReplicas failed/,
+    'a failed test operation stops the rendering'
+  )
+  await t.rejects(
+    render(await kustomization('no-match', `${base}patches:\n  - target: { kind: CronJob }\n    patch: '[{op: remove, path: /spec}]'\n`)),
+    /no resource matches/,
+    'a patch that matches nothing is an error'
+  )
+  const patched = await render(
+    await kustomization(
+      'ops',
+      `${base}patches:\n  - target: { kind: Deployment, name: tenant-service }\n    patch: |-\n      - { op: add, path: /spec/template/spec/containers/0/args, value: [--x] }\n      - { op: remove, path: /spec/revisionHistoryLimit }\n      - { op: replace, path: /spec/template/metadata/labels/app.kubernetes.io~1component, value: web }\n`
+    )
+  )
+  const patchedDeployment = oneOf(patched, 'Deployment')
+  t.same(patchedDeployment.spec.template.spec.containers[0].args, ['--x'], 'add')
+  t.notOk('revisionHistoryLimit' in patchedDeployment.spec, 'remove')
+  t.equal(patchedDeployment.spec.template.metadata.labels['app.kubernetes.io/component'], 'web', 'replace, with ~1 for a slash')
 })
 
 t.test('no manifest carries a field Kubernetes does not know', async (t) => {
@@ -91,19 +218,18 @@ t.test('no manifest carries a field Kubernetes does not know', async (t) => {
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   await symlink(path.join(root, 'node_modules'), path.join(dir, 'node_modules'), 'dir')
   await copyFile(path.join(root, 'package.json'), path.join(dir, 'package.json'))
-  const source = (documents: Manifest[]) => {
+  const source = (documents: Resource[]) => {
     const imports = new Map<string, Set<string>>()
-    const lines = documents.map(({ resource }, index) => {
-      const { type } = models[`${resource.apiVersion}/${resource.kind}`]
-      const module = typeModule[resource.apiVersion]
+    const lines = documents.map((resource, index) => {
+      const { type, module } = models[`${resource.apiVersion}/${resource.kind}`]
       imports.set(module, (imports.get(module) ?? new Set()).add(type))
       return `export const m${index}: ${type} = ${JSON.stringify(resource, null, 2)}`
     })
     return [...[...imports].map(([module, types]) => `import type { ${[...types].join(', ')} } from '${module}'`), ...lines].join('\n')
   }
-  const canary = structuredClone(manifests.find((manifest) => manifest.resource.kind === 'Deployment')!)
-  canary.resource.spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem = true
-  await writeFile(path.join(dir, 'manifests.ts'), source(manifests))
+  const canary = structuredClone(deployment)
+  canary.spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem = true
+  await writeFile(path.join(dir, 'manifests.ts'), source([...renderings.base, ...renderings.overlay, secretExample]))
   await writeFile(path.join(dir, 'canary.ts'), source([canary]))
   await writeFile(
     path.join(dir, 'tsconfig.json'),
@@ -129,6 +255,23 @@ t.test('no manifest carries a field Kubernetes does not know', async (t) => {
   )
 })
 
+t.test('the images: the kustomization names the build, the Job migrates with the Deployment’s', async (t) => {
+  const kustomization = parse(await readFile(path.join(baseDir, 'kustomization.yaml'), 'utf8')) as {
+    images: { name: string; newName: string; newTag: string }[]
+  }
+  const [image] = kustomization.images
+  t.equal(container.image, `${image.newName}:${image.newTag}`, 'the base sets the Deployment’s image')
+  for (const [name, resources] of Object.entries(renderings)) {
+    const deploymentImage = oneOf(resources, 'Deployment').spec.template.spec.containers[0].image
+    t.equal(
+      oneOf(resources, 'Job').spec.template.spec.containers[0].image,
+      deploymentImage,
+      `${name}: the Job migrates with the image the Deployment rolls out`
+    )
+  }
+  t.equal(oneOf(renderings.overlay, 'Deployment').spec.template.spec.containers[0].image, `${image.newName}:0.2.0`, 'the overlay moves the tag')
+})
+
 t.test('the probe paths are routes of the service, and answer', async (t) => {
   const { app } = await setupApp(t)
   const probes: [string, IProbe | undefined][] = [
@@ -149,12 +292,16 @@ t.test('the probe paths are routes of the service, and answer', async (t) => {
   t.equal(container.readinessProbe?.httpGet?.path, '/health/ready')
 })
 
-t.test('the ports line up: PORT, the container, the Service', async (t) => {
+t.test('the ports line up: PORT, the container, the Service; the metrics port beside them', async (t) => {
   const port = configured('PORT')
-  const http = container.ports?.find((entry) => entry.name === 'http')
-  t.equal(http?.containerPort, port, `the container port is PORT (${port})`)
-  const target = service.spec.ports[0].targetPort
+  const containerPort = (name: string) => container.ports?.find((entry) => entry.name === name)
+  const servicePort = (name: string) =>
+    (service.spec.ports as { name: string; port: number; targetPort: string | number }[]).find((entry) => entry.name === name)
+  t.equal(containerPort('http')?.containerPort, port, `the container port is PORT (${port})`)
+  const target = servicePort('http')?.targetPort
   t.ok(target === 'http' || target === port, 'the Service targets the container port')
+  t.equal(containerPort('metrics')?.containerPort, 9464, 'the container has a metrics port, 9464')
+  t.equal(servicePort('metrics')?.targetPort, 'metrics', 'the Service has a metrics port, to the container’s')
   t.ok(matches(service.spec.selector, deployment.spec.template.metadata.labels), 'the Service selects the pods')
   t.notOk(matches(service.spec.selector, job.spec.template.metadata.labels), 'the Service does not select the migration pod')
   t.ok(matches(deployment.spec.selector.matchLabels, deployment.spec.template.metadata.labels), 'the Deployment selects its pods')
@@ -210,24 +357,133 @@ t.test('configuration: a ConfigMap and a Secret that make a valid production con
   t.notOk('DATABASE_URL' in (configMap.data ?? {}), 'no connection string in the ConfigMap')
 
   const known = new Set(Object.keys(EnvSchema.properties))
-  for (const key of Object.keys(containerEnv)) t.ok(known.has(key) || key.startsWith('AWS_'), `${key} is a variable the service reads`)
-  t.equal(configMap.data.NODE_ENV, 'production')
-  const config = loadConfig(containerEnv)
-  t.equal(config.NODE_ENV, 'production', 'loadConfig accepts the manifests’ configuration')
+  for (const [name, resources] of Object.entries(renderings)) {
+    const data = oneOf(resources, 'ConfigMap').data as Record<string, string>
+    for (const key of Object.keys({ ...data, ...secretValues }))
+      t.ok(known.has(key) || key.startsWith('AWS_'), `${name}: ${key} is a variable the service reads`)
+    const config = loadConfig({ ...data, ...secretValues })
+    t.equal(config.NODE_ENV, 'production', `${name}: loadConfig accepts the manifests’ configuration`)
+  }
 })
 
-t.test('the migration Job runs the built migrate command once per rollout', async (t) => {
+t.test('the migration Job runs the built migrate command once per rollout, and knows its exit codes', async (t) => {
   const spec = job.spec.template.spec as IPodSpec
   t.same(spec.containers[0].command, ['node', 'dist/scripts/migrate.js'])
-  t.equal(spec.restartPolicy, 'Never', 'a failed run is a new pod, not a restart in place')
+  t.equal(spec.restartPolicy, 'Never', 'a failed run is a new pod, not a restart in place (podFailurePolicy requires it)')
   t.ok(Number.isInteger(job.spec.backoffLimit) && job.spec.backoffLimit <= 5, `backoffLimit ${job.spec.backoffLimit}`)
-  t.equal(spec.containers[0].image, container.image, 'the Job migrates with the image the Deployment rolls out')
   const build = JSON.parse(await readFile(path.join(root, 'tsconfig.build.json'), 'utf8')) as { include: string[] }
   t.ok(build.include.includes('scripts/migrate.ts'), 'the build compiles scripts/migrate.ts to dist/scripts/migrate.js')
+
+  const rules = job.spec.podFailurePolicy?.rules as {
+    action: string
+    onExitCodes?: { containerName?: string; operator: string; values: number[] }
+    onPodConditions?: { type: string; status: string }[]
+  }[]
+  t.ok(rules?.length, 'the Job has a podFailurePolicy')
+  const disruption = rules.findIndex((rule) => rule.onPodConditions?.some((condition) => condition.type === 'DisruptionTarget' && condition.status === 'True'))
+  t.equal(rules[disruption]?.action, 'Ignore', 'a pod evicted or preempted is replaced without counting as a failure')
+  const failJob = rules.find((rule) => rule.action === 'FailJob')
+  t.equal(failJob?.onExitCodes?.operator, 'In')
+  t.equal(failJob?.onExitCodes?.containerName, spec.containers[0].name, 'the rule names the migrate container')
+  t.ok(rules.indexOf(failJob!) > disruption, 'a disruption is recognised before an exit code')
+  // The exit codes that fail the Job at once are those migrate gives when a rerun cannot help.
+  const quiet = process.stderr.write
+  process.stderr.write = () => true
+  const statuses = await Promise.all([
+    migrate(['--concurrency', '0']),
+    migrate([], { NODE_ENV: 'production' }),
+    migrate([], { NODE_ENV: 'production', DATABASE_URL: 'not a url' })
+  ]).finally(() => {
+    process.stderr.write = quiet
+  })
+  t.same(failJob?.onExitCodes?.values, [...new Set(statuses)], `FailJob on ${statuses.join(', ')}: bad usage, configuration missing or invalid`)
+  t.notOk(failJob?.onExitCodes?.values.includes(1), 'a failed tenant (exit 1) is retried: a rerun finishes the rest')
 })
 
 t.test('the PodDisruptionBudget lets a drain proceed while keeping a replica', async (t) => {
   t.ok(matches(pdb.spec.selector.matchLabels, deployment.spec.template.metadata.labels), 'it covers the Deployment’s pods')
   t.ok(pdb.spec.minAvailable >= 1, 'at least one replica stays up')
-  t.ok(pdb.spec.minAvailable < deployment.spec.replicas, 'a node can still be drained')
+  t.ok(pdb.spec.minAvailable < hpa.spec.minReplicas, 'a node can still be drained at the fewest replicas')
+})
+
+t.test('the autoscaler: replicas × connections stay within the database’s connection budget', async (t) => {
+  t.notOk('replicas' in deployment.spec, 'the Deployment leaves the replica count to the autoscaler')
+  t.same(hpa.spec.scaleTargetRef, { apiVersion: 'apps/v1', kind: 'Deployment', name: deployment.metadata.name }, 'it scales the Deployment')
+  t.ok(hpa.spec.minReplicas >= 2 && hpa.spec.minReplicas <= hpa.spec.maxReplicas, `minReplicas ${hpa.spec.minReplicas}`)
+  for (const [name, resources] of Object.entries(renderings)) {
+    const autoscaler = oneOf(resources, 'HorizontalPodAutoscaler')
+    const annotation = (key: string) => {
+      const value = Number(autoscaler.metadata.annotations?.[`tenant-service/${key}`])
+      t.ok(Number.isInteger(value) && value >= 0, `${name}: annotation tenant-service/${key} is a count (${value})`)
+      return value
+    }
+    const maxConnections = annotation('postgres-max-connections')
+    const reserved = annotation('postgres-reserved-connections')
+    const others = annotation('postgres-other-connections')
+    const migrateJob = oneOf(resources, 'Job')
+    const { concurrency } = migrateOptions(migrateJob.spec.template.spec.containers[0].args ?? [])
+    const poolMax = Number(oneOf(resources, 'ConfigMap').data.PG_POOL_MAX ?? EnvSchema.properties.PG_POOL_MAX.default)
+    // The pool (read lanes included), the LISTEN connection for tenant changes, and one more at
+    // start (the control-plane migration, then the database check), never two at once.
+    const perPod = poolMax + 2
+    const surge = oneOf(resources, 'Deployment').spec.strategy.rollingUpdate.maxSurge
+    t.ok(Number.isInteger(surge), `${name}: maxSurge is a number of pods (${surge})`)
+    const budget = maxConnections - reserved - others - concurrency
+    const pods = autoscaler.spec.maxReplicas + surge
+    t.ok(
+      pods * perPod <= budget,
+      `${name}: (${autoscaler.spec.maxReplicas} + ${surge}) pods × (PG_POOL_MAX ${poolMax} + 2) = ${pods * perPod} ≤ ${maxConnections} − ${reserved} − ${others} − ${concurrency} = ${budget}`
+    )
+    t.ok((pods + 1) * perPod > budget, `${name}: maxReplicas is the most the budget allows (one more pod: ${(pods + 1) * perPod} > ${budget})`)
+  }
+})
+
+t.test('the network policy admits the API from the cluster, metrics from Prometheus only', async (t) => {
+  type Peer = { namespaceSelector?: { matchLabels?: Record<string, string> }; podSelector?: { matchLabels?: Record<string, string> }; ipBlock?: unknown }
+  type Rule = { from?: Peer[]; to?: Peer[]; ports?: { port: string | number; protocol?: string }[] }
+  const policies = base.filter((resource) => resource.kind === 'NetworkPolicy')
+  const forPods = (labels: Record<string, string>) => policies.filter((policy) => matches(policy.spec.podSelector.matchLabels, labels))
+  const [api] = forPods(deployment.spec.template.metadata.labels)
+  t.equal(forPods(deployment.spec.template.metadata.labels).length, 1, 'one policy selects the service’s pods')
+  t.same(api.spec.policyTypes, ['Ingress', 'Egress'], 'it restricts both directions')
+  const ingress = api.spec.ingress as Rule[]
+  const rulesFor = (port: string) => ingress.filter((rule) => rule.ports?.some((entry) => entry.port === port))
+  for (const rule of ingress) {
+    for (const entry of rule.ports ?? [])
+      t.ok(
+        container.ports?.some((p) => p.name === entry.port),
+        `ingress port ${entry.port} is a container port`
+      )
+    t.ok(rule.ports?.length, 'no ingress rule opens every port')
+  }
+  t.same(rulesFor('http')[0]?.from, [{ namespaceSelector: {} }], 'http: from any namespace of the cluster')
+  const metrics = rulesFor('metrics')
+  t.equal(metrics.length, 1, 'metrics: one rule')
+  t.same(
+    metrics[0]?.from?.map((peer) => [peer.namespaceSelector?.matchLabels, peer.podSelector?.matchLabels]),
+    [[{ 'kubernetes.io/metadata.name': 'monitoring' }, { 'app.kubernetes.io/name': 'prometheus' }]],
+    'metrics: from the Prometheus pods of the monitoring namespace only'
+  )
+  const egressPorts = (policy: Resource) =>
+    new Set((policy.spec.egress as Rule[]).flatMap((rule) => (rule.ports ?? []).map((entry) => `${entry.port}/${entry.protocol ?? 'TCP'}`)))
+  t.same([...egressPorts(api)].sort(), ['443/TCP', '53/TCP', '53/UDP', '5432/TCP', '6379/TCP'], 'out: DNS, PostgreSQL, Redis, HTTPS')
+  const [migrateJob] = forPods(job.spec.template.metadata.labels)
+  t.ok(migrateJob, 'a policy selects the migration pod')
+  t.same(migrateJob?.spec.ingress, [], 'nothing reaches the migration pod')
+  t.same([...egressPorts(migrateJob)].sort(), ['53/TCP', '53/UDP', '5432/TCP'], 'the migration pod reaches DNS and PostgreSQL only')
+})
+
+t.test('the ServiceMonitor scrapes the metrics port, under the job the alerts select', async (t) => {
+  const monitor = one('ServiceMonitor')
+  t.ok(matches(monitor.spec.selector.matchLabels, service.metadata.labels), 'it selects the Service')
+  t.same(
+    monitor.spec.endpoints.map((endpoint: { port: string; path: string }) => [endpoint.port, endpoint.path]),
+    [['metrics', '/metrics']],
+    'port metrics, path /metrics'
+  )
+  const job = service.metadata.labels?.[monitor.spec.jobLabel]
+  t.equal(job, 'tenant-service', `the job is named after the Service’s ${monitor.spec.jobLabel} label`)
+  const rules = one('PrometheusRule').spec.groups.flatMap((group: { rules: { expr: string }[] }) => group.rules)
+  const jobs = new Set(rules.flatMap((rule: { expr: string }) => [...rule.expr.matchAll(/job="([^"]*)"/g)].map((match) => match[1])))
+  t.same([...jobs], [job], 'the alerts select that job')
 })
