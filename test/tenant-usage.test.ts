@@ -25,7 +25,7 @@ t.teardown(async () => {
 await createTenant(ctx, 'acme')
 await createTenant(ctx, 'globex')
 
-const call = (app: FastifyInstance, method: 'GET' | 'POST' | 'DELETE', url: string, headers: Record<string, string>, payload?: object) =>
+const call = (app: FastifyInstance, method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, headers: Record<string, string>, payload?: object) =>
   app.inject({ method, url, headers, ...(payload && { payload }) })
 
 interface Window {
@@ -165,6 +165,11 @@ t.test('the endpoint is for admins; an unknown tenant is 404', async (t) => {
   t.equal(anonymous.statusCode, 401)
   t.equal(anonymous.json().code, 'TOKEN_MISSING')
   t.match(anonymous.headers['www-authenticate'], /^Bearer/)
+
+  t.equal((await call(a, 'PATCH', '/auth/tenants/acme', auth.admin(), { status: 'suspended' })).statusCode, 200)
+  const suspended = await usageOf(a, 'acme')
+  t.same([suspended.users, suspended.storage.files], [2, 1], 'a suspended tenant still has its usage')
+  t.equal((await call(a, 'PATCH', '/auth/tenants/acme', auth.admin(), { status: 'active' })).statusCode, 200)
 })
 
 t.test('a flush that cannot write keeps its counts for the next one', async (t) => {
