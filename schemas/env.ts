@@ -119,6 +119,12 @@ export const EnvSchema = Type.Object({
   TENANT_SPARES: Integer(128, 0, 1000),
   /** How long a cached registry entry is trusted when change notifications are not arriving. */
   TENANT_CACHE_TTL_MS: Integer(1000, 0),
+  /**
+   * How often each instance writes the requests it counted per tenant to `public.tenant_usage`
+   * (lib/tenants/usage.ts). The usage endpoint may miss what other instances counted in their last
+   * interval.
+   */
+  USAGE_FLUSH_INTERVAL_MS: Integer(10_000, 100, 3_600_000),
 
   /** Apply pending control-plane migrations at start (tenant schemas are migrated by `npm run migrate`). */
   MIGRATE_ON_START: Type.Boolean({ default: true }),

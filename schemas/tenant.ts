@@ -34,3 +34,52 @@ export const UpdateTenantBody = Type.Object(
 export type UpdateTenantBody = Static<typeof UpdateTenantBody>
 
 export const TenantParams = Type.Object({ id: Type.String({ maxLength: 100 }) })
+
+/** Requests counted in one window of time: `[from, to)`. */
+const RequestWindow = Type.Object({
+  from: Timestamp,
+  to: Timestamp,
+  requests: Type.Integer({ minimum: 0 })
+})
+
+/**
+ * What one tenant uses. Requests are those of callers holding a token bound to the tenant, counted
+ * per hour (UTC); the rest is read from the database when asked.
+ */
+export const TenantUsage = Type.Object(
+  {
+    tenant: TenantId,
+    at: Type.String({ format: 'date-time', description: 'When the figures were read' }),
+    requests: Type.Object(
+      {
+        currentHour: RequestWindow,
+        lastHour: RequestWindow,
+        currentDay: RequestWindow,
+        lastDay: RequestWindow
+      },
+      {
+        description:
+          'Requests to tenant routes by callers whose token is bound to this tenant (an admin’s requests and the tokenless `GET /` are not counted). Hours and days are UTC. Counted in memory by each instance and written every USAGE_FLUSH_INTERVAL_MS: what other instances counted in their last interval may be missing.'
+      }
+    ),
+    storage: Type.Object(
+      {
+        files: Type.Integer({ minimum: 0, description: 'Files whose upload is complete' }),
+        bytes: Type.Integer({ minimum: 0, description: 'Their total size' })
+      },
+      { description: 'Uploaded files (pending uploads are not counted)' }
+    ),
+    database: Type.Object(
+      {
+        bytes: Type.Integer({
+          minimum: 0,
+          description: "On-disk size of the tenant's schema: every table with its indexes and TOAST, and every sequence"
+        })
+      },
+      { description: "The tenant's PostgreSQL schema" }
+    ),
+    users: Type.Integer({ minimum: 0, description: 'Users in the tenant' })
+  },
+  { $id: 'TenantUsage' }
+)
+export type TenantUsage = Static<typeof TenantUsage>

@@ -1,7 +1,7 @@
 /**
  * Tenants, the control plane: the registry in `public.tenants`, provisioning (on the spot or from
  * spare schemas made ahead of need), migrations of the control plane and of every tenant schema,
- * and the rules and SQL that turn a tenant id into names.
+ * the rules and SQL that turn a tenant id into names, and each tenant's usage.
  */
 export {
   controlPlaneVersion,
@@ -18,3 +18,4 @@ export { provisionTenant } from './provisioning.ts'
 export { deleteTenant, findTenant, getTenant, listTenants, TENANT_CHANGED_CHANNEL, toTenant, updateTenant, type TenantRow } from './registry.ts'
 export { TenantSpares } from './spares.ts'
 export { assertValidTenantId, checkTenantId, tenantRoleName } from './sql.ts'
+export { createTenantUsage, USAGE_RETENTION_DAYS, type TenantQueryable, type TenantUsageCounter } from './usage.ts'

@@ -1,8 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Page, PageQuery, ref } from '../../../schemas/common.ts'
-import { DATABASE_ERRORS, errorResponses } from '../../../schemas/errors.ts'
-import { CreateTenantBody, Tenant, TenantParams, UpdateTenantBody } from '../../../schemas/tenant.ts'
-import { deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../lib/tenants/index.ts'
+import { DATABASE_ERRORS, errorResponses, errors } from '../../../schemas/errors.ts'
+import { CreateTenantBody, Tenant, TenantParams, TenantUsage, UpdateTenantBody } from '../../../schemas/tenant.ts'
+import { checkTenantId, deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../lib/tenants/index.ts'
 import { deleteTenantObjects } from '../../../lib/files/index.ts'
 
 /** Tenant lifecycle: the control plane. Each change is announced so every instance's cache drops the tenant. */
@@ -54,6 +54,36 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     },
     async (request) => toTenant(await getTenant(pool, request.params.id))
+  )
+
+  fastify.get(
+    '/:id/usage',
+    {
+      schema: {
+        operationId: 'getTenantUsage',
+        summary: "Get a tenant's usage",
+        description:
+          'Requests in the current and the last full hour and day (UTC) by callers with a token bound to the tenant; ' +
+          'its uploaded files and their bytes; the on-disk size of its schema; its users. Requests are counted in memory ' +
+          'and written every USAGE_FLUSH_INTERVAL_MS (10 s by default): those of the instance answering are all ' +
+          "included, another instance's last interval may be missing.",
+        tags: ['tenants'],
+        params: TenantParams,
+        response: { 200: ref(TenantUsage), ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND') }
+      }
+    },
+    async (request) => {
+      const { id } = request.params
+      const tenant = checkTenantId(id) === null ? await fastify.tenantDb.lookup(id) : null
+      if (!tenant) throw errors.tenantNotFound(id)
+      // Its files and users are read through the tenant's own handle, read-only: in its schema, as its role.
+      const db = fastify.tenantDb.open(tenant, true)
+      try {
+        return await fastify.usage.read(tenant, db)
+      } finally {
+        await db.finish(true)?.catch(() => undefined)
+      }
+    }
   )
 
   fastify.patch(
