@@ -11,6 +11,8 @@ export interface ResolvedTenant {
   readonly schema: string
   readonly role: string
   readonly status: TenantStatus
+  /** The latest tenant migration applied to its schema, when it was read (routes may need a newer one). */
+  readonly schemaVersion: number
 }
 
 /**
@@ -73,7 +75,7 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
     const row = await findTenant(pool, id)
     let tenant: ResolvedTenant | null = null
     if (row) {
-      tenant = Object.freeze({ id: row.id, name: row.name, schema: row.schema, role: row.role, status: row.status })
+      tenant = Object.freeze({ id: row.id, name: row.name, schema: row.schema, role: row.role, status: row.status, schemaVersion: row.schema_version })
       scopes.set(
         tenant,
         createScope(row, {

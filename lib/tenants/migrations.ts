@@ -3,6 +3,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { statementsOf } from './split-sql.ts'
+import { TENANT_CHANGED_CHANNEL } from './registry.ts'
 import { grantTenantRoleSql } from './sql.ts'
 
 export interface Migration {
@@ -145,6 +146,18 @@ export async function ensureTenantRole(client: pg.PoolClient, role: string): Pro
   return !state.exists
 }
 
+/** A statement of a tenant migration failed: the SQL is at fault (or the schema), not the connection. */
+export class TenantMigrationError extends Error {
+  constructor(
+    readonly tenant: string,
+    message: string,
+    options: { cause: unknown }
+  ) {
+    super(message, options)
+    this.name = 'TenantMigrationError'
+  }
+}
+
 const migrationLabel = (migration: Migration) => `${String(migration.version).padStart(4, '0')}_${migration.name}`
 
 /**
@@ -191,16 +204,21 @@ export async function migrateTenantSchema(
         try {
           for (const statement of statementsOf(migration)) await client.query(statement)
         } catch (error) {
-          throw new Error(`migration ${migrationLabel(migration)}: ${(error as Error).message}`, { cause: error })
+          throw new TenantMigrationError(tenant.id, `migration ${migrationLabel(migration)}: ${(error as Error).message}`, { cause: error })
         }
       }
     }
     // New tables are granted to the role through the schema's default privileges; a role that had
     // to be created again gets its rights on everything already there.
     if (await ensureTenantRole(client, tenant.role)) for (const statement of grantTenantRoleSql(tenant)) await client.query(statement)
+    // Announced like any other change of the tenant (on commit), so every instance drops the
+    // version it has cached and serves the routes that needed the new one.
     await client.query(
-      `UPDATE public.tenants SET schema_version = greatest(schema_version, $2), migration_status = 'ok', migration_error = NULL
-        WHERE id = $1 AND (schema_version < $2 OR migration_status <> 'ok')`,
+      `WITH updated AS (
+         UPDATE public.tenants SET schema_version = greatest(schema_version, $2), migration_status = 'ok', migration_error = NULL
+          WHERE id = $1 AND (schema_version < $2 OR migration_status <> 'ok') RETURNING id
+       )
+       SELECT pg_notify('${TENANT_CHANGED_CHANNEL}', id) FROM updated`,
       [tenant.id, to]
     )
     await client.query('COMMIT')
