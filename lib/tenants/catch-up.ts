@@ -99,19 +99,20 @@ export function createTenantCatchUp(options: CatchUpOptions) {
         // No connection within the pool's wait: the tenant is fine, the service is busy.
         return { ok: false, error: migrating(tenant.id, 'is being upgraded to a newer schema; retry shortly', BUSY_RETRY_AFTER_SECONDS) }
       }
-      let version: number
+      let result: { from: number; to: number }
       try {
-        version = (await migrateTenantSchema(client, tenant, options.migrations, { lockTimeoutMs })).to
+        result = await migrateTenantSchema(client, tenant, options.migrations, { lockTimeoutMs })
         client.release()
       } catch (error) {
         // The session may be in any state after a failure: never hand it back to the pool.
         client.release(true)
         throw error
       }
-      reached.set(tenant.id, version)
+      reached.set(tenant.id, result.to)
       failures.delete(tenant.id)
-      options.log?.info({ tenant: tenant.id, from: tenant.schemaVersion, to: version }, 'tenant schema migrated on request')
-      options.onMigrated?.(tenant.id, version)
+      // Another session (npm run migrate, another instance) may have done it meanwhile: nothing to say then.
+      if (result.to > result.from) options.log?.info({ tenant: tenant.id, from: result.from, to: result.to }, 'tenant schema migrated on request')
+      options.onMigrated?.(tenant.id, result.to)
       return { ok: true }
     } catch (error) {
       return { ok: false, error: await failed(tenant, error) }

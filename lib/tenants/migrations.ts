@@ -47,7 +47,7 @@ export const latestVersion = (migrations: Migration[]) => migrations.at(-1)?.ver
 
 // Two-key advisory locks: the first key says what is locked, the second which one.
 const LOCK_CONTROL_PLANE = 0x7e4a_0001
-const LOCK_TENANT_SCHEMA = 0x7e4a_0002
+export const LOCK_TENANT_SCHEMA = 0x7e4a_0002
 
 /**
  * Brings `public` up to date. Serialised across instances by an advisory lock, each migration in
