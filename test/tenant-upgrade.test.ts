@@ -128,6 +128,8 @@ t.test('~40 tenants behind, two instances of the new code, requests during npm r
   await Promise.all(clients)
 
   t.comment(`responses by status: ${JSON.stringify(Object.fromEntries(statuses))}`)
+  // Which tenants the job found done already (by requests) and which it migrated itself.
+  t.comment(`npm run migrate: ${migrate.stdout.match(/(migrated|already current): +\d+/g)?.join(', ')}`)
   if (migrate.code !== 0) t.comment(`${migrate.stdout}${migrate.stderr}`)
   t.equal(migrate.code, 0, 'npm run migrate exits 0')
   t.match(migrate.stdout, new RegExp(`tenants: ${ids.length}, latest tenant version ${latest}`))
