@@ -127,11 +127,15 @@ export function createTenantCatchUp(options: CatchUpOptions) {
       return migrating(tenant.id, 'is being upgraded by another session; retry shortly', BUSY_RETRY_AFTER_SECONDS)
     }
     const message = (error as Error).message
+    const now = Date.now()
+    // A failure long after the last one (fixed meanwhile by npm run migrate, then a newer release)
+    // starts a new series.
     const previous = failures.get(tenant.id)
-    const delayMs = previous ? Math.min(previous.delayMs * 2, options.backoffMs * MAX_BACKOFF_FACTOR) : options.backoffMs
-    failures.set(tenant.id, { until: Date.now() + delayMs, delayMs, message })
+    const series = previous && now - previous.until < options.backoffMs * MAX_BACKOFF_FACTOR ? previous : undefined
+    const delayMs = series ? Math.min(series.delayMs * 2, options.backoffMs * MAX_BACKOFF_FACTOR) : options.backoffMs
+    failures.set(tenant.id, { until: now + delayMs, delayMs, message })
     // Once per failure that is new to this process; the same error again only lengthens the pause.
-    if (previous?.message !== message) {
+    if (series?.message !== message) {
       options.log?.warn({ tenant: tenant.id, err: error, retryInMs: delayMs }, 'migrating a tenant on request failed; its requests get 503 until it is retried')
     }
     // As npm run migrate records it, so the operator sees it in the registry too.
