@@ -52,6 +52,19 @@ interface Failure {
 /** What a migration attempt ended with, for the requests waiting on it. */
 type Outcome = { ok: true } | { ok: false; error: ApiError }
 
+/** The SQLSTATE of an error or of what caused it. */
+function sqlState(error: unknown): string | undefined {
+  for (let cause = error as { code?: unknown; cause?: unknown } | undefined; cause; cause = cause.cause as typeof cause) {
+    if (typeof cause.code === 'string' && /^[0-9A-Z]{5}$/.test(cause.code)) return cause.code
+  }
+  return undefined
+}
+
+const isConnectionLoss = (error: unknown) => {
+  const state = sqlState(error)
+  return state === undefined || state.startsWith('08') || state.startsWith('57P')
+}
+
 const migrating = (tenant: string, message: string, retryAfterSeconds: number) =>
   serviceUnavailable('TENANT_MIGRATING', `Tenant "${tenant}" ${message}`, Math.max(1, Math.ceil(retryAfterSeconds)))
 
@@ -125,6 +138,12 @@ export function createTenantCatchUp(options: CatchUpOptions) {
     if (error instanceof TenantGoneError) return errors.tenantNotFound(tenant.id)
     if (isLockTimeout(error)) {
       return migrating(tenant.id, 'is being upgraded by another session; retry shortly', BUSY_RETRY_AFTER_SECONDS)
+    }
+    // The database went away under it (no SQLSTATE, or a connection or shutdown one): nothing is
+    // wrong with the migration, and the next request tries again.
+    if (isConnectionLoss(error)) {
+      options.log?.warn({ tenant: tenant.id, err: error }, 'migrating a tenant on request lost its connection')
+      return migrating(tenant.id, 'is being upgraded to a newer schema; retry shortly', BUSY_RETRY_AFTER_SECONDS)
     }
     const message = (error as Error).message
     const now = Date.now()

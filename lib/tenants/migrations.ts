@@ -146,18 +146,6 @@ export async function ensureTenantRole(client: pg.PoolClient, role: string): Pro
   return !state.exists
 }
 
-/** A statement of a tenant migration failed: the SQL is at fault (or the schema), not the connection. */
-export class TenantMigrationError extends Error {
-  constructor(
-    readonly tenant: string,
-    message: string,
-    options: { cause: unknown }
-  ) {
-    super(message, options)
-    this.name = 'TenantMigrationError'
-  }
-}
-
 const migrationLabel = (migration: Migration) => `${String(migration.version).padStart(4, '0')}_${migration.name}`
 
 /**
@@ -204,7 +192,7 @@ export async function migrateTenantSchema(
         try {
           for (const statement of statementsOf(migration)) await client.query(statement)
         } catch (error) {
-          throw new TenantMigrationError(tenant.id, `migration ${migrationLabel(migration)}: ${(error as Error).message}`, { cause: error })
+          throw new Error(`migration ${migrationLabel(migration)}: ${(error as Error).message}`, { cause: error })
         }
       }
     }
