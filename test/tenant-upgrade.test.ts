@@ -190,6 +190,11 @@ t.test('requests migrate their tenant once, whichever instance they reach, and t
     t.match(state[id], { schema_version: latest, migration_status: 'ok' })
     t.equal(migratedOnRequest(id).length, 1, `${id} migrated once for the requests of both instances`)
   }
+  let migrated = 0
+  for (const app of [a, b]) {
+    for (const { labels, value } of (await app.metrics.tenantMigrationsOnRequest.get()).values) if (labels.outcome === 'migrated') migrated += value
+  }
+  t.equal(migrated, 3, 'counted in tenant_service_tenant_migrations_on_request_total{outcome="migrated"}')
 })
 
 t.test('TENANT_MIGRATIONS=job: a lagging tenant gets 503 TENANT_MIGRATING with Retry-After until npm run migrate reaches it', async (t) => {

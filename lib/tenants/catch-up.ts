@@ -36,7 +36,11 @@ export interface CatchUpOptions {
   log?: Log
   /** Told once a tenant's schema is at `version` (the caller's cache must forget the old one). */
   onMigrated?: (tenant: string, version: number) => void
+  /** Told how each attempt ended: `current` when another session had already done the work. */
+  onAttempt?: (outcome: AttemptOutcome) => void
 }
+
+export type AttemptOutcome = 'migrated' | 'current' | 'busy' | 'failed' | 'gone'
 
 /** Retry-After of a 503 TENANT_MIGRATING in job mode, and after a request's wait ran out. */
 export const JOB_RETRY_AFTER_SECONDS = 5
@@ -110,6 +114,7 @@ export function createTenantCatchUp(options: CatchUpOptions) {
         client = await options.pool.connect()
       } catch {
         // No connection within the pool's wait: the tenant is fine, the service is busy.
+        options.onAttempt?.('busy')
         return { ok: false, error: migrating(tenant.id, 'is being upgraded to a newer schema; retry shortly', BUSY_RETRY_AFTER_SECONDS) }
       }
       let result: { from: number; to: number }
@@ -126,24 +131,28 @@ export function createTenantCatchUp(options: CatchUpOptions) {
       // Another session (npm run migrate, another instance) may have done it meanwhile: nothing to say then.
       if (result.to > result.from) options.log?.info({ tenant: tenant.id, from: result.from, to: result.to }, 'tenant schema migrated on request')
       options.onMigrated?.(tenant.id, result.to)
+      options.onAttempt?.(result.to > result.from ? 'migrated' : 'current')
       return { ok: true }
     } catch (error) {
-      return { ok: false, error: await failed(tenant, error) }
+      const { outcome, answer } = await failed(tenant, error)
+      options.onAttempt?.(outcome)
+      return { ok: false, error: answer }
     } finally {
       release()
     }
   }
 
-  async function failed(tenant: LaggingTenant, error: unknown): Promise<ApiError> {
-    if (error instanceof TenantGoneError) return errors.tenantNotFound(tenant.id)
+  /** What a failed attempt was, and what its requests are answered. */
+  async function failed(tenant: LaggingTenant, error: unknown): Promise<{ outcome: AttemptOutcome; answer: ApiError }> {
+    if (error instanceof TenantGoneError) return { outcome: 'gone', answer: errors.tenantNotFound(tenant.id) }
     if (isLockTimeout(error)) {
-      return migrating(tenant.id, 'is being upgraded by another session; retry shortly', BUSY_RETRY_AFTER_SECONDS)
+      return { outcome: 'busy', answer: migrating(tenant.id, 'is being upgraded by another session; retry shortly', BUSY_RETRY_AFTER_SECONDS) }
     }
     // The database went away under it (no SQLSTATE, or a connection or shutdown one): nothing is
     // wrong with the migration, and the next request tries again.
     if (isConnectionLoss(error)) {
       options.log?.warn({ tenant: tenant.id, err: error }, 'migrating a tenant on request lost its connection')
-      return migrating(tenant.id, 'is being upgraded to a newer schema; retry shortly', BUSY_RETRY_AFTER_SECONDS)
+      return { outcome: 'busy', answer: migrating(tenant.id, 'is being upgraded to a newer schema; retry shortly', BUSY_RETRY_AFTER_SECONDS) }
     }
     const message = (error as Error).message
     const now = Date.now()
@@ -161,7 +170,7 @@ export function createTenantCatchUp(options: CatchUpOptions) {
     await options.pool
       .query(`UPDATE public.tenants SET migration_status = 'failed', migration_error = $2 WHERE id = $1`, [tenant.id, message])
       .catch(() => undefined)
-    return failingError(tenant.id, delayMs)
+    return { outcome: 'failed', answer: failingError(tenant.id, delayMs) }
   }
 
   const failingError = (tenant: string, remainingMs: number) =>

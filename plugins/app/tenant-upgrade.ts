@@ -43,7 +43,8 @@ export default fp(
       log: fastify.log,
       // The notification reaches this instance too, a round trip later: requests meanwhile must not
       // see the old version.
-      onMigrated: (tenant) => fastify.tenantDb.invalidate(tenant)
+      onMigrated: (tenant) => fastify.tenantDb.invalidate(tenant),
+      onAttempt: (outcome) => fastify.metrics.tenantMigrationsOnRequest.inc({ outcome })
     })
     const latest = catchUp.latest
     fastify.decorate('tenantCatchUp', catchUp)
@@ -93,5 +94,5 @@ export default fp(
       route.preHandler = [ensure, ...existing]
     })
   },
-  { name: 'tenant-upgrade', dependencies: ['postgres', 'tenant-context'] }
+  { name: 'tenant-upgrade', dependencies: ['postgres', 'metrics', 'tenant-context'] }
 )
