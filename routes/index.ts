@@ -9,6 +9,8 @@ const root: FastifyPluginAsyncTypebox = async (fastify) => {
     '/',
     {
       onRequest: fastify.resolveTenant,
+      // It reads no tenant table: any schema, however old, can answer it.
+      config: { tenantSchemaVersion: 0 },
       schema: {
         operationId: 'getTenantHealth',
         summary: 'Tenant-scoped health check',

@@ -128,6 +128,16 @@ export const EnvSchema = Type.Object({
 
   /** Apply pending control-plane migrations at start (tenant schemas are migrated by `npm run migrate`). */
   MIGRATE_ON_START: Type.Boolean({ default: true }),
+  /**
+   * A tenant whose schema is older than a route needs: `on-request` migrates it at its first such
+   * request (lib/tenants/catch-up.ts); `job` leaves it to `npm run migrate` and answers 503
+   * TENANT_MIGRATING meanwhile.
+   */
+  TENANT_MIGRATIONS: Type.Union([Type.Literal('on-request'), Type.Literal('job')], { default: 'on-request' }),
+  /** How long a request waits for its tenant's migration on request before 503 TENANT_MIGRATING. */
+  TENANT_MIGRATION_WAIT_MS: Integer(5000, 0, 60_000),
+  /** The pause after a tenant's migration on request failed, doubled with each failure in a row (up to 16 times). */
+  TENANT_MIGRATION_BACKOFF_MS: Integer(30_000, 100),
 
   /** The token issuer, exactly as tokens carry it in `iss`; its keys are at `<issuer>/.well-known/jwks.json`. */
   JWT_ISSUER: Type.Optional(Type.String({ pattern: '^https?://\\S+$', maxLength: 2048 })),

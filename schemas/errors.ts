@@ -14,6 +14,10 @@ export const ERROR_CATALOGUE = {
   TENANT_SUSPENDED: [403, 'the tenant is suspended'],
   TENANT_DELETING: [403, 'the tenant is being deleted: it refuses requests and cannot be changed; repeat the DELETE to finish'],
   TENANT_EXISTS: [409, 'a tenant with that id already exists'],
+  TENANT_MIGRATING: [
+    503,
+    "the tenant's schema is older than the route needs and is being migrated (or waits for npm run migrate, or its migration failed); see Retry-After"
+  ],
   // Tokens
   TOKEN_MISSING: [401, 'no Authorization: Bearer <token> header (a token anywhere else is ignored)'],
   TOKEN_EXPIRED: [401, "the token's exp has passed"],

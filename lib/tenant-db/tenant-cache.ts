@@ -13,6 +13,8 @@ export interface ResolvedTenant {
   readonly status: TenantStatus
   /** When the tenant was created, in milliseconds since the epoch: tokens issued before it are refused. */
   readonly createdAt: number
+  /** The latest tenant migration applied to its schema, when it was read (routes may need a newer one). */
+  readonly schemaVersion: number
 }
 
 /**
@@ -82,7 +84,8 @@ export function createTenantCache(pool: pg.Pool, options: TenantCacheOptions) {
         schema: row.schema,
         role: row.role,
         status: row.status,
-        createdAt: row.created_at.getTime()
+        createdAt: row.created_at.getTime(),
+        schemaVersion: row.schema_version
       })
       scopes.set(
         tenant,

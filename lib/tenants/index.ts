@@ -14,6 +14,7 @@ export {
   type MigrationProgress,
   type MigrationSummary
 } from './migrations.ts'
+export { createTenantCatchUp, type LaggingTenant, type TenantCatchUp, type TenantMigrationMode } from './catch-up.ts'
 export { provisionTenant } from './provisioning.ts'
 export { deleteTenant, findTenant, getTenant, listTenants, TENANT_CHANGED_CHANNEL, toTenant, updateTenant, type TenantRow } from './registry.ts'
 export { TenantSpares } from './spares.ts'

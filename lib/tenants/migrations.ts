@@ -3,6 +3,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { statementsOf } from './split-sql.ts'
+import { TENANT_CHANGED_CHANNEL } from './registry.ts'
 import { grantTenantRoleSql } from './sql.ts'
 
 export interface Migration {
@@ -46,7 +47,7 @@ export const latestVersion = (migrations: Migration[]) => migrations.at(-1)?.ver
 
 // Two-key advisory locks: the first key says what is locked, the second which one.
 const LOCK_CONTROL_PLANE = 0x7e4a_0001
-const LOCK_TENANT_SCHEMA = 0x7e4a_0002
+export const LOCK_TENANT_SCHEMA = 0x7e4a_0002
 
 /**
  * Brings `public` up to date. Serialised across instances by an advisory lock, each migration in
@@ -198,9 +199,14 @@ export async function migrateTenantSchema(
     // New tables are granted to the role through the schema's default privileges; a role that had
     // to be created again gets its rights on everything already there.
     if (await ensureTenantRole(client, tenant.role)) for (const statement of grantTenantRoleSql(tenant)) await client.query(statement)
+    // Announced like any other change of the tenant (on commit), so every instance drops the
+    // version it has cached and serves the routes that needed the new one.
     await client.query(
-      `UPDATE public.tenants SET schema_version = greatest(schema_version, $2), migration_status = 'ok', migration_error = NULL
-        WHERE id = $1 AND (schema_version < $2 OR migration_status <> 'ok')`,
+      `WITH updated AS (
+         UPDATE public.tenants SET schema_version = greatest(schema_version, $2), migration_status = 'ok', migration_error = NULL
+          WHERE id = $1 AND (schema_version < $2 OR migration_status <> 'ok') RETURNING id
+       )
+       SELECT pg_notify('${TENANT_CHANGED_CHANNEL}', id) FROM updated`,
       [tenant.id, to]
     )
     await client.query('COMMIT')

@@ -91,6 +91,13 @@ export function createMetrics(fastify: FastifyInstance) {
     registers
   })
 
+  const tenantMigrationsOnRequest = new Counter({
+    name: 'tenant_service_tenant_migrations_on_request_total',
+    help: 'Migrations of a lagging tenant started by its requests (TENANT_MIGRATIONS=on-request), by outcome: migrated, current (another session had done it), busy (a lock or the connection), failed',
+    labelNames: ['outcome'] as const,
+    registers
+  })
+
   new Gauge({
     name: 'tenant_service_db_pool_connections',
     help: 'Open connections in the database pool, busy and idle',
@@ -205,7 +212,9 @@ export function createMetrics(fastify: FastifyInstance) {
     /** Incremented by the authentication plugin on every JWKS fetch it makes. */
     jwksFetches,
     /** Incremented by the authentication plugin on every JWKS fetch that fails. */
-    jwksFailures
+    jwksFailures,
+    /** Incremented by the tenant-upgrade plugin at the end of each migration a request started. */
+    tenantMigrationsOnRequest
   }
 }
 
