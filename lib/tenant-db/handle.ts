@@ -2,11 +2,17 @@ import type pg from 'pg'
 import { ApiError } from '../../schemas/errors.ts'
 import { ScopedQuery, send } from './flight.ts'
 import { toApiError } from './pg-errors.ts'
-import { laneAnswered, laneSent, type Lane, type ReadLanes } from './read-lanes.ts'
+import { laneAnswered, laneSent, type Lane, type LaneCallback, type ReadLanes } from './read-lanes.ts'
 import { scopeMode, type TenantScope } from './scope.ts'
 
 /** Receives, in seconds, the time from having a connection to the first query's result. */
 export type ContextSwitchObserver = (seconds: number) => void
+
+/**
+ * Binds a callback to the async context of its caller (tracing's, which knows the request's
+ * span), so that what it does runs in that context whatever turn of the event loop calls it.
+ */
+export type CallbackBinder = <Callback extends (...args: never[]) => void>(callback: Callback) => Callback
 
 /** What every handle of one tenant database shares. */
 export interface HandleEnvironment {
@@ -14,6 +20,11 @@ export interface HandleEnvironment {
   /** Carry the reads; null: every read takes a pooled connection. */
   readonly lanes: ReadLanes | null
   readonly onContextSwitch: ContextSwitchObserver | null
+  /**
+   * Binds the callbacks that the read lanes may call from another request's turn (see #connect);
+   * null when nothing needs the request's async context (tracing is off).
+   */
+  readonly bindCallback: CallbackBinder | null
 }
 
 /** What settles the promise of a handle's query. */
@@ -221,7 +232,7 @@ export class TenantScopedDb {
   #connect(): void {
     this.#used = true
     if (this.#lanes) {
-      this.#lanes.acquire((error, lane) => {
+      const onLane: LaneCallback = (error, lane) => {
         if (lane) {
           this.#lane = lane
           this.#connected(lane.client, null)
@@ -230,7 +241,11 @@ export class TenantScopedDb {
         } else {
           this.#connectPooled()
         }
-      })
+      }
+      // Reads that wait for a lane to open are called back from the turn of the request that
+      // opened it: bound, their queries are traced as their own request's, not as that one's.
+      const bind = this.#environment.bindCallback
+      this.#lanes.acquire(bind === null ? onLane : bind(onLane))
       return
     }
     this.#connectPooled()

@@ -1,0 +1,73 @@
+/**
+ * The OpenTelemetry SDK as the service runs it. Imported only by index.ts, and only when tracing is
+ * configured: this is the one module that loads OpenTelemetry.
+ */
+import { FastifyOtelInstrumentation } from '@fastify/otel'
+import { context } from '@opentelemetry/api'
+import { AwsInstrumentation } from '@opentelemetry/instrumentation-aws-sdk'
+import { IORedisInstrumentation } from '@opentelemetry/instrumentation-ioredis'
+import { PgInstrumentation } from '@opentelemetry/instrumentation-pg'
+import { NodeSDK } from '@opentelemetry/sdk-node'
+import type { FastifyRequest } from 'fastify'
+import type { CallbackBinder } from '../tenant-db/index.ts'
+
+type Env = Record<string, string | undefined>
+
+export const DEFAULT_SERVICE_NAME = 'tenant-service'
+
+/** Probes and scrapes: frequent, and of no interest in a trace. */
+const UNTRACED_ROUTES = /^\/(health|metrics)(\/|$)/
+
+const TENANT_ID = /^[a-z][a-z0-9-]{1,61}[a-z0-9]$/
+
+/** Running tracing, as server.ts hands it to the app. */
+export interface Tracing {
+  /** For lib/tenant-db: binds a callback to the caller's context, so its queries' spans belong to the right request. */
+  bindCallback: CallbackBinder
+  /** Exports the spans still buffered, then stops. */
+  shutdown(): Promise<void>
+}
+
+const bindCallback: CallbackBinder = (callback) => context.bind(context.active(), callback)
+
+/** The service name the variables give, if any: OTEL_SERVICE_NAME, then service.name in OTEL_RESOURCE_ATTRIBUTES. */
+function serviceNameConfigured(env: Env): boolean {
+  if (env.OTEL_SERVICE_NAME?.trim()) return true
+  return (env.OTEL_RESOURCE_ATTRIBUTES ?? '').split(',').some((pair) => pair.split('=')[0]?.trim() === 'service.name')
+}
+
+/**
+ * Starts the Node SDK with the service's instrumentations. Everything else comes from the standard
+ * variables (exporter, protocol, endpoint, headers, sampler, propagators, resource attributes),
+ * which the SDK reads itself. Only traces are exported: the service's metrics are Prometheus's.
+ */
+export function startSdk(env: Env): Tracing {
+  const sdk = new NodeSDK({
+    serviceName: serviceNameConfigured(env) ? undefined : DEFAULT_SERVICE_NAME,
+    metricReaders: [],
+    logRecordProcessors: [],
+    instrumentations: [
+      new FastifyOtelInstrumentation({
+        // Every Fastify instance made from now on gets its server span, from its first hook.
+        registerOnInitialization: true,
+        // One span per request: its hooks and handler are not spans of their own.
+        instrumentHooks: false,
+        instrumentHandler: false,
+        ignorePaths: env.OTEL_FASTIFY_IGNORE_PATHS ? undefined : (route: { url: string }) => UNTRACED_ROUTES.test(route.url),
+        requestHook: (span, request) => {
+          const fastifyRequest = request as FastifyRequest
+          const route = fastifyRequest.routeOptions.url
+          if (route) span.updateName(`${fastifyRequest.method} ${route}`)
+          const tenant = fastifyRequest.headers['x-tenant-id']
+          if (typeof tenant === 'string' && TENANT_ID.test(tenant)) span.setAttribute('tenant.id', tenant)
+        }
+      }),
+      // Only inside a request: the pool's background work (LISTEN, warm-up) starts no trace.
+      new PgInstrumentation({ requireParentSpan: true }),
+      new IORedisInstrumentation({ requireParentSpan: true }),
+      new AwsInstrumentation({ suppressInternalInstrumentation: true })
+    ]
+  })
+  sdk.start()
+  return { bindCallback, shutdown: () => sdk.shutdown() }
+}
