@@ -100,8 +100,12 @@ t.test('a traced service: server spans with the tenant, continuing the caller tr
 
   const admin = callerContext()
   t.equal((await send('/auth/tenants', admin, {}, ctx.auth.admin())).status, 200)
+  // Readiness asks S3 for the bucket: no span of it either, though nothing is its parent.
   const probe = callerContext()
-  t.equal((await send('/health/live', probe, {}, {})).status, 200)
+  t.equal((await send('/health/ready', probe, {}, {})).status, 200)
+  // A caller that did not sample its trace: the service follows it (parentbased_always_on).
+  const unsampled = callerContext()
+  t.equal((await send('/users', { ...unsampled, traceparent: unsampled.traceparent.replace(/-01$/, '-00') })).status, 200)
 
   server.child.kill('SIGTERM')
   t.match(await server.exited, { code: 0 }, 'the service stops cleanly')
@@ -157,6 +161,12 @@ t.test('a traced service: server spans with the tenant, continuing the caller tr
   const adminSpan = serverSpan(admin, 'GET /auth/tenants')
   t.notOk('tenant.id' in adminSpan.attributes, 'a request naming no tenant has no tenant.id')
   t.same(traceOf(probe), [], 'probes are not traced')
+  t.same(traceOf(unsampled), [], "a caller's decision not to sample is followed")
+  t.same(
+    spans.filter((span) => span.parentSpanId === '').map((span) => span.name),
+    [],
+    'traces start at requests only: every span has a parent (the caller, or the request)'
+  )
 
   if (redis) {
     for (const [caller, name] of [

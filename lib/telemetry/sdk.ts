@@ -3,11 +3,13 @@
  * configured: this is the one module that loads OpenTelemetry.
  */
 import { FastifyOtelInstrumentation } from '@fastify/otel'
-import { context } from '@opentelemetry/api'
+import { type Attributes, type Context, context, type Link, SpanKind, trace } from '@opentelemetry/api'
 import { AwsInstrumentation } from '@opentelemetry/instrumentation-aws-sdk'
 import { IORedisInstrumentation } from '@opentelemetry/instrumentation-ioredis'
 import { PgInstrumentation } from '@opentelemetry/instrumentation-pg'
-import { NodeSDK } from '@opentelemetry/sdk-node'
+import { NodeSDK, tracing as sdkTrace } from '@opentelemetry/sdk-node'
+// The sampler the SDK builds from OTEL_TRACES_SAMPLER(_ARG) when given none; not exported at the top.
+import { createSamplerFromEnv } from '@opentelemetry/sdk-node/build/src/create-from-env.js'
 import type { FastifyRequest } from 'fastify'
 import type { CallbackBinder } from '../tenant-db/index.ts'
 
@@ -30,6 +32,28 @@ export interface Tracing {
 
 const bindCallback: CallbackBinder = (callback) => context.bind(context.active(), callback)
 
+/**
+ * Traces start at requests: a span with no parent that is not a request's server span (an S3 call
+ * of a readiness probe, a background purge) is dropped, as pg's and ioredis's instrumentations do
+ * by themselves (requireParentSpan). Everything else is sampled as the variables say.
+ */
+export class RequestsStartTraces implements sdkTrace.Sampler {
+  readonly #inner: sdkTrace.Sampler
+
+  constructor(inner: sdkTrace.Sampler) {
+    this.#inner = inner
+  }
+
+  shouldSample(parent: Context, traceId: string, name: string, kind: SpanKind, attributes: Attributes, links: Link[]): sdkTrace.SamplingResult {
+    if (kind !== SpanKind.SERVER && trace.getSpanContext(parent) === undefined) return { decision: sdkTrace.SamplingDecision.NOT_RECORD }
+    return this.#inner.shouldSample(parent, traceId, name, kind, attributes, links)
+  }
+
+  toString(): string {
+    return `RequestsStartTraces{${this.#inner.toString()}}`
+  }
+}
+
 /** The service name the variables give, if any: OTEL_SERVICE_NAME, then service.name in OTEL_RESOURCE_ATTRIBUTES. */
 function serviceNameConfigured(env: Env): boolean {
   if (env.OTEL_SERVICE_NAME?.trim()) return true
@@ -44,6 +68,8 @@ function serviceNameConfigured(env: Env): boolean {
 export function startSdk(env: Env): Tracing {
   const sdk = new NodeSDK({
     serviceName: serviceNameConfigured(env) ? undefined : DEFAULT_SERVICE_NAME,
+    // The SDK's default, when the variables name no sampler: follow the caller's decision, else sample.
+    sampler: new RequestsStartTraces(createSamplerFromEnv() ?? new sdkTrace.ParentBasedSampler({ root: new sdkTrace.AlwaysOnSampler() })),
     metricReaders: [],
     logRecordProcessors: [],
     instrumentations: [
