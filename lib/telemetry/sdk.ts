@@ -1,8 +1,8 @@
 /**
  * The OpenTelemetry SDK as the service runs it. Imported only by index.ts, and only when tracing is
- * configured: this is the one module that loads OpenTelemetry.
+ * configured: this is the one module of lib/ that loads OpenTelemetry (plugins/external/otel.ts
+ * loads @fastify/otel, on the same condition).
  */
-import { FastifyOtelInstrumentation } from '@fastify/otel'
 import { type Attributes, type Context, context, type Link, SpanKind, trace } from '@opentelemetry/api'
 import { AwsInstrumentation } from '@opentelemetry/instrumentation-aws-sdk'
 import { IORedisInstrumentation } from '@opentelemetry/instrumentation-ioredis'
@@ -10,17 +10,11 @@ import { PgInstrumentation } from '@opentelemetry/instrumentation-pg'
 import { NodeSDK, tracing as sdkTrace } from '@opentelemetry/sdk-node'
 // The sampler the SDK builds from OTEL_TRACES_SAMPLER(_ARG) when given none; not exported at the top.
 import { createSamplerFromEnv } from '@opentelemetry/sdk-node/build/src/create-from-env.js'
-import type { FastifyRequest } from 'fastify'
 import type { CallbackBinder } from '../tenant-db/index.ts'
 
 type Env = Record<string, string | undefined>
 
 export const DEFAULT_SERVICE_NAME = 'tenant-service'
-
-/** Probes and scrapes: frequent, and of no interest in a trace. */
-const UNTRACED_ROUTES = /^\/(health|metrics)(\/|$)/
-
-const TENANT_ID = /^[a-z][a-z0-9-]{1,61}[a-z0-9]$/
 
 /** Running tracing, as server.ts hands it to the app. */
 export interface Tracing {
@@ -61,7 +55,8 @@ function serviceNameConfigured(env: Env): boolean {
 }
 
 /**
- * Starts the Node SDK with the service's instrumentations. Everything else comes from the standard
+ * Starts the Node SDK with the instrumentations of pg, ioredis and the AWS SDK (the server span is
+ * @fastify/otel's, registered by plugins/external/otel.ts). Everything else comes from the standard
  * variables (exporter, protocol, endpoint, headers, sampler, propagators, resource attributes),
  * which the SDK reads itself. Only traces are exported: the service's metrics are Prometheus's.
  */
@@ -73,21 +68,6 @@ export function startSdk(env: Env): Tracing {
     metricReaders: [],
     logRecordProcessors: [],
     instrumentations: [
-      new FastifyOtelInstrumentation({
-        // Every Fastify instance made from now on gets its server span, from its first hook.
-        registerOnInitialization: true,
-        // One span per request: its hooks and handler are not spans of their own.
-        instrumentHooks: false,
-        instrumentHandler: false,
-        ignorePaths: env.OTEL_FASTIFY_IGNORE_PATHS ? undefined : (route: { url: string }) => UNTRACED_ROUTES.test(route.url),
-        requestHook: (span, request) => {
-          const fastifyRequest = request as FastifyRequest
-          const route = fastifyRequest.routeOptions.url
-          if (route) span.updateName(`${fastifyRequest.method} ${route}`)
-          const tenant = fastifyRequest.headers['x-tenant-id']
-          if (typeof tenant === 'string' && TENANT_ID.test(tenant)) span.setAttribute('tenant.id', tenant)
-        }
-      }),
       // Only inside a request: the pool's background work (LISTEN, warm-up) starts no trace.
       new PgInstrumentation({ requireParentSpan: true }),
       new IORedisInstrumentation({ requireParentSpan: true }),
