@@ -2,6 +2,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import AutoLoad from '@fastify/autoload'
 import type { FastifyInstance, FastifyPluginOptions } from 'fastify'
+import type { Tracing } from './lib/telemetry/index.ts'
 import type { Config } from './schemas/env.ts'
 import { sharedSchemas } from './schemas/index.ts'
 import errorHandler from './plugins/error-handler.ts'
@@ -14,6 +15,8 @@ declare module 'fastify' {
 
 export interface AppOptions extends FastifyPluginOptions {
   config: Config
+  /** Running tracing (server.ts starts it when configured); absent, nothing is traced. */
+  tracing?: Tracing | null
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url))

@@ -6,12 +6,10 @@ import closeWithGrace from 'close-with-grace'
 import AjvCompiler from '@fastify/ajv-compiler'
 import Fastify, { LogController, type FastifyHttpOptions, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import pg from 'pg'
-import app from './app.ts'
 import { clientErrorHandler, frameworkErrors, MAX_HEADER_BYTES } from './lib/http/client-errors.ts'
 import { requestId } from './lib/http/request-id.ts'
 import { lazyRequestLogger, requestLines } from './lib/http/request-log.ts'
-import { migrateControlPlane } from './lib/tenants/index.ts'
+import { startTracing } from './lib/telemetry/index.ts'
 import { directDatabaseUrl, loadConfigOrExit, trustProxy, type Config } from './schemas/env.ts'
 
 const projectRoot = path.dirname(fileURLToPath(import.meta.url)).replace(/[\\/]dist$/, '')
@@ -130,6 +128,11 @@ export async function main() {
   // and would refuse the .ts plugins; this module being .ts is proof enough that one is present.
   if (import.meta.url.endsWith('.ts')) process.env.FASTIFY_AUTOLOAD_TYPESCRIPT ??= '1'
   let config = loadConfigOrExit()
+  // Before the app's modules are imported, and before Fastify is made: the instrumentations see
+  // pg, ioredis and the AWS SDK only as they are imported, and Fastify instances as they are made.
+  // The app is imported below for that reason, never at the top of this file.
+  const tracing = await startTracing()
+  const [{ default: app }, { default: pg }, { migrateControlPlane }] = await Promise.all([import('./app.ts'), import('pg'), import('./lib/tenants/index.ts')])
 
   const fastify = Fastify(serverOptions(config))
   // Each embedded service started registers its stop here, so a failure part-way stops the others.
@@ -160,6 +163,8 @@ export async function main() {
     if (config.SHUTDOWN_DELAY_MS > 0 && !err) await sleep(config.SHUTDOWN_DELAY_MS)
     fastify.log.info('closing the listener')
     await fastify.close()
+    // The spans of the drained requests are exported before the process goes.
+    await tracing?.shutdown().catch((error: unknown) => fastify.log.error({ err: error }, 'exporting the last spans failed'))
     await stopEmbedded()
   })
 
@@ -170,11 +175,12 @@ export async function main() {
       const pool = new pg.Pool({ connectionString: directDatabaseUrl(config), max: 1 })
       await migrateControlPlane(pool).finally(() => pool.end())
     }
-    await fastify.register(fp(app), { config })
+    await fastify.register(fp(app), { config, tracing })
     await fastify.listen({ port: config.PORT, host: config.HOST })
   } catch (error) {
     fastify.log.error({ err: error }, 'startup failed')
     await fastify.close().catch(() => undefined)
+    await tracing?.shutdown().catch(() => undefined)
     await stopEmbedded()
     process.exit(1)
   }

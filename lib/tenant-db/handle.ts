@@ -2,12 +2,18 @@ import type pg from 'pg'
 import { ApiError } from '../../schemas/errors.ts'
 import { ScopedQuery, send } from './flight.ts'
 import { toApiError } from './pg-errors.ts'
-import { laneAnswered, laneSent, type Lane, type ReadLanes } from './read-lanes.ts'
+import { laneAnswered, laneSent, type Lane, type LaneCallback, type ReadLanes } from './read-lanes.ts'
 import { scopeMode, type TenantScope } from './scope.ts'
 import type { TenantSlots } from './tenant-slots.ts'
 
 /** Receives, in seconds, the time from having a connection to the first query's result. */
 export type ContextSwitchObserver = (seconds: number) => void
+
+/**
+ * Binds a callback to the async context of its caller (tracing's, which knows the request's
+ * span), so that what it does runs in that context whatever turn of the event loop calls it.
+ */
+export type CallbackBinder = <Callback extends (...args: never[]) => void>(callback: Callback) => Callback
 
 /** What every handle of one tenant database shares. */
 export interface HandleEnvironment {
@@ -17,6 +23,11 @@ export interface HandleEnvironment {
   readonly onContextSwitch: ContextSwitchObserver | null
   /** Pooled connections each tenant's handles hold, bounded per tenant. */
   readonly slots: TenantSlots
+  /**
+   * Binds the callbacks that the read lanes may call from another request's turn (see #connect);
+   * null when nothing needs the request's async context (tracing is off).
+   */
+  readonly bindCallback: CallbackBinder | null
 }
 
 /** What settles the promise of a handle's query. */
@@ -226,7 +237,7 @@ export class TenantScopedDb {
   #connect(): void {
     this.#used = true
     if (this.#lanes) {
-      this.#lanes.acquire((error, lane) => {
+      const onLane: LaneCallback = (error, lane) => {
         if (lane) {
           this.#lane = lane
           this.#connected(lane.client, null)
@@ -235,7 +246,11 @@ export class TenantScopedDb {
         } else {
           this.#connectPooled()
         }
-      })
+      }
+      // Reads that wait for a lane to open are called back from the turn of the request that
+      // opened it: bound, their queries are traced as their own request's, not as that one's.
+      const bind = this.#environment.bindCallback
+      this.#lanes.acquire(bind === null ? onLane : bind(onLane))
       return
     }
     this.#connectPooled()

@@ -9,14 +9,14 @@
  */
 import type pg from 'pg'
 import type { Log } from '../log.ts'
-import { TenantScopedDb, type ContextSwitchObserver } from './handle.ts'
+import { TenantScopedDb, type CallbackBinder, type ContextSwitchObserver } from './handle.ts'
 import { assertPgInternals } from './pg-internals.ts'
 import { ReadLanes } from './read-lanes.ts'
 import { createTenantCache, scopeOf, type ResolvedTenant } from './tenant-cache.ts'
 import { TenantSlots } from './tenant-slots.ts'
 
 export { databaseFailure, toApiError } from './pg-errors.ts'
-export { RequestFinishedError, TenantScopedDb, type ContextSwitchObserver } from './handle.ts'
+export { RequestFinishedError, TenantScopedDb, type CallbackBinder, type ContextSwitchObserver } from './handle.ts'
 export type { ResolvedTenant } from './tenant-cache.ts'
 export { databaseKind, UNCACHED_WORKER_CONNECTIONS, type DatabaseKind } from './citus.ts'
 export { warmConnections } from './warm-connections.ts'
@@ -48,6 +48,12 @@ export interface TenantDbOptions {
   log?: Log
   /** Told the time from having a connection to the result of a handle's first query, context included. */
   onContextSwitch?: ContextSwitchObserver
+  /**
+   * Given when requests are traced: binds a callback to its caller's async context. A read waiting
+   * for a read lane is called back from another request's turn; bound, its query's span (pg's
+   * instrumentation) belongs to its own request.
+   */
+  bindCallback?: CallbackBinder
 }
 
 /** The tenant-scoped database of one pool. */
@@ -67,7 +73,8 @@ export function createTenantDb(pool: pg.Pool, options: TenantDbOptions) {
     pool,
     lanes,
     onContextSwitch: options.onContextSwitch ?? null,
-    slots: new TenantSlots(options.maxConnectionsPerTenant ?? Number.POSITIVE_INFINITY, options.acquireTimeoutMs ?? 2000)
+    slots: new TenantSlots(options.maxConnectionsPerTenant ?? Number.POSITIVE_INFINITY, options.acquireTimeoutMs ?? 2000),
+    bindCallback: options.bindCallback ?? null
   }
 
   return {

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import fp from 'fastify-plugin'
 import { createTenantDb, toApiError, type ResolvedTenant, type TenantDb, type TenantScopedDb } from '../../lib/tenant-db/index.ts'
 import { tokenInvalid } from '../../lib/auth/index.ts'
+import type { Tracing } from '../../lib/telemetry/index.ts'
 import { assertValidTenantId } from '../../lib/tenants/index.ts'
 import { ApiError, errors } from '../../schemas/errors.ts'
 
@@ -44,7 +45,7 @@ const rollback = async (request: FastifyRequest) => {
  * - onResponse is the last safety net.
  */
 export default fp(
-  async function tenantContext(fastify: FastifyInstance) {
+  async function tenantContext(fastify: FastifyInstance, opts: { tracing?: Tracing | null }) {
     const { config } = fastify
     const clockToleranceMs = config.JWT_CLOCK_TOLERANCE_MS
     const contextSwitch = fastify.metrics.contextSwitch
@@ -60,7 +61,8 @@ export default fp(
       tenantRoles: config.TENANT_ISOLATION === 'role',
       listenConnectionString: config.DATABASE_DIRECT_URL,
       log: fastify.log,
-      onContextSwitch: (seconds) => contextSwitch.observe(seconds)
+      onContextSwitch: (seconds) => contextSwitch.observe(seconds),
+      bindCallback: opts.tracing?.bindCallback
     })
 
     fastify.decorate('tenantDb', tenantDb)
