@@ -48,9 +48,10 @@ export interface EmbeddedPostgresOptions {
    * script, the bench), so that the database outlives the drain instead of going away under the
    * work still in flight. Otherwise SIGINT and SIGTERM tell every such cluster to stop (a fast
    * shutdown, which the server finishes by itself) and exit at once with 128 + the signal's
-   * number; an exit without a signal stops them the same way. The server always runs in a
-   * process group of its own, out of reach of the terminal's Ctrl-C. A server that a crash leaves
-   * running is stopped by the next start on the same data directory.
+   * number. Either way, a process that exits without calling `stop()` (an error, a second Ctrl-C)
+   * tells its servers to stop in the same way. The server runs in a process group of its own, out
+   * of reach of the terminal's Ctrl-C. A server that a killed process (SIGKILL) leaves running is
+   * stopped by the next start on the same data directory.
    */
   stopOnSignal?: boolean
   /** The binaries (a directory with bin/, lib/ and share/): by default the platform package's. */
@@ -301,13 +302,13 @@ async function startInOwnProcessGroup(binDir: string, clusterDir: string, port: 
   })
 }
 
-/** Clusters of callers that leave signals to us (`stopOnSignal` not false): stopped on a signal or at exit. */
-const stoppedOnExit = new Set<string>()
-let exitStopsInstalled = false
+/** Servers started here and not stopped yet: told to stop when the process exits without stopping them. */
+const running = new Set<string>()
+let signalStopsInstalled = false
 
 /** Tells each server to stop (a fast shutdown, which it finishes by itself); nothing to wait for. */
 function signalServers(): void {
-  for (const dir of stoppedOnExit) {
+  for (const dir of running) {
     const pid = postmasterPid(dir)
     try {
       if (pid !== undefined) process.kill(pid, 'SIGINT')
@@ -317,17 +318,22 @@ function signalServers(): void {
   }
 }
 
-function stopOnSignalAndExit(clusterDir: string): void {
-  stoppedOnExit.add(clusterDir)
-  if (exitStopsInstalled) return
-  exitStopsInstalled = true
+function stopAtExit(clusterDir: string, onSignal: boolean): void {
+  if (running.size === 0) process.on('exit', signalServers)
+  running.add(clusterDir)
+  if (!onSignal || signalStopsInstalled) return
+  signalStopsInstalled = true
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {
       signalServers()
       process.exit(128 + constants.signals[signal])
     })
   }
-  process.on('exit', signalServers)
+}
+
+function stoppedByCaller(clusterDir: string): void {
+  running.delete(clusterDir)
+  if (running.size === 0) process.removeListener('exit', signalServers)
 }
 
 /** The pid in `ownerFile` when that process is still running. */
@@ -389,7 +395,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   const start = () => startInOwnProcessGroup(binDir, clusterDir, port, user)
   const halt = () => stopServer(clusterDir)
   await start()
-  if (options.stopOnSignal !== false) stopOnSignalAndExit(clusterDir)
+  stopAtExit(clusterDir, options.stopOnSignal !== false)
   await writeFile(ownerFile, String(process.pid))
 
   const base = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}`
@@ -402,6 +408,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     if (rowCount === 0) await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(database)}`)
   } catch (error) {
     await halt().catch(() => undefined)
+    stoppedByCaller(clusterDir)
     throw error
   } finally {
     await admin.end().catch(() => undefined)
@@ -416,7 +423,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     nativeDir,
     async stop() {
       await halt()
-      stoppedOnExit.delete(clusterDir)
+      stoppedByCaller(clusterDir)
       await rm(ownerFile, { force: true })
       if (options.persistent !== false) return
       await rm(clusterDir, { recursive: true, force: true })
