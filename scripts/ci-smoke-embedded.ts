@@ -151,7 +151,10 @@ async function run(label: string, signal: 'SIGINT' | 'SIGTERM'): Promise<string 
     // To the whole process group, as a terminal's Ctrl-C, or a supervisor stopping a process
     // group, sends it. A signal to npm alone would stop npm and its shell, not the service.
     process.kill(-child.pid!, signal)
+    const deadline = Date.now() + 30_000
     const closed = await Promise.race([allClosed, sleep(30_000).then(() => false)])
+    // The last of them may still be on its way out (not yet reaped) when the output closes.
+    while (groupAlive(child.pid!) && Date.now() < deadline) await sleep(100)
     check(`${label}: after ${signal} every process of npm start exits within 30 s`, closed && !groupAlive(child.pid!), output.slice(-2000))
     const errors = lines().filter((line) => (line.level ?? 0) >= 50)
     check(`${label}: no error is logged`, errors.length === 0, JSON.stringify(errors).slice(0, 2000))
