@@ -70,7 +70,7 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
   const resolved = { ...config }
   if (!resolved.DATABASE_URL) {
     const { startEmbeddedPostgres } = await import('./lib/embedded/postgres.ts')
-    // Stopped by main()'s shutdown once the drain has closed the pool, not by the package on the signal.
+    // Stopped by main()'s shutdown once the drain has closed the pool, not on the signal itself.
     const postgres = await startEmbeddedPostgres({ dataDir: path.join(DATA_DIR, 'postgres'), stopOnSignal: false, onLog: log })
     resolved.DATABASE_URL = postgres.url
     stops.push(postgres.stop)
