@@ -85,11 +85,12 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
   const resolved = { ...config }
   if (!resolved.DATABASE_URL) {
     const { startEmbeddedPostgres } = await import('./lib/embedded/postgres.ts')
-    // Stopped by main()'s shutdown once the drain has closed the pool, not by the package on the signal.
-    const postgres = await startEmbeddedPostgres({ dataDir: path.join(DATA_DIR, 'postgres'), stopOnSignal: false })
+    // Stopped by main()'s shutdown once the drain has closed the pool, not on the signal itself.
+    const postgres = await startEmbeddedPostgres({ dataDir: path.join(DATA_DIR, 'postgres'), stopOnSignal: false, onLog: log })
     resolved.DATABASE_URL = postgres.url
     stops.push(postgres.stop)
-    log(`embedded PostgreSQL started on 127.0.0.1:${postgres.port} with data in .data/postgres (set DATABASE_URL to use your own)`)
+    const where = path.relative(projectRoot, postgres.dataDir).startsWith('..') ? postgres.dataDir : path.relative(projectRoot, postgres.dataDir)
+    log(`embedded PostgreSQL ${postgres.serverVersion} started on 127.0.0.1:${postgres.port} with data in ${where} (set DATABASE_URL to use your own)`)
   }
   if (!resolved.JWT_ISSUER) {
     // Trusted through JWT_ISSUER and JWT_CLIENT_ID like any issuer: the same verification path as Cognito.

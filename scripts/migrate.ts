@@ -180,15 +180,18 @@ function runningEmbeddedPostgres(dataDir: string): string | null {
 async function resolveDatabase(config: Config, log: (message: string) => void): Promise<{ url: string; stop?: () => Promise<void> }> {
   const direct = directDatabaseUrl(config)
   if (direct) return { url: direct }
-  const running = runningEmbeddedPostgres(EMBEDDED_DATA_DIR)
-  if (running) {
-    log('using the embedded PostgreSQL that npm start is running (.data/postgres)')
-    return { url: running }
+  const { relocatedDataDir, startEmbeddedPostgres } = await import('../lib/embedded/postgres.ts')
+  // Under root, npm start may have kept its cluster out of the checkout (lib/embedded/postgres.ts).
+  for (const dataDir of [EMBEDDED_DATA_DIR, relocatedDataDir(EMBEDDED_DATA_DIR)]) {
+    const running = runningEmbeddedPostgres(dataDir)
+    if (running) {
+      log(`using the embedded PostgreSQL that npm start is running (${dataDir})`)
+      return { url: running }
+    }
   }
-  const { startEmbeddedPostgres } = await import('../lib/embedded/postgres.ts')
-  // Stopped by main() once the tenants under way have finished, not by the package on Ctrl-C.
-  const postgres = await startEmbeddedPostgres({ dataDir: EMBEDDED_DATA_DIR, stopOnSignal: false })
-  log(`embedded PostgreSQL started on 127.0.0.1:${postgres.port} with data in .data/postgres (set DATABASE_URL to use your own)`)
+  // Stopped by main() once the tenants under way have finished, not on Ctrl-C.
+  const postgres = await startEmbeddedPostgres({ dataDir: EMBEDDED_DATA_DIR, stopOnSignal: false, onLog: log })
+  log(`embedded PostgreSQL ${postgres.serverVersion} started on 127.0.0.1:${postgres.port} with data in ${postgres.dataDir} (set DATABASE_URL to use your own)`)
   return { url: postgres.url, stop: postgres.stop }
 }
 
