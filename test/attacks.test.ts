@@ -147,13 +147,20 @@ async function trickle(port: number, path: string, headers: Record<string, strin
 }
 
 t.test('a write re-checks its tenant at its first query: suspended meanwhile is 403, deleted meanwhile is 404, never a 5xx', async (t) => {
-  const ctx = await setupApp(t)
+  // Requests whose tenant was resolved, and whose body is now awaited.
+  let awaitingBody = 0
+  const ctx = await setupApp(
+    t,
+    {},
+    { beforeRegister: (app) => app.addHook('preParsing', async (request) => void (request.url === '/users' && awaitingBody++)) }
+  )
   await createTenant(ctx, ACME)
   await createTenant(ctx, GLOBEX)
   await ctx.app.listen({ port: 0, host: '127.0.0.1' })
   const port = (ctx.app.server.address() as AddressInfo).port
 
   const slowWrite = await trickle(port, '/users', ctx.auth.tenantUser(ACME), JSON.stringify({ email: 'slow@acme.test', name: 'Slow' }))
+  t.ok(await eventually(() => awaitingBody === 1), 'the write was let in; its body is on its way')
   const suspend = await ctx.app.inject({ method: 'PATCH', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin(), payload: { status: 'suspended' } })
   t.equal(suspend.statusCode, 200)
   const suspended = await slowWrite()
@@ -162,6 +169,7 @@ t.test('a write re-checks its tenant at its first query: suspended meanwhile is 
   t.equal(await userCount(ctx, ACME), 0, 'the write of a tenant suspended while its body arrived wrote nothing')
 
   const doomedWrite = await trickle(port, '/users', ctx.auth.tenantUser(GLOBEX), JSON.stringify({ email: 'slow@globex.test', name: 'Slow' }))
+  t.ok(await eventually(() => awaitingBody === 2), 'the second write was let in too')
   const deleted = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${GLOBEX}`, headers: ctx.auth.admin() })
   t.equal(deleted.statusCode, 204)
   const vanished = await doomedWrite()

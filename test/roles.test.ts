@@ -147,7 +147,7 @@ t.test('npm run migrate brings back a tenant role that is missing, and repairs o
   const { rows: gone } = await ctx.admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [roleOf(BETA)])
   t.equal(gone.length, 0, 'the role is gone')
   const broken = await listUsers(BETA)
-  t.equal(broken.statusCode, 500, 'without its role the tenant cannot be served')
+  t.equal(broken.statusCode, 500, 'without its role (its registry row still there) the tenant cannot be served: a fault, not a 404')
   t.equal((await listUsers(ALPHA)).statusCode, 200, 'other tenants are unaffected')
 
   const migrate = () => runScript('scripts/migrate.ts', [], serverEnv(ctx, { NODE_ENV: 'test' }))

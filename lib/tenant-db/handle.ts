@@ -1,7 +1,8 @@
 import type pg from 'pg'
-import { ApiError } from '../../schemas/errors.ts'
+import { ApiError, errors } from '../../schemas/errors.ts'
+import { findTenant } from '../tenants/index.ts'
 import { ScopedQuery, send } from './flight.ts'
-import { toApiError } from './pg-errors.ts'
+import { isMissingRole, toApiError } from './pg-errors.ts'
 import { laneAnswered, laneSent, type Lane, type LaneCallback, type ReadLanes } from './read-lanes.ts'
 import { scopeMode, type TenantScope } from './scope.ts'
 import type { TenantSlots } from './tenant-slots.ts'
@@ -194,7 +195,8 @@ export class TenantScopedDb {
     if (error) {
       this.#acquiredAt = 0
       this.#failed = true
-      query.reject(toApiError(error) ?? error)
+      if (isMissingRole(error)) this.#explainMissingRole(query, error)
+      else query.reject(toApiError(error) ?? error)
     } else {
       if (this.#acquiredAt !== 0) {
         this.#environment.onContextSwitch!((performance.now() - this.#acquiredAt) / 1000)
@@ -203,6 +205,19 @@ export class TenantScopedDb {
       query.resolve(result)
     }
     if (--this.#inflight === 0 && this.#settled) this.#settled()
+  }
+
+  /**
+   * The tenant's role is gone. Either the tenant was deleted while this request was on its way
+   * (its registry row went in the same transaction): 404, as for any unknown tenant; or the role
+   * alone is missing (a database restored into another cluster): a fault to repair with
+   * `npm run migrate`, answered 500 and logged with PostgreSQL's words.
+   */
+  #explainMissingRole(query: HandleQuery, error: Error): void {
+    findTenant(this.#environment.pool, this.#tenantId).then(
+      (row) => query.reject(row ? error : errors.tenantNotFound(this.#tenantId)),
+      () => query.reject(error)
+    )
   }
 
   /**

@@ -31,8 +31,8 @@ function mapDatabaseError(error: unknown): ApiError | null {
         return (error as { detail?: string }).detail === 'deleting' ? errors.tenantDeleting(id) : errors.tenantSuspended(id)
       }
       case '22023':
-        // The tenant's role went with the tenant, deleted while this request was on its way.
-        if (/^role ".*" does not exist$/.test(error.message)) return new ApiError('TENANT_NOT_FOUND', 'The tenant no longer exists')
+        // A missing tenant role is the handle's to explain (a deleted tenant, or a role to repair).
+        if (isMissingRole(error)) return null
         return new ApiError('INVALID_INPUT', 'A value is out of range')
       case '22P02':
       case '22007':
@@ -63,6 +63,10 @@ function mapDatabaseError(error: unknown): ApiError | null {
   }
   return null
 }
+
+/** PostgreSQL could not switch to a role: it does not exist. */
+export const isMissingRole = (error: unknown) =>
+  error instanceof Error && (error as { code?: unknown }).code === '22023' && /^role ".*" does not exist$/.test(error.message)
 
 /** The first double-quoted name of a message. */
 const quotedName = (message: string) => /"([^"]*)"/.exec(message)?.[1] ?? ''

@@ -20,7 +20,9 @@ export const CONTEXT = {
   text:
     "SELECT WHERE (set_config('search_path', $1, true) || set_config('role', $2, true) || " +
     "set_config('statement_timeout', $3, true) || set_config('idle_in_transaction_session_timeout', $4, true)) IS NULL " +
-    'AND public.tenant_accepts_writes($5)'
+    // OR, not AND: the settings are never NULL, so AND would stop before the check. Within one
+    // expression PostgreSQL evaluates left to right: the context first, then the check.
+    'OR NOT public.tenant_accepts_writes($5)'
 } as const
 
 /**
