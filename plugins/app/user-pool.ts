@@ -35,9 +35,9 @@ export default fp(
     fastify.decorate('userPool', pool)
 
     let last: { at: number; ok: boolean; detail: string } | null = null
+    let inFlight: Promise<{ ok: boolean; detail: string }> | null = null
     let logged: string | null = null
-    const check = async () => {
-      if (last && Date.now() - last.at < (last.ok ? CHECK_OK_TTL_MS : CHECK_FAILED_TTL_MS)) return last
+    const describe = async () => {
       try {
         const name = await pool.describe()
         last = { at: Date.now(), ok: true, detail: `user pool ${pool.userPoolId} (${name}) in ${pool.region}` }
@@ -50,6 +50,13 @@ export default fp(
         logged = last.detail
       }
       return last
+    }
+    const check = () => {
+      if (last && Date.now() - last.at < (last.ok ? CHECK_OK_TTL_MS : CHECK_FAILED_TTL_MS)) return last
+      inFlight ??= describe().finally(() => {
+        inFlight = null
+      })
+      return inFlight
     }
     fastify.readiness.addCheck('userPool', async () => {
       const result = await check()
