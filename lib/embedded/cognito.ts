@@ -1,7 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import net from 'node:net'
+import path from 'node:path'
 import {
   CognitoIdentityProviderClient,
   CreateGroupCommand,
@@ -128,6 +129,31 @@ export async function ensureUserPool(
   return { userPoolId, clientId }
 }
 
+/** Where a started server leaves its coordinates, for `npm run token`. */
+const STATE_FILE = 'service.json'
+
+export interface EmbeddedCognitoState {
+  endpoint: string
+  region: string
+  userPoolId: string
+  clientId: string
+  issuer: string
+}
+
+/** The coordinates of the embedded pool last started with `dataDir`, or null when none was. */
+export async function loadEmbeddedCognito(dataDir: string): Promise<EmbeddedCognitoState | null> {
+  try {
+    return JSON.parse(await readFile(path.join(dataDir, STATE_FILE), 'utf8')) as EmbeddedCognitoState
+  } catch (error) {
+    if ((error as { code?: string }).code === 'ENOENT') return null
+    throw error
+  }
+}
+
+/** A client of the SDK for the embedded pool (cognito-local checks no signature; the SDK signs anyway). */
+export const embeddedCognitoClient = (state: Pick<EmbeddedCognitoState, 'endpoint' | 'region'>) =>
+  new CognitoIdentityProviderClient({ region: state.region, endpoint: state.endpoint, credentials: CREDENTIALS })
+
 /**
  * Starts cognito-local (a Cognito user-pool API on this machine, from npm) as a child process
  * with its data in `dataDir`, and makes sure its pool, app client and admin group exist. Its
@@ -135,6 +161,9 @@ export async function ensureUserPool(
  * Cognito's are, so the service verifies them the way it verifies Cognito's.
  */
 export async function startEmbeddedCognito(options: EmbeddedCognitoOptions): Promise<EmbeddedCognito> {
+  if (process.env.NODE_ENV === 'production') {
+    throw new Error('The embedded user pool (cognito-local) is a development stand-in and never runs with NODE_ENV=production; configure COGNITO_* instead')
+  }
   await mkdir(options.dataDir, { recursive: true })
   const wanted = options.port ?? 0
   const port = wanted !== 0 && (await portIsFree(wanted)) ? wanted : await freePort()
@@ -158,7 +187,7 @@ export async function startEmbeddedCognito(options: EmbeddedCognitoOptions): Pro
       await exited
     }
   }
-  const client = new CognitoIdentityProviderClient({ region: EMBEDDED_REGION, endpoint, credentials: CREDENTIALS })
+  const client = embeddedCognitoClient({ region: EMBEDDED_REGION, endpoint })
   try {
     await waitUntilAnswering(endpoint, child, () => output)
     const { userPoolId, clientId } = await ensureUserPool(client, {
@@ -166,13 +195,11 @@ export async function startEmbeddedCognito(options: EmbeddedCognitoOptions): Pro
       clientName: options.clientName ?? 'tenant-service',
       adminGroup: options.adminGroup ?? 'admin'
     })
+    const state: EmbeddedCognitoState = { endpoint, region: EMBEDDED_REGION, userPoolId, clientId, issuer: `${endpoint}/${userPoolId}` }
+    await writeFile(path.join(options.dataDir, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`)
     return {
-      endpoint,
+      ...state,
       port,
-      region: EMBEDDED_REGION,
-      userPoolId,
-      clientId,
-      issuer: `${endpoint}/${userPoolId}`,
       credentials: CREDENTIALS,
       client,
       movedFrom: wanted !== 0 && wanted !== port ? wanted : null,

@@ -19,6 +19,8 @@ export interface PoolUser {
 }
 
 export interface TestCognito extends EmbeddedCognito {
+  /** cognito-local's data, and the coordinates `npm run token -- --dir` reads. */
+  dataDir: string
   /** The variables that point the service at this pool, as for a pool that is not on AWS. */
   env: Record<string, string>
   /** Every user of the pool, by email. */
@@ -64,6 +66,7 @@ export async function startTestCognito(): Promise<TestCognito> {
     )
   return {
     ...cognito,
+    dataDir,
     env: {
       COGNITO_REGION: cognito.region,
       COGNITO_USER_POOL_ID: userPoolId,
