@@ -206,6 +206,29 @@ t.test('an admin member changes a role; removing a member disables and deletes i
   await t.rejects(cognito.login('worker@acme.test', TEST_PASSWORD), 'the removed member can no longer log in')
 })
 
+t.test('an invitation while the pool is down: 503, the row stays inviting; repeated once the pool is back, it is finished', async (t) => {
+  const invite = () =>
+    ctx.app.inject({
+      method: 'POST',
+      url: '/users',
+      headers: bearer(operator, GLOBEX),
+      payload: { email: 'patient@globex.test', name: 'Patient', invite: true }
+    })
+  await cognito.pause()
+  const failed = await invite().finally(() => cognito.resume())
+  t.equal(failed.statusCode, 503, failed.body)
+  t.equal(failed.json().code, 'USER_POOL_UNAVAILABLE')
+  t.match(failed.json().message, /recorded as "inviting": repeat it to finish/)
+  t.same(await rowsOf(GLOBEX), [{ email: 'patient@globex.test', role: 'member', status: 'inviting', sub: null }], 'the half-done invitation is visible')
+  t.notOk((await cognito.users()).has('patient@globex.test'))
+
+  const finished = await invite()
+  t.equal(finished.statusCode, 201, finished.body)
+  const pooled = (await cognito.users()).get('patient@globex.test')
+  t.equal(pooled?.attributes['custom:tenant_id'], GLOBEX)
+  t.same(await rowsOf(GLOBEX), [{ email: 'patient@globex.test', role: 'member', status: 'active', sub: pooled?.attributes.sub }])
+})
+
 t.test('deleting a tenant removes the pool users of all its members, and only theirs', async (t) => {
   await ctx.app.inject({
     method: 'POST',
@@ -216,9 +239,26 @@ t.test('deleting a tenant removes the pool users of all its members, and only th
   const response = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: bearer(operator) })
   t.equal(response.statusCode, 204, response.body)
   const pool = await cognito.users()
-  t.same([...pool.keys()].sort(), ['hank@globex.test', 'operator@platform.test'], 'no pool user stays bound to the deleted tenant')
+  t.same([...pool.keys()].sort(), ['hank@globex.test', 'operator@platform.test', 'patient@globex.test'], 'no pool user stays bound to the deleted tenant')
   const gone = await ctx.admin.query('SELECT 1 FROM public.tenants WHERE id = $1', [ACME])
   t.equal(gone.rowCount, 0)
+})
+
+t.test('a tenant deletion while the pool is down stops with 503, the tenant stays deleting, and the repeat finishes', async (t) => {
+  await cognito.pause()
+  const failed = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${GLOBEX}`, headers: bearer(operator) }).finally(() => cognito.resume())
+  t.equal(failed.statusCode, 503, failed.body)
+  t.equal(failed.json().code, 'USER_POOL_UNAVAILABLE')
+  t.match(failed.json().message, /stays in status "deleting".*Repeat the DELETE/)
+  const { rows } = await ctx.admin.query('SELECT status FROM public.tenants WHERE id = $1', [GLOBEX])
+  t.same(rows, [{ status: 'deleting' }])
+  t.equal((await rowsOf(GLOBEX)).length, 2, 'its schema, and the list of members, are still there')
+  const refused = await ctx.app.inject({ method: 'GET', url: '/users', headers: bearer(operator, GLOBEX) })
+  t.equal(refused.json().code, 'TENANT_DELETING', 'and it refuses requests')
+
+  const repeated = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${GLOBEX}`, headers: bearer(operator) })
+  t.equal(repeated.statusCode, 204, repeated.body)
+  t.same([...(await cognito.users()).keys()], ['operator@platform.test'], 'every member of the deleted tenants is gone from the pool')
 })
 
 t.test('a repeated tenant creation finishes an admin invitation that failed part-way', async (t) => {

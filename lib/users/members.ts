@@ -139,10 +139,11 @@ export async function requireTenantAdmin(db: Queryable, caller: Principal): Prom
 }
 
 /**
- * Removes the pool users of every member of a tenant (the step before its schema is dropped), a
- * few at a time. Every member is tried; if any fails, the error names how many and says how to
- * finish. Returns how many rows had a pool user. A tenant schema older than the members migration
- * has none.
+ * Removes the pool users of every member of a tenant (the step before its schema is dropped), one
+ * at a time by default: Cognito limits user updates per pool (and throttles past it), and
+ * cognito-local, the development pool, keeps each pool in one JSON file that concurrent writes
+ * corrupt. Every member is tried; if any fails, the error names how many and says how to finish.
+ * Returns how many rows had a pool user. A tenant schema older than the members migration has none.
  */
 export async function removeTenantMembers(pool: pg.Pool, tenant: TenantRef, userPool: UserPool, options: { concurrency?: number } = {}): Promise<number> {
   let rows: UserRow[]
@@ -163,7 +164,7 @@ export async function removeTenantMembers(pool: pg.Pool, tenant: TenantRef, user
       await removePoolUserOf(userPool, tenant.id, row).catch((error) => failures.push(error))
     }
   }
-  await Promise.all(Array.from({ length: Math.min(options.concurrency ?? 4, rows.length) }, worker))
+  await Promise.all(Array.from({ length: Math.min(options.concurrency ?? 1, rows.length) }, worker))
   if (failures.length > 0) {
     const first = failures[0] instanceof ApiError ? failures[0] : new ApiError('USER_POOL_ERROR', 'The user pool refused to delete a user')
     const message = `Deleting the user-pool users of tenant "${tenant.id}" failed for ${failures.length} of ${rows.length}; the tenant stays in status "deleting" and refuses requests. Repeat the DELETE to finish`

@@ -9,7 +9,7 @@ import {
   InitiateAuthCommand,
   ListUsersCommand
 } from '@aws-sdk/client-cognito-identity-provider'
-import { startEmbeddedCognito, type EmbeddedCognito } from '../../lib/embedded/cognito.ts'
+import { embeddedCognitoClient, startEmbeddedCognito, type EmbeddedCognito } from '../../lib/embedded/cognito.ts'
 
 export interface PoolUser {
   username: string
@@ -33,6 +33,10 @@ export interface TestCognito extends EmbeddedCognito {
   adminLogin(email: string, password: string): Promise<{ idToken: string; accessToken: string }>
   /** A platform operator: a pool user in the admin group, logged in; returns its ID token. */
   platformAdmin(email?: string): Promise<string>
+  /** Stops the server (its data kept), so that every call to the pool fails to connect. */
+  pause(): Promise<void>
+  /** Starts it again on the same port with the same data: the same pool, users and issuer. */
+  resume(): Promise<void>
 }
 
 export const TEST_PASSWORD = 'Correct-Horse-9'
@@ -45,12 +49,15 @@ export const TEST_PASSWORD = 'Correct-Horse-9'
 export async function startTestCognito(): Promise<TestCognito> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'cognito-local-'))
   const cognito = await startEmbeddedCognito({ dataDir })
+  let current: EmbeddedCognito | null = cognito
   process.env.AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER = cognito.endpoint
   if (!process.env.AWS_ACCESS_KEY_ID) {
     process.env.AWS_ACCESS_KEY_ID = cognito.credentials.accessKeyId
     process.env.AWS_SECRET_ACCESS_KEY = cognito.credentials.secretAccessKey
   }
-  const { client, userPoolId, clientId } = cognito
+  // The helper's own client, which outlives a pause of the server.
+  const client = embeddedCognitoClient(cognito)
+  const { userPoolId, clientId } = cognito
   const tokens = (result: { AuthenticationResult?: { IdToken?: string; AccessToken?: string } }) => {
     if (!result.AuthenticationResult?.IdToken) throw new Error(`login did not return tokens: ${JSON.stringify(result)}`)
     return { idToken: result.AuthenticationResult.IdToken, accessToken: result.AuthenticationResult.AccessToken! }
@@ -66,6 +73,7 @@ export async function startTestCognito(): Promise<TestCognito> {
     )
   return {
     ...cognito,
+    client,
     dataDir,
     env: {
       COGNITO_REGION: cognito.region,
@@ -109,8 +117,18 @@ export async function startTestCognito(): Promise<TestCognito> {
       const { idToken } = await login(email, TEST_PASSWORD)
       return idToken
     },
+    async pause() {
+      await current?.stop()
+      current = null
+    },
+    async resume() {
+      current = await startEmbeddedCognito({ dataDir, port: cognito.port })
+      if (current.movedFrom !== null) throw new Error(`cognito-local could not take port ${cognito.port} again`)
+    },
     async stop() {
-      await cognito.stop()
+      client.destroy()
+      await current?.stop()
+      current = null
       await rm(dataDir, { recursive: true, force: true })
     }
   }
