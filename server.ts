@@ -81,7 +81,7 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
   if (!resolved.JWT_ISSUER && !resolved.COGNITO_USER_POOL_ID) {
     // A Cognito-compatible user pool (cognito-local), trusted through the same variables as a pool
     // that is not on AWS: its issuer, app client, pool id, and the SDK's endpoint variable.
-    const { startEmbeddedCognito } = await import('./lib/embedded/cognito.ts')
+    const { EMBEDDED_ADMIN_EMAIL, embeddedLogin, startEmbeddedCognito } = await import('./lib/embedded/cognito.ts')
     const cognito = await startEmbeddedCognito({ dataDir: path.join(DATA_DIR, 'cognito'), port: EMBEDDED_COGNITO_PORT, adminGroup: resolved.ADMIN_GROUP })
     stops.push(cognito.stop)
     Object.assign(resolved, {
@@ -102,7 +102,9 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
         `app client ${cognito.clientId}, issuer ${cognito.issuer} (set COGNITO_REGION + COGNITO_USER_POOL_ID or JWT_ISSUER to use your own)`
     )
     if (cognito.movedFrom) log(`the user pool's usual port ${cognito.movedFrom} was taken: tokens issued before no longer verify`)
-    log('tokens: npm run -s token -- --admin | --tenant <tenant id> --email <member email>')
+    const admin = await embeddedLogin(cognito.client, cognito, { email: EMBEDDED_ADMIN_EMAIL, group: resolved.ADMIN_GROUP })
+    log(`admin token (${EMBEDDED_ADMIN_EMAIL}, ID token valid 1 h): ${admin.idToken}`)
+    log('more tokens: npm run -s token -- --admin | --tenant <tenant id> --email <member email>')
   }
   if (!resolved.S3_BUCKET) {
     const { startEmbeddedS3 } = await import('./lib/embedded/s3.ts')

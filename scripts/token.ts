@@ -12,18 +12,10 @@
  * Without `--password`, the user's password is first set to a fresh random one (development
  * only: an invited member has only a temporary password, which would ask for a new one).
  */
-import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import {
-  AdminAddUserToGroupCommand,
-  AdminCreateUserCommand,
-  AdminGetUserCommand,
-  AdminSetUserPasswordCommand,
-  InitiateAuthCommand
-} from '@aws-sdk/client-cognito-identity-provider'
-import { embeddedCognitoClient, loadEmbeddedCognito } from '../lib/embedded/cognito.ts'
+import { EMBEDDED_ADMIN_EMAIL, embeddedCognitoClient, embeddedLogin, embeddedUser, loadEmbeddedCognito } from '../lib/embedded/cognito.ts'
 import { TENANT_ID_PATTERN } from '../schemas/common.ts'
 import { ConfigError, loadConfig, type Config } from '../schemas/env.ts'
 
@@ -79,36 +71,17 @@ const dataDir = values.dir ? path.resolve(values.dir) : path.join(projectRoot, '
 const state = await loadEmbeddedCognito(dataDir)
 if (!state) fail(`no embedded user pool in ${dataDir}: start the service first (npm start)`)
 const client = embeddedCognitoClient(state)
-const UserPoolId = state.userPoolId
-const email = values.email ?? 'admin@example.com'
-const named = (error: unknown, name: string) => (error as { name?: string }).name === name
+const email = values.email ?? EMBEDDED_ADMIN_EMAIL
 
 try {
-  let tenant: string | null = null
-  try {
-    const user = await client.send(new AdminGetUserCommand({ UserPoolId, Username: email }))
-    tenant = user.UserAttributes?.find((attribute) => attribute.Name === config.TENANT_CLAIM)?.Value ?? null
-  } catch (error) {
-    if (!named(error, 'UserNotFoundException')) throw error
-    if (!values.admin) fail(`the user pool holds no ${email}: invite it first (POST /users with "invite": true)`)
-    await client.send(new AdminCreateUserCommand({ UserPoolId, Username: email, MessageAction: 'SUPPRESS' }))
+  if (!values.admin) {
+    const user = await embeddedUser(client, state.userPoolId, email)
+    if (!user) fail(`the user pool holds no ${email}: invite it first (POST /users with "invite": true)`)
+    const tenant = user[config.TENANT_CLAIM]
+    if (tenant !== values.tenant) fail(`${email} is bound to ${tenant ? `tenant ${tenant}` : 'no tenant'}, not ${values.tenant}`)
   }
-  if (values.admin) {
-    await client.send(new AdminAddUserToGroupCommand({ UserPoolId, Username: email, GroupName: config.ADMIN_GROUP }))
-  } else if (tenant !== values.tenant) {
-    fail(`${email} is bound to ${tenant ? `tenant ${tenant}` : 'no tenant'}, not ${values.tenant}`)
-  }
-  let password = values.password
-  if (password === undefined) {
-    password = `Dev-${randomBytes(12).toString('base64url')}1`
-    await client.send(new AdminSetUserPasswordCommand({ UserPoolId, Username: email, Password: password, Permanent: true }))
-  }
-  const result = await client.send(
-    new InitiateAuthCommand({ ClientId: state.clientId, AuthFlow: 'USER_PASSWORD_AUTH', AuthParameters: { USERNAME: email, PASSWORD: password } })
-  )
-  const tokens = result.AuthenticationResult
-  if (!tokens) fail(`the login of ${email} asks for ${result.ChallengeName ?? 'a challenge'}; run without --password to set a new one`)
-  console.log(values.use === 'id' ? tokens.IdToken : tokens.AccessToken)
+  const tokens = await embeddedLogin(client, state, { email, password: values.password, group: values.admin ? config.ADMIN_GROUP : undefined })
+  console.log(values.use === 'id' ? tokens.idToken : tokens.accessToken)
   if (process.stderr.isTTY) {
     console.error(`# ${values.use} token of ${state.issuer} for ${email}${values.admin ? ` (${config.ADMIN_GROUP} group)` : `, tenant ${values.tenant}`}`)
   }

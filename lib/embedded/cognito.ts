@@ -3,13 +3,19 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import net from 'node:net'
 import path from 'node:path'
+import { randomBytes } from 'node:crypto'
 import {
+  AdminAddUserToGroupCommand,
+  AdminCreateUserCommand,
+  AdminGetUserCommand,
+  AdminSetUserPasswordCommand,
   CognitoIdentityProviderClient,
   CreateGroupCommand,
   CreateUserPoolClientCommand,
   CreateUserPoolCommand,
   ListGroupsCommand,
   ListUserPoolClientsCommand,
+  InitiateAuthCommand,
   ListUserPoolsCommand
 } from '@aws-sdk/client-cognito-identity-provider'
 
@@ -84,6 +90,53 @@ async function waitUntilAnswering(endpoint: string, child: ChildProcess, output:
   }
   throw new Error(`cognito-local did not answer at ${endpoint} within 30 s: ${output()}`)
 }
+
+/** A pool user's attributes, or null when the pool holds no such user. */
+export async function embeddedUser(client: CognitoIdentityProviderClient, userPoolId: string, username: string): Promise<Record<string, string> | null> {
+  try {
+    const user = await client.send(new AdminGetUserCommand({ UserPoolId: userPoolId, Username: username }))
+    return Object.fromEntries((user.UserAttributes ?? []).map((attribute) => [attribute.Name!, attribute.Value ?? '']))
+  } catch (error) {
+    if ((error as { name?: string }).name === 'UserNotFoundException') return null
+    throw error
+  }
+}
+
+/**
+ * Logs a user of the embedded pool in through InitiateAuth (USER_PASSWORD_AUTH), as a front end
+ * would. With `group`, the user is a platform operator: made on first use and put in that group.
+ * Without `password`, a fresh random one is set first (development only: an invited member has
+ * only a temporary password, whose login would ask for a new one).
+ */
+export async function embeddedLogin(
+  client: CognitoIdentityProviderClient,
+  state: Pick<EmbeddedCognitoState, 'userPoolId' | 'clientId'>,
+  user: { email: string; password?: string; group?: string }
+): Promise<{ idToken: string; accessToken: string }> {
+  const UserPoolId = state.userPoolId
+  if (user.group) {
+    if (!(await embeddedUser(client, UserPoolId, user.email))) {
+      await client.send(new AdminCreateUserCommand({ UserPoolId, Username: user.email, MessageAction: 'SUPPRESS' }))
+    }
+    await client.send(new AdminAddUserToGroupCommand({ UserPoolId, Username: user.email, GroupName: user.group }))
+  }
+  let password = user.password
+  if (password === undefined) {
+    password = `Dev-${randomBytes(12).toString('base64url')}1`
+    await client.send(new AdminSetUserPasswordCommand({ UserPoolId, Username: user.email, Password: password, Permanent: true }))
+  }
+  const result = await client.send(
+    new InitiateAuthCommand({ ClientId: state.clientId, AuthFlow: 'USER_PASSWORD_AUTH', AuthParameters: { USERNAME: user.email, PASSWORD: password } })
+  )
+  const tokens = result.AuthenticationResult
+  if (!tokens?.IdToken || !tokens.AccessToken) {
+    throw new Error(`the login of ${user.email} asks for ${result.ChallengeName ?? 'a challenge'}; log in without a password to set a new one`)
+  }
+  return { idToken: tokens.IdToken, accessToken: tokens.AccessToken }
+}
+
+/** The platform operator `npm start` logs in for the development log, and `npm run token -- --admin` by default. */
+export const EMBEDDED_ADMIN_EMAIL = 'admin@example.com'
 
 /**
  * The pool the service expects, made once and found again on later starts (by name): email as
