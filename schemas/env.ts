@@ -351,7 +351,9 @@ function checkIssuer(config: Config, problems: string[]): void {
   // what tokens carry, and its pool ids need not start with the region.
   if (region !== undefined && pool !== undefined && !rejected('COGNITO_REGION') && !rejected('COGNITO_USER_POOL_ID') && config.JWT_ISSUER === undefined) {
     if (!pool.startsWith(`${region}_`)) {
-      problems.push(`COGNITO_USER_POOL_ID: a pool of region ${region} starts with "${region}_" (got ${JSON.stringify(pool)})`)
+      problems.push(
+        `COGNITO_USER_POOL_ID: a pool of region ${region} starts with "${region}_" (got ${JSON.stringify(pool)}; for a pool not on AWS, set JWT_ISSUER too)`
+      )
     } else {
       config.JWT_ISSUER = cognitoIssuer(region, pool)
     }

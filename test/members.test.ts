@@ -1,3 +1,4 @@
+import { InitiateAuthCommand } from '@aws-sdk/client-cognito-identity-provider'
 import t from 'tap'
 import { setupApp, type TestContext } from './helpers/app.ts'
 import { startTestCognito, TEST_PASSWORD, type TestCognito } from './helpers/cognito.ts'
@@ -99,6 +100,34 @@ t.test('repeating an invitation of an active member is a conflict; the pool is u
   t.equal(response.statusCode, 409)
   t.equal(response.json().code, 'USER_EMAIL_EXISTS')
   t.equal((await cognito.users()).size, 3)
+})
+
+t.test('an invitation with a temporary password (COGNITO_INVITE_MESSAGE_ACTION=SUPPRESS): the first login must set a new one', async (t) => {
+  const lonely = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(adminToken, ACME),
+    payload: { email: 'temp@acme.test', name: 'Temp', temporaryPassword: 'Temp-Pass-42' }
+  })
+  t.equal(lonely.statusCode, 400, 'a temporary password without an invitation is refused')
+  t.equal(lonely.json().code, 'VALIDATION_ERROR')
+
+  const response = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(adminToken, ACME),
+    payload: { email: 'temp@acme.test', name: 'Temp', invite: true, temporaryPassword: 'Temp-Pass-42' }
+  })
+  t.equal(response.statusCode, 201, response.body)
+  const login = await cognito.client.send(
+    new InitiateAuthCommand({
+      ClientId: cognito.clientId,
+      AuthFlow: 'USER_PASSWORD_AUTH',
+      AuthParameters: { USERNAME: 'temp@acme.test', PASSWORD: 'Temp-Pass-42' }
+    })
+  )
+  t.equal(login.ChallengeName, 'NEW_PASSWORD_REQUIRED', 'the temporary password works, once, to set a new one')
+  t.notOk(login.AuthenticationResult)
 })
 
 t.test('a member may not invite, change or remove members, and nothing is written when it tries', async (t) => {

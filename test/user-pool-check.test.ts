@@ -29,6 +29,17 @@ t.test('the configured pool answers: readiness names it', async (t) => {
   const ready = await ctx.app.inject({ method: 'GET', url: '/health/ready' })
   t.equal(ready.statusCode, 200, ready.body)
   t.match(ready.json().checks.userPool, { ok: true, detail: new RegExp(`user pool ${cognito.userPoolId} \\(tenant-service\\) in us-east-1`) })
+
+  // The default COGNITO_INVITE_MESSAGE_ACTION=EMAIL: Cognito sends its invitation with a temporary password.
+  const created = await ctx.app.inject({
+    method: 'POST',
+    url: '/auth/tenants',
+    headers: { authorization: `Bearer ${await cognito.platformAdmin()}` },
+    payload: { id: 'mailed', name: 'Mailed', admin: { email: 'first@mailed.test', name: 'First' } }
+  })
+  t.equal(created.statusCode, 201, created.body)
+  const pooled = (await cognito.users()).get('first@mailed.test')
+  t.match(pooled, { status: 'FORCE_CHANGE_PASSWORD', attributes: { 'custom:tenant_id': 'mailed', email: 'first@mailed.test' } })
 })
 
 t.test('a pool that does not exist: logged with its id, region and ResourceNotFoundException; readiness 503', async (t) => {

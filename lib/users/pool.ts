@@ -123,7 +123,8 @@ export function createUserPool(options: UserPoolOptions) {
       }
       const existing = await find(input.email)
       if (existing?.tenant === input.tenant) return existing.sub
-      throw new ApiError('MEMBER_IN_OTHER_TENANT', `The user pool already holds a user ${input.email} bound to another tenant`)
+      const holder = existing?.tenant ? 'another tenant' : 'no tenant (a platform user)'
+      throw new ApiError('MEMBER_IN_OTHER_TENANT', `The user pool already holds a user ${input.email}, bound to ${holder}`)
     },
 
     find,

@@ -62,6 +62,9 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     async (request, reply) => {
       await mayManageMembers(request)
       const { invite, temporaryPassword, ...fields } = request.body
+      if (temporaryPassword !== undefined && !invite) {
+        throw new ApiError('VALIDATION_ERROR', 'temporaryPassword is for an invitation: send it with "invite": true')
+      }
       let user: User
       if (invite) {
         const userPool = requirePool()
