@@ -14,6 +14,8 @@ import { directDatabaseUrl, loadConfigOrExit, trustProxy, type Config } from './
 
 const projectRoot = path.dirname(fileURLToPath(import.meta.url)).replace(/[\\/]dist$/, '')
 export const DATA_DIR = path.join(projectRoot, '.data')
+/** Tried first by the embedded user pool, so its issuer (which names the port) survives restarts. */
+const EMBEDDED_COGNITO_PORT = 9329
 
 /** Logger settings: redacted credentials, pretty only on a terminal. */
 export function loggerOptions(config: Config): FastifyServerOptions['logger'] {
@@ -77,8 +79,8 @@ const strictBodies: typeof validators = (externalSchemas, options) => {
 
 /**
  * Outside production, what is not configured is started here: an embedded PostgreSQL in
- * .data/postgres, a token issuer with its key in .data/issuer and an S3-compatible store in
- * .data/s3. Each says so in the log, and each is stopped on shutdown.
+ * .data/postgres, a Cognito-compatible user pool (cognito-local) in .data/cognito and an
+ * S3-compatible store in .data/s3. Each says so in the log, and each is stopped on shutdown.
  */
 async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>)[], log: (message: string) => void): Promise<Config> {
   if (config.NODE_ENV === 'production') return config
@@ -92,20 +94,33 @@ async function startEmbeddedDefaults(config: Config, stops: (() => Promise<void>
     const where = path.relative(projectRoot, postgres.dataDir).startsWith('..') ? postgres.dataDir : path.relative(projectRoot, postgres.dataDir)
     log(`embedded PostgreSQL ${postgres.serverVersion} started on 127.0.0.1:${postgres.port} with data in ${where} (set DATABASE_URL to use your own)`)
   }
-  if (!resolved.JWT_ISSUER) {
-    // Trusted through JWT_ISSUER and JWT_CLIENT_ID like any issuer: the same verification path as Cognito.
-    const { startEmbeddedIssuer } = await import('./lib/embedded/issuer.ts')
-    const issuer = await startEmbeddedIssuer({ dataDir: path.join(DATA_DIR, 'issuer') })
-    resolved.JWT_ISSUER = issuer.issuer
-    resolved.JWT_CLIENT_ID = issuer.clientId
-    stops.push(issuer.stop)
+  if (!resolved.JWT_ISSUER && !resolved.COGNITO_USER_POOL_ID) {
+    // A Cognito-compatible user pool (cognito-local), trusted through the same variables as a pool
+    // that is not on AWS: its issuer, app client, pool id, and the SDK's endpoint variable.
+    const { EMBEDDED_ADMIN_EMAIL, embeddedLogin, startEmbeddedCognito } = await import('./lib/embedded/cognito.ts')
+    const cognito = await startEmbeddedCognito({ dataDir: path.join(DATA_DIR, 'cognito'), port: EMBEDDED_COGNITO_PORT, adminGroup: resolved.ADMIN_GROUP })
+    stops.push(cognito.stop)
+    Object.assign(resolved, {
+      JWT_ISSUER: cognito.issuer,
+      JWT_CLIENT_ID: cognito.clientId,
+      COGNITO_REGION: cognito.region,
+      COGNITO_USER_POOL_ID: cognito.userPoolId
+    })
+    process.env.AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER = cognito.endpoint
+    // The SDK signs every call and cognito-local checks no signature: any credentials do, but a
+    // developer's own (for a real bucket) are left alone.
+    if (!process.env.AWS_ACCESS_KEY_ID && !process.env.AWS_PROFILE) {
+      process.env.AWS_ACCESS_KEY_ID = cognito.credentials.accessKeyId
+      process.env.AWS_SECRET_ACCESS_KEY = cognito.credentials.secretAccessKey
+    }
     log(
-      `embedded token issuer started at ${issuer.issuer} with its key in .data/issuer (set JWT_ISSUER or COGNITO_REGION + COGNITO_USER_POOL_ID to use your own)`
+      `embedded user pool (cognito-local) started at ${cognito.endpoint} with data in .data/cognito: pool ${cognito.userPoolId}, ` +
+        `app client ${cognito.clientId}, issuer ${cognito.issuer} (set COGNITO_REGION + COGNITO_USER_POOL_ID or JWT_ISSUER to use your own)`
     )
-    if (issuer.movedFrom) log(`the issuer's usual address ${issuer.movedFrom} was taken: tokens minted for it no longer verify`)
-    const adminToken = issuer.mint({ admin: true, expiresInSeconds: 12 * 3600, tenantClaim: resolved.TENANT_CLAIM, adminGroup: resolved.ADMIN_GROUP })
-    log(`admin token, valid 12 h: ${adminToken}`)
-    log('tenant tokens: npm run -s token -- --tenant <tenant id> [--admin] [--use access|id] [--expires 1h]')
+    if (cognito.movedFrom) log(`the user pool's usual port ${cognito.movedFrom} was taken: tokens issued before no longer verify`)
+    const admin = await embeddedLogin(cognito.client, cognito, { email: EMBEDDED_ADMIN_EMAIL, group: resolved.ADMIN_GROUP })
+    log(`admin token (${EMBEDDED_ADMIN_EMAIL}, ID token valid 1 h): ${admin.idToken}`)
+    log('more tokens: npm run -s token -- --admin | --tenant <tenant id> --email <member email>')
   }
   if (!resolved.S3_BUCKET) {
     const { startEmbeddedS3 } = await import('./lib/embedded/s3.ts')

@@ -10,8 +10,8 @@
  *
  * Prints the answers by status, the throughput, and the rows lost (a 201 without its row) or
  * foreign (a row in the wrong tenant); exits 1 if any answer was 5xx or any row lost or foreign.
- * The admin token acts on every tenant (ADMIN_GROUP); `npm run -s token -- --admin` mints one for
- * the development issuer.
+ * The admin token acts on every tenant (ADMIN_GROUP); `npm run -s token -- --admin` logs one in
+ * from the embedded user pool.
  */
 import { parseArgs } from 'node:util'
 import pg from 'pg'

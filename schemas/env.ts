@@ -143,7 +143,17 @@ export const EnvSchema = Type.Object({
   JWT_ISSUER: Type.Optional(Type.String({ pattern: '^https?://\\S+$', maxLength: 2048 })),
   /** Alternative to JWT_ISSUER: the issuer becomes `https://cognito-idp.<region>.amazonaws.com/<pool id>`. */
   COGNITO_REGION: Type.Optional(Type.String({ pattern: '^[a-z]{2}(-[a-z]+)+-[0-9]+$' })),
-  COGNITO_USER_POOL_ID: Type.Optional(Type.String({ pattern: '^[a-z]{2}(-[a-z]+)+-[0-9]+_[0-9A-Za-z]+$' })),
+  /**
+   * With a pool id the service also manages the tenants' members in it (AdminCreateUser…, lib/users/pool.ts).
+   * A pool that is not on AWS (cognito-local: `local_…`) is reached at AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER
+   * (or AWS_ENDPOINT_URL), and its issuer is given in JWT_ISSUER.
+   */
+  COGNITO_USER_POOL_ID: Type.Optional(Type.String({ pattern: '^[\\w-]+_[0-9A-Za-z]+$', maxLength: 55 })),
+  /**
+   * How an invited member learns their temporary password: `EMAIL`, Cognito's invitation message;
+   * `SUPPRESS`, no message (the inviter passes `temporaryPassword` and delivers it).
+   */
+  COGNITO_INVITE_MESSAGE_ACTION: Type.Union([Type.Literal('EMAIL'), Type.Literal('SUPPRESS')], { default: 'EMAIL' }),
   /** The app client tokens must be issued to: `client_id` of an access token, `aud` of an ID token. */
   JWT_CLIENT_ID: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
   JWT_TOKEN_USE: Type.Union([Type.Literal('access'), Type.Literal('id'), Type.Literal('any')], { default: 'any' }),
@@ -383,15 +393,15 @@ function checkIssuer(config: Config, problems: string[]): void {
   const { COGNITO_REGION: region, COGNITO_USER_POOL_ID: pool } = config
   if (region !== undefined && pool === undefined) problems.push('COGNITO_USER_POOL_ID: required with COGNITO_REGION')
   if (pool !== undefined && region === undefined) problems.push('COGNITO_REGION: required with COGNITO_USER_POOL_ID')
-  if (region !== undefined && pool !== undefined && !rejected('COGNITO_REGION') && !rejected('COGNITO_USER_POOL_ID')) {
+  // JWT_ISSUER set too means a pool that is not on AWS (cognito-local, or a proxy): its issuer is
+  // what tokens carry, and its pool ids need not start with the region.
+  if (region !== undefined && pool !== undefined && !rejected('COGNITO_REGION') && !rejected('COGNITO_USER_POOL_ID') && config.JWT_ISSUER === undefined) {
     if (!pool.startsWith(`${region}_`)) {
-      problems.push(`COGNITO_USER_POOL_ID: a pool of region ${region} starts with "${region}_" (got ${JSON.stringify(pool)})`)
+      problems.push(
+        `COGNITO_USER_POOL_ID: a pool of region ${region} starts with "${region}_" (got ${JSON.stringify(pool)}; for a pool not on AWS, set JWT_ISSUER too)`
+      )
     } else {
-      const derived = cognitoIssuer(region, pool)
-      if (config.JWT_ISSUER === undefined) config.JWT_ISSUER = derived
-      else if (config.JWT_ISSUER !== derived) {
-        problems.push(`JWT_ISSUER: set either JWT_ISSUER or COGNITO_REGION + COGNITO_USER_POOL_ID, not both (they name ${derived})`)
-      }
+      config.JWT_ISSUER = cognitoIssuer(region, pool)
     }
   }
 

@@ -32,6 +32,14 @@ export const ERROR_CATALOGUE = {
   // Users and files
   USER_NOT_FOUND: [404, 'no such user in this tenant'],
   USER_EMAIL_EXISTS: [409, 'the email is taken in this tenant'],
+  // Members backed by the user pool
+  MEMBER_NOT_FOUND: [404, "GET /users/me: the token's sub is no member of this tenant"],
+  TENANT_ADMIN_REQUIRED: [403, 'inviting, changing or removing members takes a member with role admin (or a platform admin)'],
+  MEMBER_IN_OTHER_TENANT: [409, 'the user pool already holds a user with this email, bound to another tenant'],
+  MEMBER_EMAIL_FIXED: [409, 'the email of a member backed by the user pool is its login and is not changed here'],
+  USER_POOL_NOT_CONFIGURED: [400, 'invite: true (or a tenant admin) without a user pool configured (COGNITO_USER_POOL_ID)'],
+  USER_POOL_UNAVAILABLE: [503, 'the user pool did not answer, answered 5xx or throttled, or credentials could not be found; see Retry-After'],
+  USER_POOL_ERROR: [502, 'the user pool refused the operation (access denied, no such pool): a deployment problem, details in the log'],
   FILE_NOT_FOUND: [404, 'no such file in this tenant'],
   FILE_TOO_LARGE: [413, 'the declared size exceeds MAX_UPLOAD_BYTES'],
   CONTENT_TYPE_NOT_ALLOWED: [400, 'contentType is not application, audio, font, image, model, text or video /*'],

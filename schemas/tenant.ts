@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { NO_NUL_PATTERN, TenantId, Timestamp } from './common.ts'
+import { NO_NUL_PATTERN, ref, TenantId, Timestamp } from './common.ts'
+import { Email, User, UserName } from './user.ts'
 
 /** What PATCH may set. */
 export const SettableTenantStatus = Type.Union([Type.Literal('active'), Type.Literal('suspended')])
@@ -22,9 +23,28 @@ export const Tenant = Type.Object(
 )
 export type Tenant = Static<typeof Tenant>
 
+/** POST /auth/tenants answers the tenant, and its first member when one was asked for. */
+export const CreatedTenant = Type.Object({ ...Tenant.properties, admin: Type.Optional(ref(User)) })
+
 const TenantName = Type.String({ minLength: 1, maxLength: 200, pattern: NO_NUL_PATTERN })
 
-export const CreateTenantBody = Type.Object({ id: TenantId, name: TenantName }, { additionalProperties: false })
+export const CreateTenantBody = Type.Object(
+  {
+    id: TenantId,
+    name: TenantName,
+    admin: Type.Optional(
+      Type.Object(
+        { email: Email, name: UserName },
+        {
+          additionalProperties: false,
+          description:
+            "The tenant's first member, with role admin, invited into the Cognito user pool. Repeating the request finishes an invitation that failed part-way."
+        }
+      )
+    )
+  },
+  { additionalProperties: false }
+)
 export type CreateTenantBody = Static<typeof CreateTenantBody>
 
 export const UpdateTenantBody = Type.Object(

@@ -1,12 +1,13 @@
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { freePort } from '../lib/embedded/postgres.ts'
-import { loadIssuerIdentity, startEmbeddedIssuer, type EmbeddedIssuerHandle } from '../lib/embedded/issuer.ts'
+import { loadEmbeddedCognito, startEmbeddedCognito } from '../lib/embedded/cognito.ts'
 import { ConfigError, loadConfig } from '../schemas/env.ts'
 import { setupApp } from './helpers/app.ts'
+import { startTestCognito } from './helpers/cognito.ts'
 import { runScript, serverEnv } from './helpers/server.ts'
 
 const ACME = 'acme-corp'
@@ -64,16 +65,14 @@ t.test('the Cognito pair becomes the issuer', async (t) => {
   t.match(problemsOf({ ...PRODUCTION, COGNITO_REGION: 'eu-west-1', COGNITO_USER_POOL_ID: 'us-east-1_AbC123', JWT_CLIENT_ID: 'x' }), [
     /^COGNITO_USER_POOL_ID: a pool of region eu-west-1/
   ])
-  t.match(
-    problemsOf({
-      ...PRODUCTION,
-      COGNITO_REGION: 'eu-west-1',
-      COGNITO_USER_POOL_ID: 'eu-west-1_AbC123',
-      JWT_ISSUER: 'https://elsewhere.example.com',
-      JWT_CLIENT_ID: 'x'
-    }),
-    [/^JWT_ISSUER: set either JWT_ISSUER or COGNITO_REGION/]
-  )
+  const offAws = loadConfig({
+    NODE_ENV: 'development',
+    COGNITO_REGION: 'us-east-1',
+    COGNITO_USER_POOL_ID: 'local_Ab12Cd34',
+    JWT_ISSUER: 'http://127.0.0.1:9229/local_Ab12Cd34',
+    JWT_CLIENT_ID: 'x'
+  })
+  t.equal(offAws.JWT_ISSUER, 'http://127.0.0.1:9229/local_Ab12Cd34', 'a pool not on AWS (cognito-local): JWT_ISSUER names its issuer')
   t.same(
     problemsOf({
       ...PRODUCTION,
@@ -109,92 +108,61 @@ t.test('the process refuses to start in production without an issuer, naming the
   t.match(result.stderr, /config error: JWT_CLIENT_ID: required when NODE_ENV=production/)
 })
 
-async function tempIssuerDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'tenant-service-issuer-'))
-  t.teardown(() => rm(dir, { recursive: true, force: true }))
-  // Tests never take the issuer's usual port: point the stored identity at a free one.
-  const identity = await loadIssuerIdentity(dir)
-  const file = path.join(dir, 'issuer.json')
-  const stored = JSON.parse(await readFile(file, 'utf8'))
-  stored.issuer = `http://127.0.0.1:${await freePort()}`
-  await writeFile(file, JSON.stringify(stored))
-  t.equal((await loadIssuerIdentity(dir)).kid, identity.kid)
-  return dir
-}
-
-async function startIssuer(t: Test, dir: string): Promise<EmbeddedIssuerHandle> {
-  const issuer = await startEmbeddedIssuer({ dataDir: dir })
-  t.teardown(() => issuer.stop())
-  return issuer
-}
-
-t.test('the embedded issuer never runs in production', async (t) => {
-  const dir = await mkdtemp(path.join(tmpdir(), 'tenant-service-issuer-'))
+t.test('the embedded user pool never runs in production', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'tenant-service-cognito-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const previous = process.env.NODE_ENV
   process.env.NODE_ENV = 'production'
   try {
-    await t.rejects(startEmbeddedIssuer({ dataDir: dir }), /never runs with NODE_ENV=production/)
-    await t.rejects(loadIssuerIdentity(dir), /never runs with NODE_ENV=production/)
+    await t.rejects(startEmbeddedCognito({ dataDir: dir }), /never runs with NODE_ENV=production/)
   } finally {
     if (previous === undefined) delete process.env.NODE_ENV
     else process.env.NODE_ENV = previous
   }
-  const result = await runScript('scripts/token.ts', ['--tenant', ACME, '--dir', dir], serverEnv(undefined, { NODE_ENV: 'production' }))
+  const result = await runScript('scripts/token.ts', ['--admin', '--dir', dir], serverEnv(undefined, { NODE_ENV: 'production' }))
   t.not(result.code, 0, 'npm run token refuses too')
-  t.equal(result.stdout, '', 'and mints nothing')
+  t.equal(result.stdout, '', 'and prints no token')
 })
 
-t.test('the embedded issuer is trusted like any issuer, and npm run token mints for it', async (t) => {
-  const dir = await tempIssuerDir(t)
-  const issuer = await startIssuer(t, dir)
-  const keyFile = await stat(path.join(dir, 'private-key.pem'))
-  t.equal(keyFile.mode & 0o077, 0, 'the private key is readable by its owner only')
-
-  const jwks = await (await fetch(`${issuer.issuer}/.well-known/jwks.json`)).json()
-  const discovery = await (await fetch(`${issuer.issuer}/.well-known/openid-configuration`)).json()
-  t.equal(discovery.issuer, issuer.issuer)
-  t.equal(discovery.jwks_uri, `${issuer.issuer}/.well-known/jwks.json`)
-  t.equal(jwks.keys.length, 1)
-  t.notOk('d' in jwks.keys[0], 'only the public half is published')
-
-  const ctx = await setupApp(t, { JWT_ISSUER: issuer.issuer, JWT_CLIENT_ID: issuer.clientId })
-  const names = { tenantClaim: ctx.config.TENANT_CLAIM, adminGroup: ctx.config.ADMIN_GROUP }
-  const admin = { authorization: `Bearer ${issuer.mint({ admin: true, ...names })}` }
-  const created = await ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: admin, payload: { id: ACME, name: 'Acme' } })
-  t.equal(created.statusCode, 201, 'the logged admin token creates tenants')
-
+t.test('npm run token logs in to the embedded user pool: a platform admin, then a member of a tenant', async (t) => {
+  const cognito = await startTestCognito()
+  t.teardown(() => cognito.stop())
+  const ctx = await setupApp(t, cognito.env)
   const env = serverEnv(undefined, { NODE_ENV: 'development' })
-  const minted = await runScript('scripts/token.ts', ['--tenant', ACME, '--dir', dir], env)
-  t.equal(minted.code, 0, minted.stderr)
-  const token = minted.stdout.trim()
-  t.match(token, /^[\w-]+\.[\w-]+\.[\w-]+$/, 'stdout is the token alone')
-  const claims = JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString())
-  t.match(claims, { iss: issuer.issuer, token_use: 'access', client_id: issuer.clientId, 'custom:tenant_id': ACME, sub: String })
-  t.ok(typeof claims.jti === 'string' && typeof claims.username === 'string', 'shaped like a Cognito access token')
-  t.equal(claims.exp - claims.iat, 3600, 'valid for an hour by default')
-  const write = await ctx.app.inject({
+  const decode = (token: string) => JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString())
+
+  const admin = await runScript('scripts/token.ts', ['--admin', '--dir', cognito.dataDir], env)
+  t.equal(admin.code, 0, admin.stderr)
+  const adminToken = admin.stdout.trim()
+  t.match(adminToken, /^[\w-]+\.[\w-]+\.[\w-]+$/, 'stdout is the token alone')
+  t.match(decode(adminToken), { iss: cognito.issuer, token_use: 'id', aud: cognito.clientId, 'cognito:groups': ['admin'] })
+  const created = await ctx.app.inject({
     method: 'POST',
-    url: '/users',
-    headers: { authorization: `Bearer ${token}`, 'x-tenant-id': ACME },
-    payload: { email: 'ada@acme.test', name: 'Ada' }
+    url: '/auth/tenants',
+    headers: { authorization: `Bearer ${adminToken}` },
+    payload: { id: ACME, name: 'Acme', admin: { email: 'boss@acme.test', name: 'Boss' } }
   })
-  t.equal(write.statusCode, 201, 'the minted tenant token works')
-  const other = await ctx.app.inject({ method: 'GET', url: '/users', headers: { authorization: `Bearer ${token}`, 'x-tenant-id': 'globex' } })
-  t.equal(other.json().code, 'TENANT_MISMATCH', 'and only for its tenant')
+  t.equal(created.statusCode, 201, created.body)
 
-  const idAdmin = await runScript('scripts/token.ts', ['--admin', '--use', 'id', '--expires', '30m', '--dir', dir], env)
-  t.equal(idAdmin.code, 0, idAdmin.stderr)
-  const idClaims = JSON.parse(Buffer.from(idAdmin.stdout.trim().split('.')[1], 'base64url').toString())
-  t.match(idClaims, { token_use: 'id', aud: issuer.clientId, 'cognito:groups': ['admin'] })
-  t.equal(idClaims.exp - idClaims.iat, 1800)
-  const list = await ctx.app.inject({ method: 'GET', url: '/auth/tenants', headers: { authorization: `Bearer ${idAdmin.stdout.trim()}` } })
-  t.equal(list.statusCode, 200, 'an admin ID token from the script works')
+  const member = await runScript('scripts/token.ts', ['--tenant', ACME, '--email', 'boss@acme.test', '--dir', cognito.dataDir], env)
+  t.equal(member.code, 0, member.stderr)
+  t.match(decode(member.stdout.trim()), { token_use: 'id', 'custom:tenant_id': ACME, email: 'boss@acme.test' })
+  const me = await ctx.app.inject({ method: 'GET', url: '/users/me', headers: { authorization: `Bearer ${member.stdout.trim()}`, 'x-tenant-id': ACME } })
+  t.equal(me.statusCode, 200, me.body)
+  t.match(me.json(), { email: 'boss@acme.test', role: 'admin' })
 
-  const bad = await runScript('scripts/token.ts', ['--use', 'refresh', '--tenant', ACME, '--dir', dir], env)
-  t.equal(bad.code, 1)
-  t.match(bad.stderr, /--use: access or id/)
-  const elsewhere = await runScript('scripts/token.ts', ['--tenant', ACME, '--dir', dir], {
+  const access = await runScript('scripts/token.ts', ['--tenant', ACME, '--email', 'boss@acme.test', '--use', 'access', '--dir', cognito.dataDir], env)
+  t.match(decode(access.stdout.trim()), { token_use: 'access', client_id: cognito.clientId })
+
+  const wrongTenant = await runScript('scripts/token.ts', ['--tenant', 'globex', '--email', 'boss@acme.test', '--dir', cognito.dataDir], env)
+  t.equal(wrongTenant.code, 1)
+  t.match(wrongTenant.stderr, `bound to tenant ${ACME}, not globex`)
+  const stranger = await runScript('scripts/token.ts', ['--tenant', ACME, '--email', 'nobody@acme.test', '--dir', cognito.dataDir], env)
+  t.equal(stranger.code, 1)
+  t.match(stranger.stderr, /invite it first/)
+  const bad = await runScript('scripts/token.ts', ['--use', 'refresh', '--admin', '--dir', cognito.dataDir], env)
+  t.match(bad.stderr, /--use: id or access/)
+  const elsewhere = await runScript('scripts/token.ts', ['--admin', '--dir', cognito.dataDir], {
     ...env,
     JWT_ISSUER: 'https://issuer.example.com',
     JWT_CLIENT_ID: 'x'
@@ -202,25 +170,28 @@ t.test('the embedded issuer is trusted like any issuer, and npm run token mints 
   t.equal(elsewhere.code, 1, 'with a real issuer configured, the script declines')
 })
 
-t.test('the embedded issuer keeps its key and URL across restarts, and moves off a taken port', async (t) => {
-  const dir = await tempIssuerDir(t)
-  const first = await startEmbeddedIssuer({ dataDir: dir })
-  const before = { issuer: first.issuer, kid: (await loadIssuerIdentity(dir)).kid }
+t.test('the embedded user pool keeps its pool, app client and issuer across restarts, and moves off a taken port', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'tenant-service-cognito-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const port = await freePort()
+  const first = await startEmbeddedCognito({ dataDir: dir, port })
+  const before = { userPoolId: first.userPoolId, clientId: first.clientId, issuer: first.issuer }
+  t.equal(first.issuer, `http://127.0.0.1:${port}/${first.userPoolId}`)
   await first.stop()
 
-  const second = await startIssuer(t, dir)
-  t.equal(second.issuer, before.issuer, 'same URL after a restart')
-  t.equal((await loadIssuerIdentity(dir)).kid, before.kid, 'same key')
+  const second = await startEmbeddedCognito({ dataDir: dir, port })
+  t.teardown(() => second.stop())
+  t.same({ userPoolId: second.userPoolId, clientId: second.clientId, issuer: second.issuer }, before, 'the same pool, found again')
   t.equal(second.movedFrom, null)
+  t.same(await loadEmbeddedCognito(dir), { endpoint: second.endpoint, region: second.region, ...before }, 'its coordinates are stored for npm run token')
   await second.stop()
 
   const squatter = net.createServer()
-  await new Promise<void>((resolve) => squatter.listen(Number(new URL(before.issuer).port), '127.0.0.1', resolve))
+  await new Promise<void>((resolve) => squatter.listen(port, '127.0.0.1', resolve))
   t.teardown(() => new Promise<void>((resolve) => squatter.close(() => resolve())))
-  const third = await startIssuer(t, dir)
-  t.equal(third.movedFrom, before.issuer, 'the taken port is reported')
+  const third = await startEmbeddedCognito({ dataDir: dir, port })
+  t.teardown(() => third.stop())
+  t.equal(third.movedFrom, port, 'the taken port is reported')
+  t.equal(third.userPoolId, before.userPoolId)
   t.not(third.issuer, before.issuer)
-  t.equal((await loadIssuerIdentity(dir)).issuer, third.issuer, 'the new URL is stored for npm run token')
-  const jwks = await (await fetch(`${third.issuer}/.well-known/jwks.json`)).json()
-  t.equal(jwks.keys[0].kid, before.kid, 'still the same key')
 })

@@ -26,7 +26,7 @@ t.test('POST /users creates a user: 201 with its representation', async (t) => {
   const response = await createUser(A, 'ada@example.test', 'Ada Lovelace')
   t.equal(response.statusCode, 201)
   const user = response.json()
-  t.same(Object.keys(user).sort(), ['createdAt', 'email', 'id', 'name', 'updatedAt'])
+  t.same(Object.keys(user).sort(), ['createdAt', 'email', 'id', 'name', 'role', 'status', 'sub', 'updatedAt'])
   t.match(user, { email: 'ada@example.test', name: 'Ada Lovelace', id: UUID, createdAt: ISO, updatedAt: ISO })
   t.equal(response.headers.location, `/users/${user.id}`)
 

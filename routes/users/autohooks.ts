@@ -8,7 +8,7 @@ import type { FastifyInstance } from 'fastify'
 export default async function usersHooks(fastify: FastifyInstance) {
   fastify.addHook('onRoute', fastify.declareBearerAuth('tenant'))
   // The tenant migration that made the `users` table (0001_users): a tenant behind it is migrated first.
-  fastify.addHook('onRoute', fastify.requireTenantSchema(1))
+  fastify.addHook('onRoute', fastify.requireTenantSchema(4))
   fastify.addHook('onRequest', fastify.requireTenantAccess)
   fastify.addHook('onRoute', fastify.scopeToTenant)
 }

@@ -1,9 +1,20 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Page, PageQuery, ref } from '../../../schemas/common.ts'
-import { DATABASE_ERRORS, errorResponses, errors } from '../../../schemas/errors.ts'
-import { CreateTenantBody, Tenant, TenantParams, TenantUsage, UpdateTenantBody } from '../../../schemas/tenant.ts'
-import { checkTenantId, deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../lib/tenants/index.ts'
+import { ApiError, DATABASE_ERRORS, errorResponses, errors } from '../../../schemas/errors.ts'
+import { CreatedTenant, CreateTenantBody, Tenant, TenantParams, TenantUsage, UpdateTenantBody } from '../../../schemas/tenant.ts'
+import {
+  checkTenantId,
+  deleteTenant,
+  findTenant,
+  getTenant,
+  listTenants,
+  provisionTenant,
+  toTenant,
+  updateTenant,
+  type TenantRow
+} from '../../../lib/tenants/index.ts'
 import { deleteTenantObjects } from '../../../lib/files/index.ts'
+import { hasPendingInvitation, inviteMember, removeTenantMembers, toUser } from '../../../lib/users/index.ts'
 
 /** Tenant lifecycle: the control plane. Each change is announced so every instance's cache drops the tenant. */
 const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -15,16 +26,54 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
       schema: {
         operationId: 'createTenant',
         summary: 'Create a tenant',
-        description: 'Creates the registry row, the tenant role and the schema at the latest migration, in one transaction.',
+        description:
+          'Creates the registry row, the tenant role and the schema at the latest migration, in one transaction. With `admin`, ' +
+          "then invites the tenant's first member, with role admin, into the Cognito user pool (see POST /users). If that " +
+          'invitation fails part-way the tenant stays created, the answer says so, and repeating the same request finishes it.',
         tags: ['tenants'],
         body: CreateTenantBody,
-        response: { 201: ref(Tenant), ...errorResponses(...DATABASE_ERRORS, 'TENANT_ID_INVALID', 'TENANT_ID_RESERVED', 'TENANT_EXISTS') }
+        response: {
+          201: CreatedTenant,
+          ...errorResponses(
+            ...DATABASE_ERRORS,
+            'TENANT_ID_INVALID',
+            'TENANT_ID_RESERVED',
+            'TENANT_EXISTS',
+            'USER_POOL_NOT_CONFIGURED',
+            'USER_POOL_UNAVAILABLE',
+            'USER_POOL_ERROR',
+            'MEMBER_IN_OTHER_TENANT'
+          )
+        }
       }
     },
     async (request, reply) => {
-      const row = await provisionTenant(pool, request.body, { rolePrefix: fastify.config.TENANT_ROLE_PREFIX, spares: fastify.tenantSpares })
+      const { admin, ...input } = request.body
+      const userPool = fastify.userPool
+      if (admin && !userPool) {
+        throw new ApiError('USER_POOL_NOT_CONFIGURED', 'No user pool is configured (COGNITO_USER_POOL_ID): a tenant admin cannot be invited')
+      }
+      let row: TenantRow
+      let resumed = false
+      try {
+        row = await provisionTenant(pool, input, { rolePrefix: fastify.config.TENANT_ROLE_PREFIX, spares: fastify.tenantSpares })
+      } catch (error) {
+        // A repeat of a creation whose admin invitation failed part-way: the tenant is there, the invitation is finished below.
+        const existing = admin && error instanceof ApiError && error.code === 'TENANT_EXISTS' ? await findTenant(pool, input.id) : undefined
+        if (!existing || existing.status === 'deleting' || !(await hasPendingInvitation(pool, existing, admin!.email))) throw error
+        row = existing
+        resumed = true
+      }
       fastify.tenantDb.invalidate(row.id)
-      return reply.code(201).header('location', `/auth/tenants/${row.id}`).send(toTenant(row))
+      reply.code(201).header('location', `/auth/tenants/${row.id}`)
+      if (!admin) return reply.send(toTenant(row))
+      try {
+        const member = await inviteMember(pool, row, userPool!, { ...admin, role: 'admin' })
+        return reply.send({ ...toTenant(row), admin: toUser(member) })
+      } catch (error) {
+        if (error instanceof ApiError && !resumed) error.message = `Tenant "${row.id}" was created, but its admin was not: ${error.message}`
+        throw error
+      }
     }
   )
 
@@ -112,14 +161,14 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
         operationId: 'deleteTenant',
         summary: 'Delete a tenant',
         description:
-          "Deletes the tenant's files from object storage, then drops its schema with all its data, its role and its " +
-          'registry row. If the files cannot all be deleted the answer is 502/503, the tenant stays in status ' +
-          '`deleting` (refusing requests) and repeating the DELETE finishes the job.',
+          "Disables and deletes its members' users in the Cognito user pool, deletes the tenant's files from object storage, " +
+          'then drops its schema with all its data, its role and its registry row. If a pool user or a file cannot be deleted ' +
+          'the answer is 502/503, the tenant stays in status `deleting` (refusing requests) and repeating the DELETE finishes the job.',
         tags: ['tenants'],
         params: TenantParams,
         response: {
           204: { type: 'null', description: 'Deleted' },
-          ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR')
+          ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND', 'STORAGE_UNAVAILABLE', 'STORAGE_ERROR', 'USER_POOL_UNAVAILABLE', 'USER_POOL_ERROR')
         }
       }
     },
@@ -128,6 +177,8 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
         beforeDrop: async (tenant) => {
           // This instance refuses the tenant from now on; the others hear it from the announcement.
           fastify.tenantDb.invalidate(tenant.id)
+          // Members first: their logins stop working before anything else goes.
+          if (fastify.userPool) await removeTenantMembers(pool, tenant, fastify.userPool)
           if (fastify.storage) await deleteTenantObjects(fastify.storage, tenant.id)
         }
       })

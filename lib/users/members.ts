@@ -1,0 +1,187 @@
+import pg from 'pg'
+import { ApiError, errors } from '../../schemas/errors.ts'
+import type { MemberRole } from '../../schemas/user.ts'
+import type { Principal } from '../auth/index.ts'
+import type { Queryable } from '../tenant-db/index.ts'
+import { runInTransaction } from '../transaction.ts'
+import { memberBySub, USER_COLUMNS, type UserRow } from './index.ts'
+import type { UserPool } from './pool.ts'
+
+/**
+ * Members: users of a tenant backed by a user of the Cognito pool, bound to the tenant by its
+ * `custom:tenant_id` attribute and known to the tenant by their `sub`.
+ *
+ * The database and the pool share no transaction, so every step that spans both is ordered so a
+ * failure leaves something a repeat finishes, and never a pool user the service does not know of:
+ *
+ * - Invite: (1) the row is committed first, `status = 'inviting'`, `sub` NULL; (2) AdminCreateUser,
+ *   which a repeat turns into adopting the pool user an earlier attempt made (same email, same
+ *   tenant); (3) the sub is recorded and the row becomes `active`. A failure after (1) leaves an
+ *   `inviting` row that is visible, reported in the answer, and finished by repeating the
+ *   invitation; a tenant deletion looks its pool user up by email.
+ * - Remove: the pool user is disabled and deleted before the row goes, so a failure leaves the
+ *   row and a repeat finishes (a pool user already gone counts as removed).
+ * - Tenant deletion: every member's pool user goes while the tenant is `deleting` and its schema
+ *   (the list of members) still exists; a failure stops the deletion there (see routes/auth/tenants).
+ * - Steps (1) and (3) hold the registry row FOR SHARE and refuse a tenant being deleted: a
+ *   deletion's mark waits for them, so it then sees the row they wrote, or they see the mark (and a
+ *   pool user made in between is removed at once).
+ */
+
+export interface TenantRef {
+  id: string
+  schema: string
+}
+
+export interface MemberInvitation {
+  email: string
+  name: string
+  role?: MemberRole
+  temporaryPassword?: string
+}
+
+/** Runs `work` in a transaction in the tenant's schema, while the tenant is neither deleting nor gone. */
+async function inTenant<T>(pool: pg.Pool, tenant: TenantRef, work: (db: pg.PoolClient) => Promise<T>): Promise<T> {
+  return runInTransaction(pool, async (db) => {
+    const { rows } = await db.query<{ status: string }>('SELECT status FROM public.tenants WHERE id = $1 FOR SHARE', [tenant.id])
+    if (!rows[0]) throw errors.tenantNotFound(tenant.id)
+    if (rows[0].status === 'deleting') throw errors.tenantDeleting(tenant.id)
+    await db.query("SELECT set_config('search_path', $1, true)", [tenant.schema])
+    return work(db)
+  })
+}
+
+const emailTaken = (error: unknown): never => {
+  if ((error as { code?: string }).code === '23505') throw new ApiError('USER_EMAIL_EXISTS', 'A user with this email already exists in this tenant')
+  throw error
+}
+
+/**
+ * Invites a member: its row, its pool user (email, name, the tenant attribute), its sub. Repeating
+ * an invitation whose row is still `inviting` finishes it (with this invitation's name and role).
+ */
+export async function inviteMember(pool: pg.Pool, tenant: TenantRef, userPool: UserPool, input: MemberInvitation): Promise<UserRow> {
+  const role = input.role ?? 'member'
+  const row = await inTenant(pool, tenant, async (db) => {
+    const { rows } = await db.query<UserRow>(`SELECT ${USER_COLUMNS} FROM users WHERE lower(email) = lower($1) FOR UPDATE`, [input.email])
+    if (rows[0] && rows[0].status !== 'inviting') throw new ApiError('USER_EMAIL_EXISTS', 'A user with this email already exists in this tenant')
+    if (rows[0]) {
+      const { rows: resumed } = await db.query<UserRow>(
+        `UPDATE users SET name = $2, role = $3, updated_at = date_trunc('milliseconds', now()) WHERE id = $1 RETURNING ${USER_COLUMNS}`,
+        [rows[0].id, input.name, role]
+      )
+      return resumed[0]
+    }
+    const { rows: inserted } = await db
+      .query<UserRow>(`INSERT INTO users (email, name, role, status) VALUES ($1, $2, $3, 'inviting') RETURNING ${USER_COLUMNS}`, [
+        input.email,
+        input.name,
+        role
+      ])
+      .catch(emailTaken)
+    return inserted[0]
+  })
+
+  let sub: string
+  try {
+    sub = await userPool.invite({ email: row.email, name: input.name, tenant: tenant.id, temporaryPassword: input.temporaryPassword })
+  } catch (error) {
+    // The email belongs to another tenant's pool user: nothing of ours exists in the pool, so the row goes.
+    if (error instanceof ApiError && error.code === 'MEMBER_IN_OTHER_TENANT') {
+      await inTenant(pool, tenant, (db) => db.query("DELETE FROM users WHERE id = $1 AND status = 'inviting'", [row.id])).catch(() => undefined)
+      throw error
+    }
+    if (error instanceof ApiError) {
+      error.message = `${error.message}. The invitation of ${row.email} is recorded as "inviting": repeat it to finish`
+    }
+    throw error
+  }
+
+  try {
+    return await inTenant(pool, tenant, async (db) => {
+      const { rows } = await db.query<UserRow>(
+        `UPDATE users SET sub = $2, status = 'active', updated_at = date_trunc('milliseconds', now()) WHERE id = $1 RETURNING ${USER_COLUMNS}`,
+        [row.id, sub]
+      )
+      if (!rows[0]) throw errors.userNotFound(row.id)
+      return rows[0]
+    })
+  } catch (error) {
+    // The tenant, or the row, went away meanwhile: its pool user must not outlive it.
+    if (error instanceof ApiError && ['TENANT_DELETING', 'TENANT_NOT_FOUND', 'USER_NOT_FOUND'].includes(error.code)) await userPool.remove(sub)
+    throw error
+  }
+}
+
+/**
+ * Removes the pool user of a member row: by sub, or, for an invitation that never recorded one, by
+ * email when that pool user is bound to this tenant. Idempotent.
+ */
+export async function removePoolUserOf(userPool: UserPool, tenantId: string, row: Pick<UserRow, 'email' | 'sub' | 'status'>): Promise<void> {
+  if (row.sub) return userPool.remove(row.sub)
+  if (row.status !== 'inviting') return
+  const found = await userPool.find(row.email)
+  if (found?.tenant === tenantId) await userPool.remove(found.sub)
+}
+
+/** Whether deleting this row also has to remove a pool user. */
+export const hasPoolUser = (row: Pick<UserRow, 'sub' | 'status'>) => row.sub !== null || row.status === 'inviting'
+
+/**
+ * Refuses a caller who may not invite, change or remove members: anyone but a platform admin or
+ * an active member of this tenant with role admin. A token whose sub has no row is not a member.
+ */
+export async function requireTenantAdmin(db: Queryable, caller: Principal): Promise<void> {
+  if (caller.admin) return
+  const member = await memberBySub(db, caller.subject)
+  if (member?.role === 'admin' && member.status === 'active') return
+  throw new ApiError('TENANT_ADMIN_REQUIRED', 'Only an admin member of this tenant may invite, change or remove members')
+}
+
+/**
+ * Removes the pool users of every member of a tenant (the step before its schema is dropped), one
+ * at a time by default: Cognito limits user updates per pool (and throttles past it), and
+ * cognito-local, the development pool, keeps each pool in one JSON file that concurrent writes
+ * corrupt. Every member is tried; if any fails, the error names how many and says how to finish.
+ * Returns how many rows had a pool user. A tenant schema older than the members migration has none.
+ */
+export async function removeTenantMembers(pool: pg.Pool, tenant: TenantRef, userPool: UserPool, options: { concurrency?: number } = {}): Promise<number> {
+  let rows: UserRow[]
+  try {
+    const result = await pool.query<UserRow>(
+      `SELECT ${USER_COLUMNS} FROM ${pg.escapeIdentifier(tenant.schema)}.users WHERE sub IS NOT NULL OR status = 'inviting'`
+    )
+    rows = result.rows
+  } catch (error) {
+    // 42703: no sub column yet (schema behind 0004); 42P01: no users table.
+    if (['42703', '42P01', '3F000'].includes((error as { code?: string }).code ?? '')) return 0
+    throw error
+  }
+  const failures: unknown[] = []
+  const queue = [...rows]
+  const worker = async () => {
+    for (let row = queue.shift(); row; row = queue.shift()) {
+      await removePoolUserOf(userPool, tenant.id, row).catch((error) => failures.push(error))
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(options.concurrency ?? 1, rows.length) }, worker))
+  if (failures.length > 0) {
+    const first = failures[0] instanceof ApiError ? failures[0] : new ApiError('USER_POOL_ERROR', 'The user pool refused to delete a user')
+    const message = `Deleting the user-pool users of tenant "${tenant.id}" failed for ${failures.length} of ${rows.length}; the tenant stays in status "deleting" and refuses requests. Repeat the DELETE to finish`
+    throw Object.assign(new ApiError(first.code, message, first.headers), { cause: (first as { cause?: unknown }).cause ?? failures[0] })
+  }
+  return rows.length
+}
+
+/** Whether the tenant has an unfinished invitation for `email` (a repeated tenant creation finishes it). */
+export async function hasPendingInvitation(pool: pg.Pool, tenant: TenantRef, email: string): Promise<boolean> {
+  try {
+    const sql = `SELECT 1 FROM ${pg.escapeIdentifier(tenant.schema)}.users WHERE lower(email) = lower($1) AND status = 'inviting'`
+    const { rows } = await pool.query(sql, [email])
+    return rows.length > 0
+  } catch (error) {
+    // 42703: a schema behind the members migration has no invitations.
+    if ((error as { code?: string }).code === '42703') return false
+    throw error
+  }
+}

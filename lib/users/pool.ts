@@ -1,0 +1,154 @@
+import {
+  AdminCreateUserCommand,
+  AdminDeleteUserCommand,
+  AdminDisableUserCommand,
+  AdminGetUserCommand,
+  CognitoIdentityProviderClient,
+  DescribeUserPoolCommand
+} from '@aws-sdk/client-cognito-identity-provider'
+import { ApiError, serviceUnavailable } from '../../schemas/errors.ts'
+
+export interface UserPoolOptions {
+  region: string
+  userPoolId: string
+  /** The pool attribute that binds a user to a tenant, as tokens carry it (TENANT_CLAIM). */
+  tenantAttribute: string
+  inviteMessageAction: 'EMAIL' | 'SUPPRESS'
+  /** Attempts per call, retries of throttling and 5xx included (the SDK's standard retry). */
+  maxAttempts?: number
+}
+
+/** Cognito error names that mean "not now" rather than "no". */
+const TRANSIENT = new Set([
+  'TimeoutError',
+  'TooManyRequestsException',
+  'ThrottlingException',
+  'InternalErrorException',
+  'CredentialsProviderError',
+  'AbortError'
+])
+
+/**
+ * What a user-pool failure means to a client: no answer, a 5xx, throttling or no credentials is
+ * 503 `USER_POOL_UNAVAILABLE` (worth retrying); any other refusal (access denied, no such pool)
+ * is 502 `USER_POOL_ERROR`. The SDK's error stays attached as `cause`, for the log.
+ */
+export function userPoolError(error: unknown, action: string): ApiError {
+  if (error instanceof ApiError) return error
+  const failure = error as { name?: string; $metadata?: { httpStatusCode?: number } }
+  const status = failure?.$metadata?.httpStatusCode
+  const transient = status === undefined || status >= 500 || status === 429 || TRANSIENT.has(failure?.name ?? '')
+  const apiError = transient
+    ? serviceUnavailable('USER_POOL_UNAVAILABLE', `The user pool is not available (${action}); retry shortly`)
+    : new ApiError('USER_POOL_ERROR', `The user pool refused to ${action}`)
+  return Object.assign(apiError, { cause: error })
+}
+
+const named = (error: unknown, name: string) => (error as { name?: string })?.name === name
+
+/**
+ * What a failed DescribeUserPool says about the deployment, in words an operator acts on: the pool
+ * id and region when the pool does not exist, credentials when they are missing or refused, the
+ * endpoint when nothing answered (often a wrong region).
+ */
+export function describePoolFailure(error: unknown, options: Pick<UserPoolOptions, 'region' | 'userPoolId'>): string {
+  const failure = error as { name?: string; message?: string; code?: string }
+  const name = failure?.name ?? 'Error'
+  const where = `user pool ${options.userPoolId} in region ${options.region}`
+  if (name === 'ResourceNotFoundException') return `${where} does not exist (ResourceNotFoundException): check COGNITO_USER_POOL_ID and COGNITO_REGION`
+  if (name === 'CredentialsProviderError') return `no AWS credentials for ${where} (CredentialsProviderError): ${failure.message}`
+  if (['UnrecognizedClientException', 'InvalidSignatureException', 'ExpiredTokenException', 'NotAuthorizedException'].includes(name)) {
+    return `the AWS credentials were refused for ${where} (${name}): bad or expired credentials, or a wrong region`
+  }
+  if (name === 'AccessDeniedException') return `the credentials may not describe ${where} (AccessDeniedException): grant cognito-idp:DescribeUserPool`
+  if (failure?.code === 'ENOTFOUND' || failure?.code === 'ECONNREFUSED' || name === 'TimeoutError') {
+    return `the user-pool endpoint for ${where} did not answer (${failure.code ?? name}): check COGNITO_REGION and AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER`
+  }
+  return `${where} could not be described (${name}): ${failure?.message ?? ''}`
+}
+
+/**
+ * The user-pool operations the service needs, on one pool. Credentials and the endpoint come from
+ * the AWS SDK's own defaults: the default provider chain, and AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER
+ * or AWS_ENDPOINT_URL for a pool that is not on AWS. Every operation here is idempotent, so a
+ * caller that failed part-way repeats it (lib/users/members.ts).
+ */
+export function createUserPool(options: UserPoolOptions) {
+  const client = new CognitoIdentityProviderClient({ region: options.region, maxAttempts: options.maxAttempts ?? 3 })
+  const UserPoolId = options.userPoolId
+
+  /** The pool user known by `username` (its email or its sub): its sub and tenant, or null when there is none. */
+  async function find(username: string): Promise<{ sub: string; tenant: string | null } | null> {
+    try {
+      const user = await client.send(new AdminGetUserCommand({ UserPoolId, Username: username }))
+      const attributes = new Map((user.UserAttributes ?? []).map((attribute) => [attribute.Name, attribute.Value]))
+      return { sub: attributes.get('sub') ?? user.Username!, tenant: attributes.get(options.tenantAttribute) ?? null }
+    } catch (error) {
+      if (named(error, 'UserNotFoundException')) return null
+      throw userPoolError(error, 'look a user up')
+    }
+  }
+
+  return {
+    userPoolId: UserPoolId,
+    region: options.region,
+
+    /**
+     * Creates the pool user of a member of `tenant`, or adopts the one a failed earlier attempt
+     * left (same email, same tenant). Returns its sub. A pool user with this email bound to another
+     * tenant, or to none, is refused with 409: the pool is shared by every tenant.
+     */
+    async invite(input: { email: string; name: string; tenant: string; temporaryPassword?: string }): Promise<string> {
+      try {
+        const created = await client.send(
+          new AdminCreateUserCommand({
+            UserPoolId,
+            Username: input.email,
+            UserAttributes: [
+              { Name: 'email', Value: input.email },
+              { Name: 'name', Value: input.name },
+              { Name: options.tenantAttribute, Value: input.tenant }
+            ],
+            ...(input.temporaryPassword ? { TemporaryPassword: input.temporaryPassword } : {}),
+            ...(options.inviteMessageAction === 'SUPPRESS' ? { MessageAction: 'SUPPRESS' as const } : { DesiredDeliveryMediums: ['EMAIL' as const] })
+          })
+        )
+        const sub = created.User?.Attributes?.find((attribute) => attribute.Name === 'sub')?.Value
+        if (sub) return sub
+        const found = await find(input.email)
+        if (!found) throw new Error('AdminCreateUser returned no sub and the user cannot be found')
+        return found.sub
+      } catch (error) {
+        if (!named(error, 'UsernameExistsException')) throw userPoolError(error, 'create the user')
+      }
+      const existing = await find(input.email)
+      if (existing?.tenant === input.tenant) return existing.sub
+      const holder = existing?.tenant ? 'another tenant' : 'no tenant (a platform user)'
+      throw new ApiError('MEMBER_IN_OTHER_TENANT', `The user pool already holds a user ${input.email}, bound to ${holder}`)
+    },
+
+    find,
+
+    /** Disables, then deletes, the pool user known by `username` (sub or email); one already gone is fine. */
+    async remove(username: string): Promise<void> {
+      try {
+        await client.send(new AdminDisableUserCommand({ UserPoolId, Username: username }))
+        await client.send(new AdminDeleteUserCommand({ UserPoolId, Username: username }))
+      } catch (error) {
+        if (!named(error, 'UserNotFoundException')) throw userPoolError(error, 'delete the user')
+      }
+    },
+
+    /** DescribeUserPool: resolves with the pool's name, or throws the SDK's error. */
+    async describe(): Promise<string> {
+      const { UserPool } = await client.send(new DescribeUserPoolCommand({ UserPoolId }))
+      return UserPool?.Name ?? UserPoolId
+    },
+
+    close() {
+      client.destroy()
+    }
+  }
+}
+
+export type UserPool = ReturnType<typeof createUserPool>

@@ -1,0 +1,315 @@
+import { InitiateAuthCommand } from '@aws-sdk/client-cognito-identity-provider'
+import t from 'tap'
+import { setupApp, type TestContext } from './helpers/app.ts'
+import { startTestCognito, TEST_PASSWORD, type TestCognito } from './helpers/cognito.ts'
+
+/**
+ * Members backed by a real user pool (cognito-local), end to end: tenant creation with its admin,
+ * logins with real tokens, invitations, rights, tenant binding, removal and tenant deletion. After
+ * each step the pool's users are read back.
+ */
+
+const ACME = 'acme'
+const GLOBEX = 'globex'
+
+let ctx: TestContext
+let cognito: TestCognito
+let operator: string
+
+const bearer = (token: string, tenant?: string) => ({ authorization: `Bearer ${token}`, ...(tenant ? { 'x-tenant-id': tenant } : {}) })
+const rowsOf = async (tenant: string) => (await ctx.admin.query(`SELECT email, role, status, sub FROM ${JSON.stringify(tenant)}.users ORDER BY email`)).rows
+
+/** Logs a pool user in with a password set as completing the invitation would, and returns its ID token. */
+async function loginAs(email: string) {
+  await cognito.setPassword(email, TEST_PASSWORD)
+  return (await cognito.login(email, TEST_PASSWORD)).idToken
+}
+
+t.before(async () => {
+  cognito = await startTestCognito()
+  t.teardown(() => cognito.stop())
+  ctx = await setupApp(t, { ...cognito.env, COGNITO_INVITE_MESSAGE_ACTION: 'SUPPRESS' })
+  operator = await cognito.platformAdmin()
+})
+
+let adminToken: string
+let memberToken: string
+let memberId: string
+
+t.test('creating a tenant with an admin onboards that admin into the pool, bound to the tenant', async (t) => {
+  const response = await ctx.app.inject({
+    method: 'POST',
+    url: '/auth/tenants',
+    headers: bearer(operator),
+    payload: { id: ACME, name: 'Acme', admin: { email: 'boss@acme.test', name: 'The Boss' } }
+  })
+  t.equal(response.statusCode, 201, response.body)
+  const body = response.json()
+  t.match(body, { id: ACME, admin: { email: 'boss@acme.test', role: 'admin', status: 'active', sub: String } })
+
+  const pool = await cognito.users()
+  const boss = pool.get('boss@acme.test')
+  t.ok(boss, 'the pool holds the admin')
+  t.equal(boss!.attributes['custom:tenant_id'], ACME)
+  t.equal(boss!.attributes.sub, body.admin.sub, 'the row records the pool user’s sub')
+  t.same(await rowsOf(ACME), [{ email: 'boss@acme.test', role: 'admin', status: 'active', sub: boss!.attributes.sub }])
+
+  adminToken = await loginAs('boss@acme.test')
+  const me = await ctx.app.inject({ method: 'GET', url: '/users/me', headers: bearer(adminToken, ACME) })
+  t.equal(me.statusCode, 200, me.body)
+  t.match(me.json(), { email: 'boss@acme.test', role: 'admin' })
+})
+
+t.test('an admin member invites a member; the member logs in with a real token', async (t) => {
+  const response = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(adminToken, ACME),
+    payload: { email: 'worker@acme.test', name: 'A Worker', invite: true }
+  })
+  t.equal(response.statusCode, 201, response.body)
+  const user = response.json()
+  memberId = user.id
+  t.match(user, { role: 'member', status: 'active', sub: String })
+  const pool = await cognito.users()
+  t.same([...pool.keys()].sort(), ['boss@acme.test', 'operator@platform.test', 'worker@acme.test'])
+  t.equal(pool.get('worker@acme.test')!.attributes['custom:tenant_id'], ACME)
+  t.equal(pool.get('worker@acme.test')!.status, 'FORCE_CHANGE_PASSWORD', 'a fresh invitation: the temporary password must be changed')
+
+  memberToken = (
+    await (async () => {
+      await cognito.setPassword('worker@acme.test', TEST_PASSWORD)
+      return cognito.adminLogin('worker@acme.test', TEST_PASSWORD)
+    })()
+  ).idToken
+  const me = await ctx.app.inject({ method: 'GET', url: '/users/me', headers: bearer(memberToken, ACME) })
+  t.equal(me.statusCode, 200, me.body)
+  t.match(me.json(), { id: memberId, email: 'worker@acme.test', role: 'member' })
+  const list = await ctx.app.inject({ method: 'GET', url: '/users', headers: bearer(memberToken, ACME) })
+  t.equal(list.statusCode, 200, 'a member reads the tenant’s users')
+  t.equal(list.json().items.length, 2)
+})
+
+t.test('repeating an invitation of an active member is a conflict; the pool is unchanged', async (t) => {
+  const response = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(operator, ACME),
+    payload: { email: 'worker@acme.test', name: 'Again', invite: true }
+  })
+  t.equal(response.statusCode, 409)
+  t.equal(response.json().code, 'USER_EMAIL_EXISTS')
+  t.equal((await cognito.users()).size, 3)
+})
+
+t.test('an invitation with a temporary password (COGNITO_INVITE_MESSAGE_ACTION=SUPPRESS): the first login must set a new one', async (t) => {
+  const lonely = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(adminToken, ACME),
+    payload: { email: 'temp@acme.test', name: 'Temp', temporaryPassword: 'Temp-Pass-42' }
+  })
+  t.equal(lonely.statusCode, 400, 'a temporary password without an invitation is refused')
+  t.equal(lonely.json().code, 'VALIDATION_ERROR')
+
+  const response = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(adminToken, ACME),
+    payload: { email: 'temp@acme.test', name: 'Temp', invite: true, temporaryPassword: 'Temp-Pass-42' }
+  })
+  t.equal(response.statusCode, 201, response.body)
+  const login = await cognito.client.send(
+    new InitiateAuthCommand({
+      ClientId: cognito.clientId,
+      AuthFlow: 'USER_PASSWORD_AUTH',
+      AuthParameters: { USERNAME: 'temp@acme.test', PASSWORD: 'Temp-Pass-42' }
+    })
+  )
+  t.equal(login.ChallengeName, 'NEW_PASSWORD_REQUIRED', 'the temporary password works, once, to set a new one')
+  t.notOk(login.AuthenticationResult)
+})
+
+t.test('a member may not invite, change or remove members, and nothing is written when it tries', async (t) => {
+  const before = await rowsOf(ACME)
+  const poolBefore = [...(await cognito.users()).keys()].sort()
+  const attempts = [
+    { method: 'POST' as const, url: '/users', payload: { email: 'intruder@acme.test', name: 'Intruder', invite: true } },
+    { method: 'POST' as const, url: '/users', payload: { email: 'plain@acme.test', name: 'Plain', role: 'admin' } },
+    { method: 'PATCH' as const, url: `/users/${memberId}`, payload: { role: 'admin' } },
+    { method: 'DELETE' as const, url: `/users/${memberId}` }
+  ]
+  for (const attempt of attempts) {
+    const response = await ctx.app.inject({ ...attempt, headers: bearer(memberToken, ACME) })
+    t.equal(response.statusCode, 403, `${attempt.method} ${attempt.url}`)
+    t.equal(response.json().code, 'TENANT_ADMIN_REQUIRED')
+  }
+  t.same(await rowsOf(ACME), before, 'no row was added, changed or removed')
+  t.same([...(await cognito.users()).keys()].sort(), poolBefore, 'no pool user was made or removed')
+  t.equal((await cognito.users()).get('worker@acme.test')!.enabled, true)
+})
+
+t.test("a member's token on another tenant is refused", async (t) => {
+  const created = await ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: bearer(operator), payload: { id: GLOBEX, name: 'Globex' } })
+  t.equal(created.statusCode, 201)
+  for (const token of [memberToken, adminToken]) {
+    const read = await ctx.app.inject({ method: 'GET', url: '/users', headers: bearer(token, GLOBEX) })
+    t.equal(read.statusCode, 403)
+    t.equal(read.json().code, 'TENANT_MISMATCH')
+    const write = await ctx.app.inject({
+      method: 'POST',
+      url: '/users',
+      headers: bearer(token, GLOBEX),
+      payload: { email: 'x@globex.test', name: 'X', invite: true }
+    })
+    t.equal(write.json().code, 'TENANT_MISMATCH')
+  }
+  t.same(await rowsOf(GLOBEX), [])
+  t.notOk((await cognito.users()).has('x@globex.test'))
+})
+
+t.test('an email already bound to another tenant in the pool is refused with 409, and no row stays behind', async (t) => {
+  const response = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(operator, GLOBEX),
+    payload: { email: 'worker@acme.test', name: 'Poacher', invite: true }
+  })
+  t.equal(response.statusCode, 409)
+  t.equal(response.json().code, 'MEMBER_IN_OTHER_TENANT')
+  t.same(await rowsOf(GLOBEX), [])
+  t.equal((await cognito.users()).get('worker@acme.test')!.attributes['custom:tenant_id'], ACME, 'the pool user is untouched')
+})
+
+t.test('an invitation interrupted after the row was written is finished by repeating it', async (t) => {
+  // What a crash between the row and AdminCreateUser leaves behind.
+  await ctx.admin.query(`INSERT INTO acme.users (email, name, status) VALUES ('late@acme.test', 'Late', 'inviting')`)
+  const response = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(adminToken, ACME),
+    payload: { email: 'late@acme.test', name: 'Late Comer', invite: true }
+  })
+  t.equal(response.statusCode, 201, response.body)
+  t.match(response.json(), { status: 'active', name: 'Late Comer' })
+  t.equal((await cognito.users()).get('late@acme.test')!.attributes['custom:tenant_id'], ACME)
+
+  // And one interrupted after AdminCreateUser: the pool user exists, the row is still inviting.
+  await ctx.admin.query(`UPDATE acme.users SET status = 'inviting', sub = NULL WHERE email = 'late@acme.test'`)
+  const again = await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(adminToken, ACME),
+    payload: { email: 'late@acme.test', name: 'Late Comer', invite: true }
+  })
+  t.equal(again.statusCode, 201, again.body)
+  t.equal(again.json().sub, (await cognito.users()).get('late@acme.test')!.attributes.sub, 'the existing pool user is adopted')
+})
+
+t.test('a token whose sub has no member row: GET /users/me is 404 MEMBER_NOT_FOUND', async (t) => {
+  const stray = await ctx.app.inject({ method: 'GET', url: '/users/me', headers: bearer(operator, ACME) })
+  t.equal(stray.statusCode, 404)
+  t.equal(stray.json().code, 'MEMBER_NOT_FOUND')
+})
+
+t.test('an admin member changes a role; removing a member disables and deletes its pool user', async (t) => {
+  const patched = await ctx.app.inject({ method: 'PATCH', url: `/users/${memberId}`, headers: bearer(adminToken, ACME), payload: { role: 'admin' } })
+  t.equal(patched.statusCode, 200, patched.body)
+  t.equal(patched.json().role, 'admin')
+  const email = await ctx.app.inject({
+    method: 'PATCH',
+    url: `/users/${memberId}`,
+    headers: bearer(adminToken, ACME),
+    payload: { email: 'renamed@acme.test' }
+  })
+  t.equal(email.statusCode, 409)
+  t.equal(email.json().code, 'MEMBER_EMAIL_FIXED')
+
+  const deleted = await ctx.app.inject({ method: 'DELETE', url: `/users/${memberId}`, headers: bearer(adminToken, ACME) })
+  t.equal(deleted.statusCode, 204, deleted.body)
+  t.notOk((await cognito.users()).has('worker@acme.test'), 'the pool user is gone')
+  t.notOk(
+    (await rowsOf(ACME)).some((row) => row.email === 'worker@acme.test'),
+    'and its row'
+  )
+  await t.rejects(cognito.login('worker@acme.test', TEST_PASSWORD), 'the removed member can no longer log in')
+})
+
+t.test('an invitation while the pool is down: 503, the row stays inviting; repeated once the pool is back, it is finished', async (t) => {
+  const invite = () =>
+    ctx.app.inject({
+      method: 'POST',
+      url: '/users',
+      headers: bearer(operator, GLOBEX),
+      payload: { email: 'patient@globex.test', name: 'Patient', invite: true }
+    })
+  await cognito.pause()
+  const failed = await invite().finally(() => cognito.resume())
+  t.equal(failed.statusCode, 503, failed.body)
+  t.equal(failed.json().code, 'USER_POOL_UNAVAILABLE')
+  t.match(failed.json().message, /recorded as "inviting": repeat it to finish/)
+  t.same(await rowsOf(GLOBEX), [{ email: 'patient@globex.test', role: 'member', status: 'inviting', sub: null }], 'the half-done invitation is visible')
+  t.notOk((await cognito.users()).has('patient@globex.test'))
+
+  const finished = await invite()
+  t.equal(finished.statusCode, 201, finished.body)
+  const pooled = (await cognito.users()).get('patient@globex.test')
+  t.equal(pooled?.attributes['custom:tenant_id'], GLOBEX)
+  t.same(await rowsOf(GLOBEX), [{ email: 'patient@globex.test', role: 'member', status: 'active', sub: pooled?.attributes.sub }])
+})
+
+t.test('deleting a tenant removes the pool users of all its members, and only theirs', async (t) => {
+  await ctx.app.inject({
+    method: 'POST',
+    url: '/users',
+    headers: bearer(operator, GLOBEX),
+    payload: { email: 'hank@globex.test', name: 'Hank', invite: true }
+  })
+  const response = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: bearer(operator) })
+  t.equal(response.statusCode, 204, response.body)
+  const pool = await cognito.users()
+  t.same([...pool.keys()].sort(), ['hank@globex.test', 'operator@platform.test', 'patient@globex.test'], 'no pool user stays bound to the deleted tenant')
+  const gone = await ctx.admin.query('SELECT 1 FROM public.tenants WHERE id = $1', [ACME])
+  t.equal(gone.rowCount, 0)
+})
+
+t.test('a tenant deletion while the pool is down stops with 503, the tenant stays deleting, and the repeat finishes', async (t) => {
+  await cognito.pause()
+  const failed = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${GLOBEX}`, headers: bearer(operator) }).finally(() => cognito.resume())
+  t.equal(failed.statusCode, 503, failed.body)
+  t.equal(failed.json().code, 'USER_POOL_UNAVAILABLE')
+  t.match(failed.json().message, /stays in status "deleting".*Repeat the DELETE/)
+  const { rows } = await ctx.admin.query('SELECT status FROM public.tenants WHERE id = $1', [GLOBEX])
+  t.same(rows, [{ status: 'deleting' }])
+  t.equal((await rowsOf(GLOBEX)).length, 2, 'its schema, and the list of members, are still there')
+  const refused = await ctx.app.inject({ method: 'GET', url: '/users', headers: bearer(operator, GLOBEX) })
+  t.equal(refused.json().code, 'TENANT_DELETING', 'and it refuses requests')
+
+  const repeated = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${GLOBEX}`, headers: bearer(operator) })
+  t.equal(repeated.statusCode, 204, repeated.body)
+  t.same([...(await cognito.users()).keys()], ['operator@platform.test'], 'every member of the deleted tenants is gone from the pool')
+})
+
+t.test('a repeated tenant creation finishes an admin invitation that failed part-way', async (t) => {
+  const create = () =>
+    ctx.app.inject({
+      method: 'POST',
+      url: '/auth/tenants',
+      headers: bearer(operator),
+      payload: { id: 'initech', name: 'Initech', admin: { email: 'bill@initech.test', name: 'Bill' } }
+    })
+  t.equal((await create()).statusCode, 201)
+  // As if AdminCreateUser had answered but the sub was never recorded.
+  await ctx.admin.query(`UPDATE initech.users SET status = 'inviting', sub = NULL`)
+  const again = await create()
+  t.equal(again.statusCode, 201, again.body)
+  t.match(again.json(), { admin: { email: 'bill@initech.test', status: 'active', role: 'admin' } })
+  t.equal((await cognito.users()).get('bill@initech.test')!.attributes['custom:tenant_id'], 'initech')
+  const third = await create()
+  t.equal(third.statusCode, 409, 'once finished, the tenant exists')
+
+  // Deleting a tenant whose invitation never recorded a sub still finds its pool user by email.
+  await ctx.admin.query(`UPDATE initech.users SET status = 'inviting', sub = NULL`)
+  t.equal((await ctx.app.inject({ method: 'DELETE', url: '/auth/tenants/initech', headers: bearer(operator) })).statusCode, 204)
+  t.notOk((await cognito.users()).has('bill@initech.test'))
+})
