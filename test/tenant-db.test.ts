@@ -86,7 +86,7 @@ t.test('the switch: one context statement, its values per tenant, and when it ri
 t.test('a tenant as a request sees it carries no driver state', async (t) => {
   const db = tenantDb()
   const tenant = await resolve(db, 'alpha-co')
-  t.same(Object.keys(tenant).sort(), ['createdAt', 'id', 'name', 'role', 'schema', 'status'])
+  t.same(Object.keys(tenant).sort(), ['createdAt', 'id', 'name', 'role', 'schema', 'schemaVersion', 'status'])
   t.ok(Object.isFrozen(tenant))
   t.equal(await db.lookup('no-such-co'), null, 'an unknown id is null')
   t.throws(() => db.open({ ...tenant }, true), /not resolved by a tenant cache/, 'only a tenant from lookup can be opened')

@@ -1,7 +1,7 @@
 import net from 'node:net'
 import t from 'tap'
 import { describePoolFailure } from '../lib/users/index.ts'
-import { setupApp } from './helpers/app.ts'
+import { readinessDetails, setupApp } from './helpers/app.ts'
 import { startTestCognito, type TestCognito } from './helpers/cognito.ts'
 
 /** The user pool checked at start and by readiness (DescribeUserPool), against a real cognito-local. */
@@ -25,10 +25,10 @@ t.before(async () => {
 t.teardown(() => cognito.stop())
 
 t.test('the configured pool answers: readiness names it', async (t) => {
-  const ctx = await setupApp(t, cognito.env)
-  const ready = await ctx.app.inject({ method: 'GET', url: '/health/ready' })
-  t.equal(ready.statusCode, 200, ready.body)
-  t.match(ready.json().checks.userPool, { ok: true, detail: new RegExp(`user pool ${cognito.userPoolId} \\(tenant-service\\) in us-east-1`) })
+  const ctx = await setupApp(t, { ...cognito.env, METRICS_PORT: '0' })
+  const ready = await readinessDetails(ctx.app)
+  t.equal(ready.statusCode, 200, JSON.stringify(ready.body))
+  t.match(ready.body.checks.userPool, { ok: true, detail: new RegExp(`user pool ${cognito.userPoolId} \\(tenant-service\\) in us-east-1`) })
 
   // The default COGNITO_INVITE_MESSAGE_ACTION=EMAIL: Cognito sends its invitation with a temporary password.
   const created = await ctx.app.inject({
@@ -45,10 +45,10 @@ t.test('the configured pool answers: readiness names it', async (t) => {
 t.test('a pool that does not exist: logged with its id, region and ResourceNotFoundException; readiness 503', async (t) => {
   const logs = logCollector()
   const wrong = 'local_NoSuchPool1'
-  const ctx = await setupApp(t, { ...cognito.env, COGNITO_USER_POOL_ID: wrong, LOG_LEVEL: 'info' }, { logStream: logs.stream })
-  const ready = await ctx.app.inject({ method: 'GET', url: '/health/ready' })
+  const ctx = await setupApp(t, { ...cognito.env, COGNITO_USER_POOL_ID: wrong, LOG_LEVEL: 'info', METRICS_PORT: '0' }, { logStream: logs.stream })
+  const ready = await readinessDetails(ctx.app)
   t.equal(ready.statusCode, 503)
-  const detail = ready.json().checks.userPool.detail
+  const detail = ready.body.checks.userPool.detail
   t.match(detail, `user pool ${wrong} in region us-east-1 does not exist (ResourceNotFoundException)`)
   const errors = logs.lines.filter((line) => line.level >= 50 && line.msg.includes(wrong))
   t.equal(errors.length, 1, 'logged once, however often readiness asks')
@@ -70,10 +70,10 @@ t.test('an endpoint that does not answer is named, with the variables to check',
   t.teardown(() => {
     process.env.AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER = endpoint
   })
-  const ctx = await setupApp(t, cognito.env)
-  const ready = await ctx.app.inject({ method: 'GET', url: '/health/ready' })
+  const ctx = await setupApp(t, { ...cognito.env, METRICS_PORT: '0' })
+  const ready = await readinessDetails(ctx.app)
   t.equal(ready.statusCode, 503)
-  t.match(ready.json().checks.userPool.detail, /did not answer \(ECONNREFUSED\): check COGNITO_REGION and AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER/)
+  t.match(ready.body.checks.userPool.detail, /did not answer \(ECONNREFUSED\): check COGNITO_REGION and AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER/)
 })
 
 t.test('credential failures are named as such', async (t) => {

@@ -272,7 +272,7 @@ export class TenantScopedDb {
   }
 
   #connectPooled(): void {
-    this.#environment.slots.take(this.#tenantId, (refused) => {
+    const onSlot = (refused: Error | null) => {
       if (refused) return this.#connected(null, refused)
       // The request may have ended while it waited for one of its tenant's connections.
       if (this.#finished) {
@@ -292,7 +292,11 @@ export class TenantScopedDb {
         }
         this.#connected(client, null)
       })
-    })
+    }
+    // A handle that waited for one of its tenant's connections is called back from the turn of the
+    // request that gave it back: bound, like a lane's, so that its queries stay in its own trace.
+    const bind = this.#environment.bindCallback
+    this.#environment.slots.take(this.#tenantId, bind === null ? onSlot : bind(onSlot))
   }
 
   /** Gives a pooled connection back (destroys it when `destroy`), and counts it off its tenant's. */
