@@ -1,23 +1,34 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import {
+  checkUpload,
   contentDisposition,
   createPendingFile,
-  deleteFileRow,
+  findFileRow,
   getFile,
   isTenantKey,
   listFiles,
+  markDeleted,
   markUploaded,
+  newFileId,
+  requestSweep,
+  stagingKey,
   toFile,
   type FileRow
 } from '../../lib/files/index.ts'
+import type { ResolvedTenant } from '../../lib/tenant-db/index.ts'
 import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
-import { ApiError, DATABASE_ERRORS, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
+import { ApiError, DATABASE_ERRORS, errors, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
 import { CreatedFile, CreateFileBody, Download, File } from '../../schemas/file.ts'
 
 /**
  * Files of the tenant named in X-Tenant-ID. The bytes never pass through the service: clients PUT
  * to and GET from presigned S3 URLs under the tenant's prefix; the service keeps the metadata in
  * the tenant's `files` table and checks the object before a file counts as uploaded.
+ *
+ * No S3 call is made inside a database transaction: a slow store must not hold pooled connections
+ * (or row locks) that other requests and tenants need. Where a route needs both, it reads the row
+ * first (a read: no transaction), calls S3, then re-checks and writes in a short transaction of
+ * the request's handle, committed explicitly, and calls S3 again only after the commit.
  */
 const files: FastifyPluginAsyncTypebox = async (fastify) => {
   const tags = ['files']
@@ -28,6 +39,24 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
   const keyOf = (tenantId: string, row: FileRow) => {
     if (!isTenantKey(tenantId, row.key)) throw new Error(`File ${row.id} has a key outside tenant ${tenantId}'s prefix`)
     return row.key
+  }
+
+  /** The file, read outside the request's transaction (a read-only handle of its own: no transaction, no lock). */
+  async function readFile(tenant: ResolvedTenant, id: string) {
+    const reader = fastify.tenantDb.open(tenant, true)
+    try {
+      return await getFile(reader, id)
+    } finally {
+      await reader.finish(false)
+    }
+  }
+
+  /** Removes objects after the change that made them unreachable has committed; the sweep retries what fails. */
+  async function deleteAfterCommit(request: { log: { warn(obj: object, msg: string): void } }, tenantId: string, keys: string[]) {
+    await fastify
+      .requireStorage()
+      .deleteKeys(keys)
+      .catch((error: unknown) => request.log.warn({ err: error, tenant: tenantId, keys }, 'deleting objects failed; the file sweep removes them later'))
   }
 
   fastify.post(
@@ -59,11 +88,13 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     async (request, reply) => {
       const storage = fastify.requireStorage()
       const tenant = request.tenant!
-      const row = await createPendingFile(request.db!, tenant.id, request.body, {
-        maxUploadBytes: config.MAX_UPLOAD_BYTES,
-        quotaBytes: config.TENANT_STORAGE_QUOTA_BYTES
-      })
-      const upload = await storage.presignUpload(keyOf(tenant.id, row), { contentType: row.content_type, size: Number(row.size) })
+      const limits = { maxUploadBytes: config.MAX_UPLOAD_BYTES, quotaBytes: config.TENANT_STORAGE_QUOTA_BYTES }
+      const { id, contentType, size } = checkUpload({ ...request.body, id: newFileId() }, limits)
+      // Signed before the transaction (resolving credentials may call out), for the staging key:
+      // the final key has no URL, so once completed a file's bytes cannot change.
+      const window = storage.uploadWindow()
+      const upload = await storage.presignUpload(stagingKey(tenant.id, id), { contentType, size }, window.signedAt)
+      const row = await createPendingFile(request.db!, tenant.id, { ...request.body, id, uploadExpiresAt: window.expiresAt }, limits)
       return reply
         .code(201)
         .header('location', `/files/${row.id}`)
@@ -78,7 +109,8 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         operationId: 'completeUpload',
         summary: 'Finish an upload',
         description:
-          'Checks that the object exists with the declared size and marks the file uploaded. ' + 'Calling it again for an uploaded file answers the same.',
+          'Checks that the object exists with the declared size, moves it where no upload URL can write, and marks ' +
+          'the file uploaded: its bytes cannot change any more. Calling it again for an uploaded file answers the same.',
         tags,
         headers,
         params: IdParams,
@@ -98,19 +130,43 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     },
     async (request) => {
       const tenant = request.tenant!
-      const row = await getFile(request.db!, request.params.id, { lock: true })
+      const id = request.params.id
+      const row = await readFile(tenant, id)
       if (row.status === 'uploaded') return toFile(row)
       const storage = fastify.requireStorage()
       const key = keyOf(tenant.id, row)
-      const object = await storage.headObject(key)
-      if (!object) throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
+      const staging = stagingKey(tenant.id, row.id)
+      const missing = async () => {
+        // A concurrent completion may have copied the object and removed the staging one.
+        const now = await readFile(tenant, id)
+        if (now.status === 'uploaded') return toFile(now)
+        throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
+      }
+      const object = await storage.headObject(staging)
+      if (!object) return missing()
       if (object.size !== Number(row.size)) {
         // Only a store that does not enforce the signed Content-Length lets this through; the
         // object is removed so the declared size stays the truth and the upload can be redone.
-        await storage.deleteObject(key)
+        await storage.deleteObject(staging)
         throw new ApiError('UPLOAD_SIZE_MISMATCH', `The uploaded object has ${object.size} bytes, not the declared ${row.size}; it was discarded`)
       }
-      return toFile(await markUploaded(request.db!, row.id))
+      if (!(await storage.copyObject(staging, key, row.content_type))) return missing()
+
+      // The staging key can be refilled until the URL expires: the sweep removes what lands there.
+      await requestSweep(fastify.pg.pool, tenant.id, row.upload_expires_at)
+      const db = request.db!
+      const done = await markUploaded(db, id)
+      const current = done ?? (await findFileRow(db, id))
+      await db.finish(true)
+      if (done) {
+        await deleteAfterCommit(request, tenant.id, [staging])
+        return toFile(done)
+      }
+      // Completed meanwhile by a concurrent call (it copied the same object), or deleted meanwhile:
+      // then the copy just made must not outlive the file.
+      if (current?.status === 'uploaded') return toFile({ ...current, status: 'uploaded' })
+      await deleteAfterCommit(request, tenant.id, [key, staging])
+      throw errors.fileNotFound(id)
     }
   )
 
@@ -174,7 +230,9 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
       schema: {
         operationId: 'deleteFile',
         summary: 'Delete a file',
-        description: 'Deletes the object and the metadata. When the object cannot be deleted, nothing is.',
+        description:
+          'Deletes the file: it is gone from the API at once and its bytes are deleted. Until its upload URL has ' +
+          'expired the file still counts toward the storage quota, and whatever a late PUT stores is removed.',
         tags,
         headers,
         params: IdParams,
@@ -185,12 +243,17 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     },
     async (request, reply) => {
-      const storage = fastify.requireStorage()
-      // The row goes first, inside the request's transaction; if the object cannot be deleted the
-      // request fails and the transaction rolls back, so the file is never lost from the listing
-      // while its bytes remain.
-      const row = await deleteFileRow(request.db!, request.params.id)
-      await storage.deleteObject(keyOf(request.tenant!.id, row))
+      fastify.requireStorage()
+      const tenant = request.tenant!
+      // Asked for before the change, so that a crash after it cannot lose the visit: by then every
+      // upload URL signed so far has expired, this file's included.
+      await requestSweep(fastify.pg.pool, tenant.id, new Date(Date.now() + config.PRESIGN_EXPIRES_SECONDS * 1000))
+      const db = request.db!
+      const row = await markDeleted(db, request.params.id)
+      await db.finish(true)
+      // Gone for the API from now on; the bytes follow. A late PUT to the file's URL is removed by
+      // the sweep, and the row keeps counting toward the quota until the URL has expired.
+      await deleteAfterCommit(request, tenant.id, [keyOf(tenant.id, row), stagingKey(tenant.id, row.id)])
       return reply.code(204).send()
     }
   )

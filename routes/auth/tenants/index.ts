@@ -3,7 +3,7 @@ import { Page, PageQuery, ref } from '../../../schemas/common.ts'
 import { DATABASE_ERRORS, errorResponses } from '../../../schemas/errors.ts'
 import { CreateTenantBody, Tenant, TenantParams, UpdateTenantBody } from '../../../schemas/tenant.ts'
 import { deleteTenant, getTenant, listTenants, provisionTenant, toTenant, updateTenant } from '../../../lib/tenants/index.ts'
-import { deleteTenantObjects } from '../../../lib/files/index.ts'
+import { deleteTenantObjects, requestSweep } from '../../../lib/files/index.ts'
 
 /** Tenant lifecycle: the control plane. Each change is announced so every instance's cache drops the tenant. */
 const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -98,7 +98,15 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
         beforeDrop: async (tenant) => {
           // This instance refuses the tenant from now on; the others hear it from the announcement.
           fastify.tenantDb.invalidate(tenant.id)
-          if (fastify.storage) await deleteTenantObjects(fastify.storage, tenant.id)
+          if (fastify.storage) {
+            // Upload URLs signed before the deletion keep working until they expire: the file sweep
+            // visits the prefix until then (and once after), so that what they store is removed and
+            // never becomes a file of a tenant created later with the same id. Asked for first, so
+            // that a failure from here on cannot lose it.
+            const until = new Date(Date.now() + fastify.config.PRESIGN_EXPIRES_SECONDS * 1000)
+            await requestSweep(pool, tenant.id, new Date(), until)
+            await deleteTenantObjects(fastify.storage, tenant.id)
+          }
         }
       })
       fastify.tenantDb.invalidate(request.params.id)

@@ -1,0 +1,21 @@
+-- The life of a file after DELETE, and the quota's lock.
+--
+-- A deleted file keeps a row with status 'deleted' until its upload URL has expired and a sweep
+-- has removed whatever a late PUT left under its key (lib/files/sweep.ts): the row keeps counting
+-- toward the quota meanwhile, so deleting a file and then using its URL cannot store more than the
+-- quota allows. upload_expires_at is when the file's presigned PUT stops working; rows from before
+-- this column are given the longest lifetime a URL can have (PRESIGN_EXPIRES_SECONDS ≤ 3600).
+ALTER TABLE files DROP CONSTRAINT files_status_check;
+ALTER TABLE files ADD CONSTRAINT files_status_check CHECK (status IN ('pending', 'uploaded', 'deleted'));
+ALTER TABLE files ADD COLUMN upload_expires_at timestamptz;
+UPDATE files SET upload_expires_at = created_at + interval '1 hour';
+ALTER TABLE files ALTER COLUMN upload_expires_at SET NOT NULL;
+CREATE INDEX files_upload_expires_at_idx ON files (upload_expires_at);
+
+-- One row, locked (SELECT ... FOR UPDATE) by every quota check of the tenant, so that concurrent
+-- uploads queue for it and cannot both fit in the same remaining space. It lives in the tenant's
+-- own schema: no other tenant's role can take it.
+CREATE TABLE file_quota_lock (
+  id bigint PRIMARY KEY CHECK (id = 1)
+);
+INSERT INTO file_quota_lock (id) VALUES (1);
