@@ -38,7 +38,7 @@ export interface TestS3 extends EmbeddedS3 {
    * serving them; the first `after` matching requests still go through.
    */
   failWhen(match: (request: SeenRequest) => boolean, options?: { after?: number; status?: number; code?: string }): InjectedFailure
-  /** Holds matching requests for `ms` before serving them (a slow store); `clear()` stops it for later ones. */
+  /** Holds matching requests for `ms` before serving them (a slow store); `failed` counts the requests held, `clear()` stops holding later ones. */
   delayWhen(match: (request: SeenRequest) => boolean, ms: number): InjectedFailure
 }
 
