@@ -1,6 +1,6 @@
 import t from 'tap'
 import { sweepDue } from '../lib/files/index.ts'
-import { createTenant, setupApp } from './helpers/app.ts'
+import { buildApp, createTenant, setupApp } from './helpers/app.ts'
 import { eventually } from './helpers/wait.ts'
 
 /**
@@ -222,4 +222,24 @@ t.test('a recreated tenant id: old upload URLs store nothing the new tenant can 
   await sweep()
   const { rows } = await admin.query('SELECT key FROM phoenix.files WHERE id = $1', [own.file.id])
   t.same(await s3.keys('tenants/phoenix/'), [rows[0].key], "only the new tenant's file remains")
+})
+
+t.test('the sweep runs by itself, and two instances visit a due prefix once', async (t) => {
+  await createTenant(ctx, 'timer')
+  const orphans = ['00000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000002'].map((id) => `tenants/timer/${id}/.upload`)
+  for (const key of orphans) await s3.put(key, 'left behind')
+  // Due long enough ago for the default grace.
+  await admin.query(`INSERT INTO public.tenant_sweeps (tenant_id, due_at) VALUES ('timer', now() - interval '1 minute')`)
+  const before = s3.requests.length
+
+  const instances = await Promise.all([1, 2].map(() => buildApp({ ...ctx.config, FILE_SWEEP_INTERVAL_MS: 100 })))
+  t.teardown(() => Promise.all(instances.map((instance) => instance.close())))
+  t.ok(
+    await eventually(async () => (await admin.query(`SELECT 1 FROM public.tenant_sweeps WHERE tenant_id = 'timer'`)).rowCount === 0, 10_000),
+    'the prefix is visited, then forgotten'
+  )
+  const listings = s3.requests.slice(before).filter((request) => request.query.get('list-type') === '2' && request.query.get('prefix') === 'tenants/timer/')
+  t.equal(listings.length, 1, 'one visit, by one of the two instances')
+  t.same(await s3.keys('tenants/timer/'), [], 'the objects without a row are swept')
+  t.same(await rowsOf('timer'), [], 'nothing written to the tenant')
 })

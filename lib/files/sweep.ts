@@ -142,7 +142,7 @@ async function visitPrefix(options: SweepOptions, lease: Lease, graceMs: number)
     const id = fileIdOfKey(tenantId, key)
     const row = id === null ? undefined : rows.get(id)
     if (!row || row.status === 'deleted') return true
-    if (row.status === 'uploaded') return key !== row.key && key === stagingKey(tenantId, row.id)
+    if (row.status === 'uploaded') return key === stagingKey(tenantId, row.id)
     return false
   })
   if (unreachable.length > 0) await options.storage.deleteKeys(unreachable)

@@ -9,6 +9,8 @@ ALTER TABLE files DROP CONSTRAINT files_status_check;
 ALTER TABLE files ADD CONSTRAINT files_status_check CHECK (status IN ('pending', 'uploaded', 'deleted'));
 ALTER TABLE files ADD COLUMN upload_expires_at timestamptz;
 UPDATE files SET upload_expires_at = created_at + interval '1 hour';
+-- The same for rows written by code that does not know the column yet (during a rolling deploy).
+ALTER TABLE files ALTER COLUMN upload_expires_at SET DEFAULT now() + interval '1 hour';
 ALTER TABLE files ALTER COLUMN upload_expires_at SET NOT NULL;
 CREATE INDEX files_upload_expires_at_idx ON files (upload_expires_at);
 

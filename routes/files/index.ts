@@ -51,12 +51,18 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }
 
-  /** Removes objects after the change that made them unreachable has committed; the sweep retries what fails. */
+  /**
+   * Removes objects after the change that made them unreachable has committed. What fails is left
+   * to the sweep, asked to visit the prefix at once (a visit asked for earlier may have come and
+   * gone before the commit).
+   */
   async function deleteAfterCommit(request: { log: { warn(obj: object, msg: string): void } }, tenantId: string, keys: string[]) {
-    await fastify
-      .requireStorage()
-      .deleteKeys(keys)
-      .catch((error: unknown) => request.log.warn({ err: error, tenant: tenantId, keys }, 'deleting objects failed; the file sweep removes them later'))
+    try {
+      await fastify.requireStorage().deleteKeys(keys)
+    } catch (error) {
+      request.log.warn({ err: error, tenant: tenantId, keys }, 'deleting objects failed; the file sweep removes them later')
+      await requestSweep(fastify.pg.pool, tenantId, new Date()).catch(() => undefined)
+    }
   }
 
   fastify.post(
