@@ -180,6 +180,42 @@ t.test("a completed file's bytes cannot be replaced through its upload URL", asy
   t.same(await s3.get(rows[0].key), original)
 })
 
+t.test('concurrent completions: one copies, the others answer what it did; a deletion racing a completion leaves nothing', async (t) => {
+  await createTenant(ctx, 'racing')
+  const bytes = Buffer.from('raced content')
+  const upload = (await startUpload('racing', bytes.length)).json<Upload>()
+  t.equal((await put(upload.upload, bytes)).status, 200)
+  const { rows } = await admin.query('SELECT key FROM racing.files WHERE id = $1', [upload.file.id])
+  const finalPath = `/${s3.bucket}/${rows[0].key}`
+  // The copy to the file's key is held, so the completions overlap.
+  const held = s3.delayWhen((request) => request.method === 'PUT' && request.path === finalPath, 1000)
+  const answers = await Promise.all(Array.from({ length: 4 }, () => complete('racing', upload.file.id)))
+  held.clear()
+  t.same(
+    answers.map((answer) => [answer.statusCode, answer.json().status]),
+    Array(4).fill([200, 'uploaded'])
+  )
+  t.equal(s3.requests.filter((request) => request.method === 'PUT' && request.path === finalPath).length, 1, 'exactly one completion copied the upload')
+  t.same(await s3.keys(`tenants/racing/${upload.file.id}/`), [rows[0].key])
+
+  const other = (await startUpload('racing', bytes.length)).json<Upload>()
+  t.equal((await put(other.upload, bytes)).status, 200)
+  const slowCopy = s3.delayWhen((request) => request.method === 'PUT' && request.path.startsWith(`/${s3.bucket}/tenants/racing/${other.file.id}/`), 1000)
+  const completing = complete('racing', other.file.id)
+  t.ok(await eventually(() => slowCopy.failed >= 1), 'the completion is copying')
+  t.equal((await remove('racing', other.file.id)).statusCode, 204)
+  const completed = await completing
+  slowCopy.clear()
+  // Almost always 404: the deletion came first. On a loaded machine the completion may win the race
+  // instead; either way nothing of the file is left.
+  t.ok([404, 200].includes(completed.statusCode), `the completion answers ${completed.statusCode}`)
+  t.same(await s3.keys(`tenants/racing/${other.file.id}/`), [], 'nothing of the deleted file is stored')
+  t.same(
+    (await rowsOf('racing')).map((row) => row.status),
+    ['uploaded', 'deleted']
+  )
+})
+
 t.test('a recreated tenant id: old upload URLs store nothing the new tenant can reach', async (t) => {
   await createTenant(ctx, 'phoenix')
   const bytes = Buffer.from('from the first life')

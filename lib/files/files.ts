@@ -252,13 +252,34 @@ export async function getFile(db: Queryable, id: string): Promise<LiveFileRow> {
 }
 
 /**
- * Marks a pending file uploaded; null when it is not pending any more (a concurrent completion
- * or deletion came first). Locks the row until the transaction ends.
+ * Claims the completion of a pending file for `ms` under the token `claim`: true when this
+ * completion may copy the upload to the file's key, false when the file is not pending or another
+ * completion holds an unexpired claim.
  */
-export async function markUploaded(db: Queryable, id: string): Promise<LiveFileRow | null> {
+export async function claimCompletion(db: Queryable, id: string, claim: string, ms: number): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `UPDATE files SET completion_claim = $2, completion_claim_until = now() + $3 * interval '1 millisecond'
+      WHERE id = $1 AND status = 'pending' AND (completion_claim_until IS NULL OR completion_claim_until < now())`,
+    [id, claim, ms]
+  )
+  return rowCount === 1
+}
+
+/** Gives up a claim (the completion failed), so that another can be made at once. */
+export async function releaseCompletion(db: Queryable, id: string, claim: string): Promise<void> {
+  await db.query('UPDATE files SET completion_claim = NULL, completion_claim_until = NULL WHERE id = $1 AND completion_claim = $2', [id, claim])
+}
+
+/**
+ * Marks a pending file uploaded, if `claim` still holds its completion; null otherwise (it was
+ * deleted meanwhile, or the claim expired and another completion took it). Locks the row until
+ * the transaction ends.
+ */
+export async function markUploaded(db: Queryable, id: string, claim: string): Promise<LiveFileRow | null> {
   const { rows } = await db.query<LiveFileRow>(
-    `UPDATE files SET status = 'uploaded', updated_at = date_trunc('milliseconds', now()) WHERE id = $1 AND status = 'pending' RETURNING ${COLUMNS}`,
-    [id]
+    `UPDATE files SET status = 'uploaded', completion_claim = NULL, completion_claim_until = NULL, updated_at = date_trunc('milliseconds', now())
+      WHERE id = $1 AND status = 'pending' AND completion_claim = $2 RETURNING ${COLUMNS}`,
+    [id, claim]
   )
   return rows[0] ?? null
 }

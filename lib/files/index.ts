@@ -5,6 +5,7 @@
  */
 export {
   checkUpload,
+  claimCompletion,
   cleanFilename,
   contentDisposition,
   createPendingFile,
@@ -19,6 +20,7 @@ export {
   markDeleted,
   markUploaded,
   newFileId,
+  releaseCompletion,
   stagingKey,
   tenantPrefix,
   toFile,

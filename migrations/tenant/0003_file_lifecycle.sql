@@ -14,6 +14,13 @@ ALTER TABLE files ALTER COLUMN upload_expires_at SET DEFAULT now() + interval '1
 ALTER TABLE files ALTER COLUMN upload_expires_at SET NOT NULL;
 CREATE INDEX files_upload_expires_at_idx ON files (upload_expires_at);
 
+-- A completion copies the uploaded object to the file's key. Only one completion of a file may do
+-- so at a time: it claims the file (a token, until a time past which a stalled one is presumed
+-- dead), and only the holder of the claim marks it uploaded. Otherwise a second completion could
+-- copy bytes PUT after the first had finished.
+ALTER TABLE files ADD COLUMN completion_claim uuid;
+ALTER TABLE files ADD COLUMN completion_claim_until timestamptz;
+
 -- One row, locked (SELECT ... FOR UPDATE) by every quota check of the tenant, so that concurrent
 -- uploads queue for it and cannot both fit in the same remaining space. It lives in the tenant's
 -- own schema: no other tenant's role can take it.

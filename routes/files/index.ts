@@ -1,6 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
   checkUpload,
+  claimCompletion,
   contentDisposition,
   createPendingFile,
   findFileRow,
@@ -10,14 +13,24 @@ import {
   markDeleted,
   markUploaded,
   newFileId,
+  releaseCompletion,
   requestSweep,
   stagingKey,
   toFile,
   type FileRow
 } from '../../lib/files/index.ts'
-import type { ResolvedTenant } from '../../lib/tenant-db/index.ts'
+import type { Queryable, ResolvedTenant } from '../../lib/tenant-db/index.ts'
+
+/**
+ * How long a completion may hold its claim on a file. Past it, the completion is presumed dead and
+ * another may take over; it must be longer than the S3 calls of a completion can last (a HEAD and
+ * a copy, each at most 3 attempts of 10 s).
+ */
+const COMPLETION_CLAIM_MS = 120_000
+/** How long a completion waits for another one of the same file before answering 503. */
+const COMPLETION_WAIT_MS = 10_000
 import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
-import { ApiError, DATABASE_ERRORS, errors, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
+import { ApiError, DATABASE_ERRORS, errors, serviceUnavailable, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
 import { CreatedFile, CreateFileBody, Download, File } from '../../schemas/file.ts'
 
 /**
@@ -49,6 +62,20 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     } finally {
       await reader.finish(false)
     }
+  }
+
+  /** `work` in a short transaction of its own on the tenant, committed before this resolves. */
+  async function inTransaction<T>(tenant: ResolvedTenant, work: (db: Queryable) => Promise<T>): Promise<T> {
+    const db = fastify.tenantDb.open(tenant, false)
+    let result: T
+    try {
+      result = await work(db)
+    } catch (error) {
+      await db.finish(false)?.catch(() => undefined)
+      throw error
+    }
+    await db.finish(true)
+    return result
   }
 
   /**
@@ -137,40 +164,56 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     async (request) => {
       const tenant = request.tenant!
       const id = request.params.id
-      const row = await readFile(tenant, id)
-      if (row.status === 'uploaded') return toFile(row)
       const storage = fastify.requireStorage()
+
+      // Only the holder of the file's claim copies the upload: two completions copying at once
+      // could let bytes PUT after the first had finished replace the file's. Another completion
+      // under way is waited for (no connection is held meanwhile), then answered as it ended.
+      const claim = randomUUID()
+      const waitUntil = Date.now() + COMPLETION_WAIT_MS
+      let row = await readFile(tenant, id)
+      while (row.status !== 'uploaded' && !(await inTransaction(tenant, (db) => claimCompletion(db, id, claim, COMPLETION_CLAIM_MS)))) {
+        if (Date.now() > waitUntil) throw serviceUnavailable('STORAGE_UNAVAILABLE', 'Another completion of this file is still under way; retry shortly')
+        await sleep(100)
+        row = await readFile(tenant, id)
+      }
+      if (row.status === 'uploaded') return toFile(row)
+
       const key = keyOf(tenant.id, row)
       const staging = stagingKey(tenant.id, row.id)
-      const missing = async () => {
-        // A concurrent completion may have copied the object and removed the staging one.
-        const now = await readFile(tenant, id)
-        if (now.status === 'uploaded') return toFile(now)
-        throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
+      try {
+        const object = await storage.headObject(staging)
+        if (!object) throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
+        if (object.size !== Number(row.size)) {
+          // Only a store that does not enforce the signed Content-Length lets this through; the
+          // object is removed so the declared size stays the truth and the upload can be redone.
+          await storage.deleteObject(staging)
+          throw new ApiError('UPLOAD_SIZE_MISMATCH', `The uploaded object has ${object.size} bytes, not the declared ${row.size}; it was discarded`)
+        }
+        if (!(await storage.copyObject(staging, key, row.content_type))) {
+          throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
+        }
+      } catch (error) {
+        await inTransaction(tenant, (db) => releaseCompletion(db, id, claim)).catch(() => undefined)
+        // The upload may be gone because the file was deleted meanwhile: then that is the answer.
+        if (error instanceof ApiError && error.code === 'UPLOAD_MISSING') await readFile(tenant, id)
+        throw error
       }
-      const object = await storage.headObject(staging)
-      if (!object) return missing()
-      if (object.size !== Number(row.size)) {
-        // Only a store that does not enforce the signed Content-Length lets this through; the
-        // object is removed so the declared size stays the truth and the upload can be redone.
-        await storage.deleteObject(staging)
-        throw new ApiError('UPLOAD_SIZE_MISMATCH', `The uploaded object has ${object.size} bytes, not the declared ${row.size}; it was discarded`)
-      }
-      if (!(await storage.copyObject(staging, key, row.content_type))) return missing()
 
       // The staging key can be refilled until the URL expires: the sweep removes what lands there.
       await requestSweep(fastify.pg.pool, tenant.id, row.upload_expires_at)
       const db = request.db!
-      const done = await markUploaded(db, id)
+      const done = await markUploaded(db, id, claim)
       const current = done ?? (await findFileRow(db, id))
       await db.finish(true)
       if (done) {
         await deleteAfterCommit(request, tenant.id, [staging])
         return toFile(done)
       }
-      // Completed meanwhile by a concurrent call (it copied the same object), or deleted meanwhile:
-      // then the copy just made must not outlive the file.
+      // Deleted meanwhile: the copy just made must not outlive the file. (Or this completion
+      // stalled past its claim and another took over: it has copied the same upload since.)
       if (current?.status === 'uploaded') return toFile({ ...current, status: 'uploaded' })
+      if (current?.status === 'pending') throw serviceUnavailable('STORAGE_UNAVAILABLE', 'Completing the upload took too long; retry shortly')
       await deleteAfterCommit(request, tenant.id, [key, staging])
       throw errors.fileNotFound(id)
     }
