@@ -166,17 +166,15 @@ export function createStorage(options: StorageOptions) {
       }
     },
 
-    /** Every key under `prefix`, in pages of ListObjectsV2. */
-    async listKeys(prefix: string): Promise<string[]> {
+    /** The keys under `prefix`, a page of ListObjectsV2 (up to 1000) at a time. */
+    async *listKeyPages(prefix: string): AsyncGenerator<string[]> {
       if (prefix === '' || !prefix.endsWith('/')) throw new Error(`Refusing to list a prefix that is not a folder: "${prefix}"`)
-      const keys: string[] = []
       let token: string | undefined
       do {
         const page = await send('list objects', () => client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token })))
-        for (const object of page.Contents ?? []) if (object.Key?.startsWith(prefix)) keys.push(object.Key)
+        yield (page.Contents ?? []).map((object) => object.Key).filter((key): key is string => !!key && key.startsWith(prefix))
         token = page.IsTruncated ? page.NextContinuationToken : undefined
       } while (token)
-      return keys
     },
 
     /** Deletes `keys` (any number), up to 1000 per DeleteObjects; gone already counts as deleted. */

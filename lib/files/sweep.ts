@@ -16,7 +16,7 @@ import type { Storage } from './storage.ts'
  * created with the same id. The sweep visits a tenant's prefix when `public.tenant_sweeps` says it
  * is due, and there:
  *
- * - lists `tenants/<id>/`, and deletes every object that is not a live file's: objects of file ids
+ * - lists `tenants/<id>/` page by page, and deletes every object that is not a live file's: objects of file ids
  *   with no row (a previous incarnation of the tenant, or a row already swept), of deleted files,
  *   and the staging objects of completed files. A pending file's objects stay;
  * - deletes the rows of deleted files whose URL had expired before the listing began;
@@ -36,7 +36,7 @@ const DEFAULT_BATCH = 20
 export interface SweepOptions {
   /** The control plane (public.tenant_sweeps), as the service's own role. */
   pool: pg.Pool
-  storage: Pick<Storage, 'listKeys' | 'deleteKeys'>
+  storage: Pick<Storage, 'listKeyPages' | 'deleteKeys'>
   /** Reads and deletes rows in a tenant's schema, as the tenant. */
   tenantDb: Pick<TenantDb, 'lookup' | 'open'>
   graceMs?: number
@@ -123,29 +123,30 @@ async function visitPrefix(options: SweepOptions, lease: Lease, graceMs: number)
     return { objects: 0, rows: 0 }
   }
 
-  const keys = await options.storage.listKeys(tenantPrefix(tenantId))
-  const ids = [...new Set(keys.map((key) => fileIdOfKey(tenantId, key)).filter((id): id is string => id !== null))]
-
-  const rows = new Map<string, SweptRow>()
-  if (tenant && ids.length > 0) {
-    const reader = options.tenantDb.open(tenant, true)
-    try {
-      const result = await reader.query<SweptRow>('SELECT id, key, status, upload_expires_at FROM files WHERE id = ANY($1::uuid[])', [ids])
-      for (const row of result.rows) rows.set(row.id, row)
-    } finally {
-      await reader.finish(false)
+  let objects = 0
+  for await (const keys of options.storage.listKeyPages(tenantPrefix(tenantId))) {
+    const ids = [...new Set(keys.map((key) => fileIdOfKey(tenantId, key)).filter((id): id is string => id !== null))]
+    const rows = new Map<string, SweptRow>()
+    if (tenant && ids.length > 0) {
+      const reader = options.tenantDb.open(tenant, true)
+      try {
+        const result = await reader.query<SweptRow>('SELECT id, key, status, upload_expires_at FROM files WHERE id = ANY($1::uuid[])', [ids])
+        for (const row of result.rows) rows.set(row.id, row)
+      } finally {
+        await reader.finish(false)
+      }
     }
+    // Everything that is not the bytes of a live file, or of an upload still under way.
+    const unreachable = keys.filter((key) => {
+      const id = fileIdOfKey(tenantId, key)
+      const row = id === null ? undefined : rows.get(id)
+      if (!row || row.status === 'deleted') return true
+      if (row.status === 'uploaded') return key === stagingKey(tenantId, row.id)
+      return false
+    })
+    if (unreachable.length > 0) await options.storage.deleteKeys(unreachable)
+    objects += unreachable.length
   }
-
-  // Everything that is not the bytes of a live file, or of an upload still under way.
-  const unreachable = keys.filter((key) => {
-    const id = fileIdOfKey(tenantId, key)
-    const row = id === null ? undefined : rows.get(id)
-    if (!row || row.status === 'deleted') return true
-    if (row.status === 'uploaded') return key === stagingKey(tenantId, row.id)
-    return false
-  })
-  if (unreachable.length > 0) await options.storage.deleteKeys(unreachable)
 
   let removed = 0
   let next: Date | null = null
@@ -178,5 +179,5 @@ async function visitPrefix(options: SweepOptions, lease: Lease, graceMs: number)
     next === null ? [tenantId, lease.generation] : [tenantId, lease.generation, next]
   )
   if (rowCount === 0) await options.pool.query('UPDATE public.tenant_sweeps SET leased_until = NULL WHERE tenant_id = $1', [tenantId])
-  return { objects: unreachable.length, rows: removed }
+  return { objects, rows: removed }
 }

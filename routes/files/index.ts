@@ -29,6 +29,8 @@ import type { Queryable, ResolvedTenant } from '../../lib/tenant-db/index.ts'
 const COMPLETION_CLAIM_MS = 120_000
 /** How long a completion waits for another one of the same file before answering 503. */
 const COMPLETION_WAIT_MS = 10_000
+/** A commit later than this after asking for a sweep asks again: well within the sweep's grace (DEFAULT_SWEEP_GRACE_MS). */
+const COMMIT_AFTER_ASKING_MS = 2_000
 import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
 import { ApiError, DATABASE_ERRORS, errors, serviceUnavailable, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
 import { CreatedFile, CreateFileBody, Download, File } from '../../schemas/file.ts'
@@ -294,12 +296,17 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     async (request, reply) => {
       fastify.requireStorage()
       const tenant = request.tenant!
-      // Asked for before the change, so that a crash after it cannot lose the visit: by then every
-      // upload URL signed so far has expired, this file's included.
-      await requestSweep(fastify.pg.pool, tenant.id, new Date(Date.now() + config.PRESIGN_EXPIRES_SECONDS * 1000))
+      const id = request.params.id
+      const found = await readFile(tenant, id)
+      // Asked for before the change, so that a crash after it cannot lose the visit: once the
+      // file's URL has expired, the sweep removes what a late PUT stored, and then the row.
+      const askedAt = Date.now()
+      await requestSweep(fastify.pg.pool, tenant.id, new Date(Math.max(found.upload_expires_at.getTime(), askedAt)))
       const db = request.db!
-      const row = await markDeleted(db, request.params.id)
+      const row = await markDeleted(db, id)
       await db.finish(true)
+      // A visit due at once could have come before this commit and found nothing to do.
+      if (Date.now() - askedAt > COMMIT_AFTER_ASKING_MS) await requestSweep(fastify.pg.pool, tenant.id, new Date())
       // Gone for the API from now on; the bytes follow. A late PUT to the file's URL is removed by
       // the sweep, and the row keeps counting toward the quota until the URL has expired.
       await deleteAfterCommit(request, tenant.id, [keyOf(tenant.id, row), stagingKey(tenant.id, row.id)])
