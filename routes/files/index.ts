@@ -20,6 +20,9 @@ import {
   type FileRow
 } from '../../lib/files/index.ts'
 import type { Queryable, ResolvedTenant } from '../../lib/tenant-db/index.ts'
+import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
+import { ApiError, DATABASE_ERRORS, errors, serviceUnavailable, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
+import { CreatedFile, CreateFileBody, Download, File } from '../../schemas/file.ts'
 
 /**
  * How long a completion may hold its claim on a file. Past it, the completion is presumed dead and
@@ -29,11 +32,8 @@ import type { Queryable, ResolvedTenant } from '../../lib/tenant-db/index.ts'
 const COMPLETION_CLAIM_MS = 120_000
 /** How long a completion waits for another one of the same file before answering 503. */
 const COMPLETION_WAIT_MS = 10_000
-/** A commit later than this after asking for a sweep asks again: well within the sweep's grace (DEFAULT_SWEEP_GRACE_MS). */
+/** A commit later than this after asking for a sweep asks again; well within the sweep's grace (DEFAULT_SWEEP_GRACE_MS). */
 const COMMIT_AFTER_ASKING_MS = 2_000
-import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
-import { ApiError, DATABASE_ERRORS, errors, serviceUnavailable, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
-import { CreatedFile, CreateFileBody, Download, File } from '../../schemas/file.ts'
 
 /**
  * Files of the tenant named in X-Tenant-ID. The bytes never pass through the service: clients PUT
@@ -82,8 +82,8 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
 
   /**
    * Removes objects after the change that made them unreachable has committed. What fails is left
-   * to the sweep, asked to visit the prefix at once (a visit asked for earlier may have come and
-   * gone before the commit).
+   * to the sweep, which is asked to visit the prefix at once (a visit asked for earlier may have
+   * come and gone before the commit).
    */
   async function deleteAfterCommit(request: { log: { warn(obj: object, msg: string): void } }, tenantId: string, keys: string[]) {
     try {
