@@ -98,13 +98,13 @@ export function fileKey(tenantId: string, fileId: string, filename: string): str
   return `${tenantPrefix(tenantId)}${fileId}/${keySafeName(filename)}`
 }
 
+const STAGING_NAME = '.upload'
+
 /** Where the presigned PUT of file `fileId` stores its bytes until the upload is completed. */
 export function stagingKey(tenantId: string, fileId: string): string {
   if (!UUID.test(fileId)) throw new Error(`Not a file id: ${JSON.stringify(fileId)}`)
   return `${tenantPrefix(tenantId)}${fileId}/${STAGING_NAME}`
 }
-
-const STAGING_NAME = '.upload'
 
 /** The file id of a key under `tenants/<id>/` (`<file id>/<anything>`), or null for a key of no file. */
 export function fileIdOfKey(tenantId: string, key: string): string | null {
@@ -227,7 +227,10 @@ export async function createPendingFile(db: Queryable, tenantId: string, upload:
     const { rows } = await db.query<{ used: string }>('SELECT coalesce(sum(size), 0)::text AS used FROM files')
     const used = Number(rows[0].used)
     if (used + size > limits.quotaBytes) {
-      throw new ApiError('QUOTA_EXCEEDED', `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use`)
+      throw new ApiError(
+        'QUOTA_EXCEEDED',
+        `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use (a deleted file counts until its upload URL has expired)`
+      )
     }
   }
 
