@@ -155,6 +155,19 @@ t.test('a slow store holds no database connection: other tenants keep writing', 
     Array(12).fill('uploaded')
   )
   t.equal((await admin.query('SELECT count(*)::int AS n FROM bystander.users')).rows[0].n, 1, 'exactly the one user was written')
+
+  // Deleting the tenant against the slow store: its S3 calls hold no transaction either.
+  const slowDelete = s3.delayWhen((request) => request.query.get('prefix') === 'tenants/slow/' || request.query.has('delete'), 1500)
+  const deletion = app.inject({ method: 'DELETE', url: '/auth/tenants/slow', headers: auth.admin() })
+  t.ok(await eventually(() => slowDelete.failed >= 1, 10_000), 'the deletion is waiting for the store')
+  t.equal(await idleInTransaction(), 0, 'no connection sits in a transaction while the deletion lists the prefix')
+  t.equal(
+    (await app.inject({ method: 'POST', url: '/users', headers: auth.tenantUser('bystander'), payload: { email: 'c@example.com', name: 'C' } })).statusCode,
+    201
+  )
+  t.equal((await deletion).statusCode, 204)
+  slowDelete.clear()
+  t.same(await s3.keys('tenants/slow/'), [])
 })
 
 t.test("a completed file's bytes cannot be replaced through its upload URL", async (t) => {
