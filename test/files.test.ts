@@ -158,6 +158,20 @@ t.test('an object of the wrong size is refused at completion and discarded', asy
   t.equal((await complete('acme', answer.file.id)).statusCode, 200)
 })
 
+t.test('a file from before staging (its URL writes the file key) is completed in place', async (t) => {
+  const bytes = Buffer.from('uploaded before the upgrade')
+  const answer = await started('acme', 'legacy.txt', bytes, 'text/plain')
+  // As a row written before the tenant migration that brought staging, or by an older replica.
+  await admin.query('UPDATE acme.files SET staged = false WHERE id = $1', [answer.file.id])
+  const key = (await row('acme', answer.file.id))!.key
+  await s3.put(key, bytes, 'text/plain')
+  const done = await complete('acme', answer.file.id)
+  t.equal(done.statusCode, 200)
+  t.match(done.json(), { status: 'uploaded' })
+  t.same(await s3.keys(`tenants/acme/${answer.file.id}/`), [key])
+  t.same(await s3.get(key), bytes)
+})
+
 t.test('complete without an upload is 409 and downloads wait for completion', async (t) => {
   const answer = await started('acme', 'never.txt', Buffer.from('x'), 'text/plain')
   const response = await complete('acme', answer.file.id)

@@ -152,11 +152,13 @@ export interface FileRow {
   /** `deleted`: gone for the API, kept until the sweep has removed what its URL may still store. */
   status: FileStatus | 'deleted'
   upload_expires_at: Date
+  /** The upload URL writes the staging key (false: a row from before staging, whose URL writes `key`). */
+  staged: boolean
   created_at: Date
   updated_at: Date
 }
 
-const COLUMNS = 'id, key, filename, content_type, size, status, upload_expires_at, created_at, updated_at'
+const COLUMNS = 'id, key, filename, content_type, size, status, upload_expires_at, staged, created_at, updated_at'
 
 /** A row the API shows: not a deleted one. */
 export type LiveFileRow = FileRow & { status: FileStatus }
@@ -236,7 +238,7 @@ export async function createPendingFile(db: Queryable, tenantId: string, upload:
 
   const filename = cleanFilename(upload.filename)
   const { rows } = await db.query<LiveFileRow>(
-    `INSERT INTO files (id, key, filename, content_type, size, upload_expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING ${COLUMNS}`,
+    `INSERT INTO files (id, key, filename, content_type, size, upload_expires_at, staged) VALUES ($1, $2, $3, $4, $5, $6, true) RETURNING ${COLUMNS}`,
     [id, fileKey(tenantId, id, filename), filename, contentType, size, upload.uploadExpiresAt]
   )
   return rows[0]

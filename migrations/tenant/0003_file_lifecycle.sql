@@ -14,6 +14,11 @@ ALTER TABLE files ALTER COLUMN upload_expires_at SET DEFAULT now() + interval '1
 ALTER TABLE files ALTER COLUMN upload_expires_at SET NOT NULL;
 CREATE INDEX files_upload_expires_at_idx ON files (upload_expires_at);
 
+-- Uploads go to a staging key, `<file id>/.upload`, which completion copies to the file's key.
+-- Rows written before (or, during a rolling deploy, by code that does not know this column) were
+-- given URLs that write the file's key itself; they are completed where they are.
+ALTER TABLE files ADD COLUMN staged boolean NOT NULL DEFAULT false;
+
 -- A completion copies the uploaded object to the file's key. Only one completion of a file may do
 -- so at a time: it claims the file (a token, until a time past which a stalled one is presumed
 -- dead), and only the holder of the claim marks it uploaded. Otherwise a second completion could

@@ -183,16 +183,18 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
 
       const key = keyOf(tenant.id, row)
       const staging = stagingKey(tenant.id, row.id)
+      // A row from before staging was given a URL that writes its key: it is completed in place.
+      const uploadedTo = row.staged ? staging : key
       try {
-        const object = await storage.headObject(staging)
+        const object = await storage.headObject(uploadedTo)
         if (!object) throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
         if (object.size !== Number(row.size)) {
           // Only a store that does not enforce the signed Content-Length lets this through; the
           // object is removed so the declared size stays the truth and the upload can be redone.
-          await storage.deleteObject(staging)
+          await storage.deleteObject(uploadedTo)
           throw new ApiError('UPLOAD_SIZE_MISMATCH', `The uploaded object has ${object.size} bytes, not the declared ${row.size}; it was discarded`)
         }
-        if (!(await storage.copyObject(staging, key, row.content_type))) {
+        if (row.staged && !(await storage.copyObject(staging, key, row.content_type))) {
           throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
         }
       } catch (error) {
@@ -209,7 +211,7 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
       const current = done ?? (await findFileRow(db, id))
       await db.finish(true)
       if (done) {
-        await deleteAfterCommit(request, tenant.id, [staging])
+        if (row.staged) await deleteAfterCommit(request, tenant.id, [staging])
         return toFile(done)
       }
       // Deleted meanwhile: the copy just made must not outlive the file. (Or this completion
