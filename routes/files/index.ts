@@ -176,7 +176,7 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
       let row = await readFile(tenant, id)
       while (row.status !== 'uploaded' && !(await inTransaction(tenant, (db) => claimCompletion(db, id, claim, COMPLETION_CLAIM_MS)))) {
         if (Date.now() > waitUntil) throw serviceUnavailable('STORAGE_UNAVAILABLE', 'Another completion of this file is still under way; retry shortly')
-        await sleep(100)
+        await sleep(250)
         row = await readFile(tenant, id)
       }
       if (row.status === 'uploaded') return toFile(row)
