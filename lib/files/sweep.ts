@@ -1,7 +1,7 @@
 import type pg from 'pg'
 import type { Log } from '../log.ts'
-import type { TenantDb } from '../tenant-db/index.ts'
-import { checkTenantId } from '../tenants/index.ts'
+import type { ResolvedTenant, TenantDb } from '../tenant-db/index.ts'
+import { checkTenantId, findTenant } from '../tenants/index.ts'
 import { fileIdOfKey, stagingKey, tenantPrefix, type FileRow } from './files.ts'
 import type { Storage } from './storage.ts'
 
@@ -101,7 +101,9 @@ export async function sweepDue(options: SweepOptions): Promise<SweepSummary> {
       summary.objects += visit.objects
       summary.rows += visit.rows
     } catch (error) {
-      options.log?.warn({ err: error, tenant: lease.tenant_id }, 'sweeping the files of a tenant failed; retrying at a later run')
+      if (!(error instanceof SweepLater)) {
+        options.log?.warn({ err: error, tenant: lease.tenant_id }, 'sweeping the files of a tenant failed; retrying at a later run')
+      }
       // Released, still due: the next run tries again.
       await options.pool.query('UPDATE public.tenant_sweeps SET leased_until = NULL WHERE tenant_id = $1', [lease.tenant_id]).catch(() => undefined)
     }
@@ -111,20 +113,33 @@ export async function sweepDue(options: SweepOptions): Promise<SweepSummary> {
 
 type SweptRow = Pick<FileRow, 'id' | 'key' | 'status' | 'upload_expires_at'>
 
+/** The prefix cannot be visited now (its tenant is being deleted, or not known here yet); the next run tries again. */
+class SweepLater extends Error {}
+
 async function visitPrefix(options: SweepOptions, lease: Lease, graceMs: number): Promise<{ objects: number; rows: number }> {
   const tenantId = lease.tenant_id
   /** Every URL that expired before this instant (give or take the grace) can store nothing more, and the listing begins after it. */
   const settled = lease.now.getTime() - graceMs
-  const looked = options.tenantDb.lookup(tenantId)
-  const tenant = looked instanceof Promise ? await looked : looked
-  if (tenant?.status === 'deleting') {
-    // Its deletion is under way and deletes the whole prefix; visit once it is done.
-    await options.pool.query('UPDATE public.tenant_sweeps SET leased_until = NULL WHERE tenant_id = $1', [tenantId])
-    return { objects: 0, rows: 0 }
+  /**
+   * The tenant that owns the prefix now, if any, asked of the registry itself (never of a cache,
+   * which could still say "no such tenant" for one just created), after each page is listed: an
+   * object listed was stored with a URL handed out after its row had been committed, so a tenant
+   * absent after the listing owns none of the objects listed.
+   */
+  const owner = async (): Promise<ResolvedTenant | null> => {
+    const registered = await findTenant(options.pool, tenantId)
+    if (!registered) return null
+    const looked = options.tenantDb.lookup(tenantId)
+    const tenant = looked instanceof Promise ? await looked : looked
+    // Being deleted (which empties the prefix itself), or not in this instance's cache yet: later.
+    if (registered.status === 'deleting' || !tenant || tenant.status === 'deleting') throw new SweepLater()
+    return tenant
   }
 
+  let tenant: ResolvedTenant | null = null
   let objects = 0
   for await (const keys of options.storage.listKeyPages(tenantPrefix(tenantId))) {
+    tenant = await owner()
     const ids = [...new Set(keys.map((key) => fileIdOfKey(tenantId, key)).filter((id): id is string => id !== null))]
     const rows = new Map<string, SweptRow>()
     if (tenant && ids.length > 0) {
@@ -147,6 +162,7 @@ async function visitPrefix(options: SweepOptions, lease: Lease, graceMs: number)
     if (unreachable.length > 0) await options.storage.deleteKeys(unreachable)
     objects += unreachable.length
   }
+  tenant = await owner()
 
   let removed = 0
   let next: Date | null = null
