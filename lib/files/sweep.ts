@@ -16,9 +16,10 @@ import type { Storage } from './storage.ts'
  * created with the same id. The sweep visits a tenant's prefix when `public.tenant_sweeps` says it
  * is due, and there:
  *
- * - lists `tenants/<id>/` page by page, and deletes every object that is not a live file's: objects of file ids
- *   with no row (a previous incarnation of the tenant, or a row already swept), of deleted files,
- *   and the staging objects of completed files. A pending file's objects stay;
+ * - lists `tenants/<id>/` page by page, and deletes every object that is not a live file's:
+ *   objects of file ids with no row (a previous incarnation of the tenant, or a row already
+ *   swept), of deleted files, and the staging objects of completed files. A pending file's
+ *   objects stay;
  * - deletes the rows of deleted files whose URL had expired before the listing began;
  * - schedules its next visit at the next URL expiry that matters, or forgets the prefix.
  *
