@@ -182,6 +182,8 @@ export const EnvSchema = Type.Object({
   PRESIGN_EXPIRES_SECONDS: Integer(900, 1, 3600),
   /** Bytes one tenant may hold, pending uploads included; 0 means no quota. */
   TENANT_STORAGE_QUOTA_BYTES: Integer(10 * 1024 ** 3, 0),
+  /** How often the file sweep (lib/files/sweep.ts) looks for prefixes due a visit; 0 turns it off on this instance. */
+  FILE_SWEEP_INTERVAL_MS: Integer(30_000, 0),
 
   /** Longest time a request may take end to end, and how long a SIGTERM drain may last. */
   REQUEST_TIMEOUT_MS: Integer(30_000, 0),

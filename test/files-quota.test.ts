@@ -33,7 +33,11 @@ t.test('an upload that would exceed the quota is refused and writes nothing', as
 
   const deleted = await app.inject({ method: 'DELETE', url: `/files/${first.json().file.id}`, headers: auth.tenantUser('acme') })
   t.equal(deleted.statusCode, 204)
-  t.equal((await startUpload('acme', 600)).statusCode, 201, 'deleting a file frees its bytes')
+  t.equal(
+    (await startUpload('acme', 600)).json().code,
+    'QUOTA_EXCEEDED',
+    "a deleted file's bytes stay reserved while its upload URL works (test/storage-attacks.test.ts: freed by the sweep)"
+  )
 
   t.equal((await startUpload('globex', 1000)).statusCode, 201, 'each tenant has its own quota')
 })
@@ -45,4 +49,25 @@ t.test('concurrent uploads cannot together exceed the quota', async (t) => {
   t.equal(statuses.filter((status) => status === 409).length, 4)
   for (const answer of answers.filter((a) => a.statusCode === 409)) t.equal(answer.json().code, 'QUOTA_EXCEEDED')
   t.same(await usage('initech'), { files: 10, bytes: 1000 })
+})
+
+t.test("the quota lock is the tenant's own: another tenant's role can neither take it nor stall the check", async (t) => {
+  await createTenant(ctx, 'hooli')
+  await createTenant(ctx, 'pied-piper')
+  const client = await admin.connect()
+  t.teardown(() => client.release())
+  await client.query('BEGIN')
+  await client.query(`SET LOCAL ROLE "${ctx.config.TENANT_ROLE_PREFIX}hooli"`)
+  // What the check once took: a global advisory key any role can take for any tenant.
+  await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [0x7e4a_0003, 'pied-piper'])
+  await client.query('SAVEPOINT probe')
+  await t.rejects(client.query('SELECT id FROM "pied-piper".file_quota_lock FOR UPDATE'), { code: '42501' }, "another tenant's lock row is out of reach")
+  await client.query('ROLLBACK TO SAVEPOINT probe')
+  // Holding its own lock stalls only its own uploads.
+  await client.query('SELECT id FROM hooli.file_quota_lock FOR UPDATE')
+  const answer = await startUpload('pied-piper', 10)
+  t.equal(answer.statusCode, 201, "the other tenant's upload is not held up")
+  await client.query('ROLLBACK')
+  t.same(await usage('pied-piper'), { files: 1, bytes: 10 })
+  t.same(await usage('hooli'), { files: 0, bytes: 0 }, 'nothing written to the tenant holding the locks')
 })

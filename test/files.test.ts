@@ -62,12 +62,16 @@ t.test('upload through the returned URL, complete, download: the same bytes come
 
   const stored = await put(answer.upload, bytes)
   t.equal(stored.status, 200, 'the store accepts the PUT with the returned headers')
-  t.same(await s3.get(key), bytes, 'the object is at the key the service chose')
+  const staging = `tenants/acme/${answer.file.id}/.upload`
+  t.same(await s3.keys(`tenants/acme/${answer.file.id}/`), [staging], 'the upload lands at the staging key the service chose')
+  t.same(await s3.get(staging), bytes)
 
   const done = await complete('acme', answer.file.id)
   t.equal(done.statusCode, 200)
   t.match(done.json(), { id: answer.file.id, status: 'uploaded', size: bytes.length })
   t.equal((await row('acme', answer.file.id))!.status, 'uploaded')
+  t.same(await s3.keys(`tenants/acme/${answer.file.id}/`), [key], 'completion moved the object to the file key')
+  t.same(await s3.get(key), bytes)
   const again = await complete('acme', answer.file.id)
   t.equal(again.statusCode, 200, 'completing twice answers the same')
   t.match(again.json(), { id: answer.file.id, status: 'uploaded' })
@@ -112,7 +116,8 @@ t.test('the presigned PUT verifies, and pins the key, the type and the length', 
 
   const elsewhere = url.replace('/tenants/acme/', '/tenants/globex/')
   t.match(verifyPresigned({ ...request, url: elsewhere }, s3.credentials), { ok: false, code: 'SignatureDoesNotMatch' }, "another tenant's key")
-  const renamed = url.replace('/pinned.txt?', '/other.txt?')
+  t.equal(path, `/${s3.bucket}/tenants/acme/${answer.file.id}/.upload`, 'the URL writes the staging key, never the file key')
+  const renamed = url.replace('/.upload?', '/pinned.txt?')
   t.match(verifyPresigned({ ...request, url: renamed }, s3.credentials), { ok: false }, 'another name')
   const retyped = { ...headers, 'content-type': 'text/html' }
   t.match(verifyPresigned({ ...request, headers: retyped }, s3.credentials), { ok: false }, 'another content type')
@@ -142,7 +147,7 @@ t.test('the presigned PUT verifies, and pins the key, the type and the length', 
 t.test('an object of the wrong size is refused at completion and discarded', async (t) => {
   // A store that does not enforce the signed length would let this through; the service does not.
   const answer = await started('acme', 'sized.bin', Buffer.alloc(100))
-  const key = (await row('acme', answer.file.id))!.key
+  const key = `tenants/acme/${answer.file.id}/.upload`
   await s3.put(key, Buffer.alloc(150))
   const mismatch = await complete('acme', answer.file.id)
   t.equal(mismatch.statusCode, 409)
@@ -151,6 +156,20 @@ t.test('an object of the wrong size is refused at completion and discarded', asy
   t.equal((await row('acme', answer.file.id))!.status, 'pending', 'the file stays pending')
   t.equal((await put(answer.upload, Buffer.alloc(100))).status, 200, 'the URL can still be used')
   t.equal((await complete('acme', answer.file.id)).statusCode, 200)
+})
+
+t.test('a file from before staging (its URL writes the file key) is completed in place', async (t) => {
+  const bytes = Buffer.from('uploaded before the upgrade')
+  const answer = await started('acme', 'legacy.txt', bytes, 'text/plain')
+  // As a row written before the tenant migration that brought staging, or by an older replica.
+  await admin.query('UPDATE acme.files SET staged = false WHERE id = $1', [answer.file.id])
+  const key = (await row('acme', answer.file.id))!.key
+  await s3.put(key, bytes, 'text/plain')
+  const done = await complete('acme', answer.file.id)
+  t.equal(done.statusCode, 200)
+  t.match(done.json(), { status: 'uploaded' })
+  t.same(await s3.keys(`tenants/acme/${answer.file.id}/`), [key])
+  t.same(await s3.get(key), bytes)
 })
 
 t.test('complete without an upload is 409 and downloads wait for completion', async (t) => {
@@ -233,8 +252,9 @@ t.test('hostile file names: the key stays under the prefix and the object lands 
     t.ok(answer.file.filename.length > 0)
     const response = await put(answer.upload, bytes)
     t.equal(response.status, 200, `${label}: the upload is accepted`)
-    t.same(await s3.keys(prefix), [stored.key], `${label}: the object is exactly at the key`)
+    t.same(await s3.keys(prefix), [`${prefix}.upload`], `${label}: the upload is exactly at the staging key`)
     t.equal((await complete('acme', answer.file.id)).statusCode, 200)
+    t.same(await s3.keys(prefix), [stored.key], `${label}: the object is exactly at the key`)
   }
   t.same(await s3.keys('tenants/globex/'), [], "nothing reached another tenant's prefix")
   t.same(
@@ -283,24 +303,33 @@ t.test('malformed ids are 400 on every route', async (t) => {
   t.equal(unknown.statusCode, 404)
 })
 
-t.test('delete removes the object and the row; a store failure removes neither', async (t) => {
+t.test('delete hides the file and removes its object; a store failure leaves the object to the sweep', async (t) => {
   const kept = await uploaded('acme', 'kept.txt', Buffer.from('kept'), 'text/plain')
   const keptKey = (await row('acme', kept.file.id))!.key
-  const failure = s3.failWhen((request) => request.method === 'DELETE')
-  const refused = await app.inject({ method: 'DELETE', url: `/files/${kept.file.id}`, headers: auth.tenantUser('acme') })
+  const failure = s3.failWhen((request) => request.method === 'POST' && request.query.has('delete'))
+  const accepted = await app.inject({ method: 'DELETE', url: `/files/${kept.file.id}`, headers: auth.tenantUser('acme') })
   failure.clear()
-  t.equal(refused.statusCode, 503)
-  t.match(refused.json(), { code: 'STORAGE_UNAVAILABLE' })
-  t.ok(refused.headers['retry-after'])
-  t.ok(await row('acme', kept.file.id), 'the row is back: the transaction rolled back')
-  t.ok(await s3.get(keptKey), 'the object is still there')
-
-  const response = await app.inject({ method: 'DELETE', url: `/files/${kept.file.id}`, headers: auth.tenantUser('acme') })
-  t.equal(response.statusCode, 204)
-  t.equal(await row('acme', kept.file.id), undefined, 'the row is gone')
-  t.equal(await s3.get(keptKey), null, 'the object is gone')
+  t.equal(accepted.statusCode, 204, 'the file is deleted even when its object cannot be removed yet')
+  t.equal((await row('acme', kept.file.id))!.status, 'deleted', 'the row stays, marked deleted, until the sweep')
+  t.ok(await s3.get(keptKey), 'the object is still there, for the sweep')
+  for (const url of [`/files/${kept.file.id}`, `/files/${kept.file.id}/download`]) {
+    t.equal((await app.inject({ method: 'GET', url, headers: auth.tenantUser('acme') })).statusCode, 404, `GET ${url}`)
+  }
+  t.equal((await complete('acme', kept.file.id)).statusCode, 404)
+  const list = await app.inject({ method: 'GET', url: '/files', headers: auth.tenantUser('acme') })
+  t.notOk(
+    list.json().items.some((file: { id: string }) => file.id === kept.file.id),
+    'not listed'
+  )
   const again = await app.inject({ method: 'DELETE', url: `/files/${kept.file.id}`, headers: auth.tenantUser('acme') })
   t.equal(again.statusCode, 404)
+
+  const other = await uploaded('acme', 'other.txt', Buffer.from('other'), 'text/plain')
+  const otherKey = (await row('acme', other.file.id))!.key
+  const response = await app.inject({ method: 'DELETE', url: `/files/${other.file.id}`, headers: auth.tenantUser('acme') })
+  t.equal(response.statusCode, 204)
+  t.equal((await row('acme', other.file.id))!.status, 'deleted')
+  t.equal(await s3.get(otherKey), null, 'the object is gone')
 
   const pending = await started('acme', 'pending.txt', Buffer.from('p'), 'text/plain')
   t.equal(

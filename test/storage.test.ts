@@ -3,7 +3,18 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import t from 'tap'
-import { cleanFilename, contentDisposition, createStorage, fileKey, isTenantKey, keySafeName, storageError, tenantPrefix } from '../lib/files/index.ts'
+import {
+  cleanFilename,
+  contentDisposition,
+  createStorage,
+  fileIdOfKey,
+  fileKey,
+  isTenantKey,
+  keySafeName,
+  stagingKey,
+  storageError,
+  tenantPrefix
+} from '../lib/files/index.ts'
 import { startEmbeddedS3 } from '../lib/embedded/s3.ts'
 import { ApiError } from '../schemas/errors.ts'
 import { ConfigError, loadConfig } from '../schemas/env.ts'
@@ -28,7 +39,14 @@ t.test('file keys stay under the tenant prefix whatever the name', async (t) => 
     t.ok(Buffer.byteLength(segment) <= 200, `${label}: at most 200 bytes`)
     t.ok(isTenantKey('acme', key), `${label}: recognised as the tenant's key`)
     t.notOk(isTenantKey('other', key), `${label}: not another tenant's key`)
+    t.not(key, stagingKey('acme', FILE_ID), `${label}: never the staging key`)
+    t.equal(fileIdOfKey('acme', key), FILE_ID, `${label}: the file id is read back`)
   }
+  t.equal(stagingKey('acme', FILE_ID), `tenants/acme/${FILE_ID}/.upload`, 'the upload URL writes the staging key')
+  t.ok(isTenantKey('acme', stagingKey('acme', FILE_ID)))
+  t.throws(() => stagingKey('acme', '../x'), /Not a file id/)
+  t.equal(fileIdOfKey('acme', `tenants/acme/0000/orphan.bin`), null, 'a folder that is no file id names no file')
+  t.equal(fileIdOfKey('acme', `tenants/acme-2/${FILE_ID}/x`), null, "another tenant's key names no file of this one")
   t.equal(keySafeName('report 2024.PDF'), 'report_2024.PDF', 'ordinary names stay readable')
   t.equal(keySafeName('....'), 'file', 'empty after cleaning falls back')
   t.equal(keySafeName(`${'a'.repeat(300)}.tar`).slice(-4), '.tar', 'a cut name keeps its extension')

@@ -59,7 +59,7 @@ t.test('spares are built before the service starts, each a schema and a role mad
     const { rows: tables } = await ctx.admin.query(`SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1`, [spare.schema])
     t.same(
       tables.map((row) => row.tablename),
-      ['files', 'users'],
+      ['file_quota_lock', 'files', 'users'],
       'every tenant migration ran in it'
     )
   }
@@ -166,7 +166,7 @@ t.test('concurrent creations take different spares, and more creations than spar
   t.equal(new Set(oids).size, ids.length, 'each its own schema')
   for (const id of ids) {
     const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = $1`, [id])
-    t.equal(rows[0].n, 2, `${id} has its tables`)
+    t.equal(rows[0].n, 3, `${id} has its tables`)
   }
   t.ok(await stocked(), 'the stock is topped up again')
 })
@@ -223,7 +223,7 @@ t.test('without the control-plane table of spares (migrations pending), tenants 
   const response = await post('no-spares-table')
   t.equal(response.statusCode, 201)
   const { rows } = await ctx.admin.query(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'no-spares-table'`)
-  t.equal(rows[0].n, 2, 'with its tables')
+  t.equal(rows[0].n, 3, 'with its tables')
 })
 
 t.test('a database that does not answer stops building quietly: logged, never thrown', async (t) => {

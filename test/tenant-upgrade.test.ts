@@ -70,7 +70,7 @@ t.test('the routes declare what they need, and a version no migration reaches is
   const version = (route: string) => routes.get(route)?.config?.tenantSchemaVersion
   t.equal(version('GET /'), 0)
   t.equal(version('GET /users'), 4)
-  t.equal(version('GET /files'), 2)
+  t.equal(version('GET /files'), 3)
 
   const tooNew = buildApp(ctx.config, {
     beforeReady: (app) => {

@@ -31,8 +31,11 @@ export interface EmbeddedS3Options {
   port?: number
   /** The secret is not checked by s3rver; a test can check signatures itself in `intercept`. */
   secretAccessKey?: string
-  /** Sees every request first; answers it and returns true to keep it from the store. */
-  intercept?: (request: http.IncomingMessage, response: http.ServerResponse) => boolean
+  /**
+   * Sees every request first; answers it and returns true to keep it from the store. A promise
+   * holds the request until it settles (a test's slow store), then the same applies.
+   */
+  intercept?: (request: http.IncomingMessage, response: http.ServerResponse) => boolean | Promise<boolean>
 }
 
 export interface EmbeddedS3 {
@@ -134,8 +137,7 @@ export async function startEmbeddedS3(options: EmbeddedS3Options): Promise<Embed
   await s3rver.configureBuckets()
   const store = s3rver.callback()
 
-  const server = http.createServer((request, response) => {
-    if (options.intercept?.(request, response)) return
+  const serve = (request: http.IncomingMessage, response: http.ServerResponse) => {
     const url = new URL(request.url ?? '/', 'http://localhost')
     const bucketOnly = /^\/([^/]+)\/?$/.exec(url.pathname)
     if (request.method === 'GET' && bucketOnly && url.searchParams.get('list-type') === '2' && !url.searchParams.has('delimiter')) {
@@ -146,6 +148,17 @@ export async function startEmbeddedS3(options: EmbeddedS3Options): Promise<Embed
       return
     }
     store(request, response)
+  }
+  const server = http.createServer((request, response) => {
+    const intercepted = options.intercept?.(request, response)
+    if (intercepted instanceof Promise) {
+      intercepted.then(
+        (answered) => answered || serve(request, response),
+        () => response.destroy()
+      )
+      return
+    }
+    if (!intercepted) serve(request, response)
   })
   const sockets = new Set<net.Socket>()
   server.on('connection', (socket) => {

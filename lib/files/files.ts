@@ -12,6 +12,11 @@ import { storageError, type Storage } from './storage.ts'
  * Keys are built here and nowhere else (DESIGN §6, layer 4): `tenants/<tenant id>/<file id>/<name>`,
  * where the name is reduced to letters, marks, digits, `.`, `-` and `_`, so no client input can
  * add a path segment, climb out of the prefix, or smuggle in an encoding that a later tool decodes.
+ *
+ * The presigned PUT targets the file's staging key, `tenants/<tenant id>/<file id>/.upload` (a
+ * name no sanitised file name can take, since those never start with a dot); completing the
+ * upload copies it to the file's key, which no URL can write, so a completed file's bytes never
+ * change.
  */
 
 const FALLBACK_NAME = 'file'
@@ -93,6 +98,22 @@ export function fileKey(tenantId: string, fileId: string, filename: string): str
   return `${tenantPrefix(tenantId)}${fileId}/${keySafeName(filename)}`
 }
 
+const STAGING_NAME = '.upload'
+
+/** Where the presigned PUT of file `fileId` stores its bytes until the upload is completed. */
+export function stagingKey(tenantId: string, fileId: string): string {
+  if (!UUID.test(fileId)) throw new Error(`Not a file id: ${JSON.stringify(fileId)}`)
+  return `${tenantPrefix(tenantId)}${fileId}/${STAGING_NAME}`
+}
+
+/** The file id of a key under `tenants/<id>/` (`<file id>/<anything>`), or null for a key of no file. */
+export function fileIdOfKey(tenantId: string, key: string): string | null {
+  const prefix = tenantPrefix(tenantId)
+  if (!key.startsWith(prefix)) return null
+  const id = key.slice(prefix.length).split('/', 1)[0]
+  return UUID.test(id) ? id : null
+}
+
 /** True when `key` is a well-formed key of `tenantId`: a check on stored keys before any S3 call. */
 export function isTenantKey(tenantId: string, key: string): boolean {
   const prefix = tenantPrefix(tenantId)
@@ -128,14 +149,21 @@ export interface FileRow {
   content_type: string
   /** bigint arrives as a string. */
   size: string
-  status: FileStatus
+  /** `deleted`: gone for the API, kept until the sweep has removed what its URL may still store. */
+  status: FileStatus | 'deleted'
+  upload_expires_at: Date
+  /** The upload URL writes the staging key (false: a row from before staging, whose URL writes `key`). */
+  staged: boolean
   created_at: Date
   updated_at: Date
 }
 
-const COLUMNS = 'id, key, filename, content_type, size, status, created_at, updated_at'
+const COLUMNS = 'id, key, filename, content_type, size, status, upload_expires_at, staged, created_at, updated_at'
 
-export const toFile = (row: FileRow): File => ({
+/** A row the API shows: not a deleted one. */
+export type LiveFileRow = FileRow & { status: FileStatus }
+
+export const toFile = (row: LiveFileRow): File => ({
   id: row.id,
   filename: row.filename,
   contentType: row.content_type,
@@ -151,75 +179,131 @@ export interface UploadLimits {
   quotaBytes: number
 }
 
-// Two-key advisory locks, like the migrator's: the first key says what is locked, the second whose.
-const LOCK_TENANT_STORAGE = 0x7e4a_0003
+export interface UploadRequest {
+  /** A new file id (newFileId()). */
+  id: string
+  filename: string
+  contentType: string
+  size: number
+  /** When the file's presigned PUT stops working. */
+  uploadExpiresAt: Date
+}
+
+export const newFileId = () => randomUUID()
 
 /**
- * Checks an upload request and records it as a `pending` file. The quota counts pending files
- * too, since their URLs may still be used. The sum runs under a transaction-level advisory lock
- * per tenant, taken in a statement of its own so that the sum's snapshot is taken after the lock
- * is held: concurrent requests of one tenant queue here until the previous one commits, and
- * cannot both fit under the quota on the same remaining space.
+ * Refuses an upload that is too large or of a type not allowed, before anything is signed or
+ * stored; answers the content type as stored (lower case).
  */
-export async function createPendingFile(
-  db: Queryable,
-  tenantId: string,
-  input: { filename: string; contentType: string; size: number },
+export function checkUpload(
+  upload: Omit<UploadRequest, 'uploadExpiresAt' | 'filename'>,
   limits: UploadLimits
-): Promise<FileRow> {
-  if (input.size > limits.maxUploadBytes) {
+): { id: string; contentType: string; size: number } {
+  if (!UUID.test(upload.id)) throw new Error(`Not a file id: ${JSON.stringify(upload.id)}`)
+  if (upload.size > limits.maxUploadBytes) {
     throw new ApiError('FILE_TOO_LARGE', `A file may be at most ${limits.maxUploadBytes} bytes`)
   }
-  const contentType = input.contentType.toLowerCase()
+  const contentType = upload.contentType.toLowerCase()
   const topLevel = contentType.slice(0, contentType.indexOf('/'))
   if (!ALLOWED_TOP_LEVEL_TYPES.includes(topLevel)) {
     throw new ApiError('CONTENT_TYPE_NOT_ALLOWED', `contentType must be one of ${ALLOWED_TOP_LEVEL_TYPES.map((t) => `${t}/*`).join(', ')}`)
   }
+  return { id: upload.id, contentType, size: upload.size }
+}
+
+/**
+ * Checks an upload request and records it as a `pending` file whose upload URL expires at
+ * `uploadExpiresAt`. The quota counts every row: uploaded and pending files, and deleted ones
+ * until the sweep has removed them, which it does only once their URL has expired (so a deleted
+ * file's URL cannot store bytes the quota no longer sees). The sum runs after locking the one row
+ * of the tenant's `file_quota_lock` table, in a statement of its own so that the sum's snapshot is
+ * taken once the lock is held: concurrent uploads of one tenant queue there until the previous one
+ * commits, and cannot both fit in the same remaining space. The lock is in the tenant's own schema,
+ * where no other tenant's role can take it.
+ */
+export async function createPendingFile(db: Queryable, tenantId: string, upload: UploadRequest, limits: UploadLimits): Promise<LiveFileRow> {
+  const { id, contentType, size } = checkUpload(upload, limits)
 
   if (limits.quotaBytes > 0) {
-    await db.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [LOCK_TENANT_STORAGE, tenantId])
+    await db.query('SELECT id FROM file_quota_lock FOR UPDATE')
     const { rows } = await db.query<{ used: string }>('SELECT coalesce(sum(size), 0)::text AS used FROM files')
     const used = Number(rows[0].used)
-    if (used + input.size > limits.quotaBytes) {
-      throw new ApiError('QUOTA_EXCEEDED', `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use`)
+    if (used + size > limits.quotaBytes) {
+      throw new ApiError(
+        'QUOTA_EXCEEDED',
+        `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use (a deleted file counts until its upload URL has expired)`
+      )
     }
   }
 
-  const id = randomUUID()
-  const filename = cleanFilename(input.filename)
-  const { rows } = await db.query<FileRow>(`INSERT INTO files (id, key, filename, content_type, size) VALUES ($1, $2, $3, $4, $5) RETURNING ${COLUMNS}`, [
-    id,
-    fileKey(tenantId, id, filename),
-    filename,
-    contentType,
-    input.size
-  ])
+  const filename = cleanFilename(upload.filename)
+  const { rows } = await db.query<LiveFileRow>(
+    `INSERT INTO files (id, key, filename, content_type, size, upload_expires_at, staged) VALUES ($1, $2, $3, $4, $5, $6, true) RETURNING ${COLUMNS}`,
+    [id, fileKey(tenantId, id, filename), filename, contentType, size, upload.uploadExpiresAt]
+  )
   return rows[0]
 }
 
-const LIST_FILES = keysetSql(`SELECT ${COLUMNS} FROM files`, 'uuid')
+// Deleted files are gone for the API; the subquery keeps keysetSql's WHERE its own.
+const LIST_FILES = keysetSql(`SELECT ${COLUMNS} FROM (SELECT * FROM files WHERE status <> 'deleted') AS files`, 'uuid')
 
 export const listFiles = (db: Queryable, page: { limit: number; cursor?: string }) => readPage(db, LIST_FILES, page, toFile)
 
-/** One file of the tenant; `lock` holds the row until the request's transaction ends. */
-export async function getFile(db: Queryable, id: string, options: { lock?: boolean } = {}): Promise<FileRow> {
-  const { rows } = await db.query<FileRow>(`SELECT ${COLUMNS} FROM files WHERE id = $1${options.lock ? ' FOR UPDATE' : ''}`, [id])
+/** One file of the tenant, not a deleted one. */
+export async function getFile(db: Queryable, id: string): Promise<LiveFileRow> {
+  const { rows } = await db.query<LiveFileRow>(`SELECT ${COLUMNS} FROM files WHERE id = $1 AND status <> 'deleted'`, [id])
   if (!rows[0]) throw errors.fileNotFound(id)
   return rows[0]
 }
 
-export async function markUploaded(db: Queryable, id: string): Promise<FileRow> {
+/**
+ * Claims the completion of a pending file for `ms` under the token `claim`: true when this
+ * completion may copy the upload to the file's key, false when the file is not pending or another
+ * completion holds an unexpired claim.
+ */
+export async function claimCompletion(db: Queryable, id: string, claim: string, ms: number): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `UPDATE files SET completion_claim = $2, completion_claim_until = now() + $3 * interval '1 millisecond'
+      WHERE id = $1 AND status = 'pending' AND (completion_claim_until IS NULL OR completion_claim_until < now())`,
+    [id, claim, ms]
+  )
+  return rowCount === 1
+}
+
+/** Gives up a claim (the completion failed), so that another can be made at once. */
+export async function releaseCompletion(db: Queryable, id: string, claim: string): Promise<void> {
+  await db.query('UPDATE files SET completion_claim = NULL, completion_claim_until = NULL WHERE id = $1 AND completion_claim = $2', [id, claim])
+}
+
+/**
+ * Marks a pending file uploaded, if `claim` still holds its completion; null otherwise (it was
+ * deleted meanwhile, or the claim expired and another completion took it). Locks the row until
+ * the transaction ends.
+ */
+export async function markUploaded(db: Queryable, id: string, claim: string): Promise<LiveFileRow | null> {
+  const { rows } = await db.query<LiveFileRow>(
+    `UPDATE files SET status = 'uploaded', completion_claim = NULL, completion_claim_until = NULL, updated_at = date_trunc('milliseconds', now())
+      WHERE id = $1 AND status = 'pending' AND completion_claim = $2 RETURNING ${COLUMNS}`,
+    [id, claim]
+  )
+  return rows[0] ?? null
+}
+
+/** The row of `id` in whatever status, deleted included; null when there is none. */
+export async function findFileRow(db: Queryable, id: string): Promise<FileRow | null> {
+  const { rows } = await db.query<FileRow>(`SELECT ${COLUMNS} FROM files WHERE id = $1`, [id])
+  return rows[0] ?? null
+}
+
+/**
+ * Marks a file deleted and returns it. The row stays, counting toward the quota, until the sweep
+ * has removed what a late PUT to its URL may store; its objects are deleted once this commits.
+ */
+export async function markDeleted(db: Queryable, id: string): Promise<FileRow> {
   const { rows } = await db.query<FileRow>(
-    `UPDATE files SET status = 'uploaded', updated_at = date_trunc('milliseconds', now()) WHERE id = $1 RETURNING ${COLUMNS}`,
+    `UPDATE files SET status = 'deleted', updated_at = date_trunc('milliseconds', now()) WHERE id = $1 AND status <> 'deleted' RETURNING ${COLUMNS}`,
     [id]
   )
-  if (!rows[0]) throw errors.fileNotFound(id)
-  return rows[0]
-}
-
-/** Deletes the row and returns it; the object goes next, inside the same request transaction. */
-export async function deleteFileRow(db: Queryable, id: string): Promise<FileRow> {
-  const { rows } = await db.query<FileRow>(`DELETE FROM files WHERE id = $1 RETURNING ${COLUMNS}`, [id])
   if (!rows[0]) throw errors.fileNotFound(id)
   return rows[0]
 }

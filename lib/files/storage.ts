@@ -1,4 +1,5 @@
 import {
+  CopyObjectCommand,
   DeleteObjectCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
@@ -92,11 +93,19 @@ export function createStorage(options: StorageOptions) {
     presignExpiresSeconds,
 
     /**
+     * When an upload URL signed now would be signed, and when it would stop working: the file's
+     * row records the expiry before the URL is signed (presignUpload with the same `signedAt`).
+     */
+    uploadWindow(): { signedAt: Date; expiresAt: Date } {
+      const signedAt = signingDate()
+      return { signedAt, expiresAt: new Date(signedAt.getTime() + presignExpiresSeconds * 1000) }
+    },
+
+    /**
      * A presigned PUT that can only store `size` bytes of `contentType` at `key`: both headers are
      * in X-Amz-SignedHeaders, so S3 rejects any other length or type with SignatureDoesNotMatch.
      */
-    async presignUpload(key: string, object: { contentType: string; size: number }): Promise<UploadInstructions> {
-      const signedAt = signingDate()
+    async presignUpload(key: string, object: { contentType: string; size: number }, signedAt: Date = signingDate()): Promise<UploadInstructions> {
       const url = await send('sign an upload', () =>
         getSignedUrl(client, new PutObjectCommand({ Bucket: bucket, Key: key, ContentType: object.contentType, ContentLength: object.size }), {
           expiresIn: presignExpiresSeconds,
@@ -132,6 +141,55 @@ export function createStorage(options: StorageOptions) {
       } catch (error) {
         if (isNotFound(error)) return null
         throw storageError(error, 'look up an object')
+      }
+    },
+
+    /**
+     * Copies `source` to `target` in the bucket (CopyObject: the bytes never pass through the
+     * service), with `contentType`. False when `source` is not there (any more).
+     */
+    async copyObject(source: string, target: string, contentType: string): Promise<boolean> {
+      try {
+        await client.send(
+          new CopyObjectCommand({
+            Bucket: bucket,
+            Key: target,
+            CopySource: `${bucket}/${encodeURIComponent(source).replace(/%2F/g, '/')}`,
+            ContentType: contentType,
+            MetadataDirective: 'REPLACE'
+          })
+        )
+        return true
+      } catch (error) {
+        if (isNotFound(error)) return false
+        throw storageError(error, 'copy an object')
+      }
+    },
+
+    /** The keys under `prefix`, a page of ListObjectsV2 (up to 1000) at a time. */
+    async *listKeyPages(prefix: string): AsyncGenerator<string[]> {
+      if (prefix === '' || !prefix.endsWith('/')) throw new Error(`Refusing to list a prefix that is not a folder: "${prefix}"`)
+      let token: string | undefined
+      do {
+        const page = await send('list objects', () => client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token })))
+        yield (page.Contents ?? []).map((object) => object.Key).filter((key): key is string => !!key && key.startsWith(prefix))
+        token = page.IsTruncated ? page.NextContinuationToken : undefined
+      } while (token)
+    },
+
+    /** Deletes `keys` (any number), up to 1000 per DeleteObjects; gone already counts as deleted. */
+    async deleteKeys(keys: readonly string[]): Promise<void> {
+      for (let start = 0; start < keys.length; start += 1000) {
+        const batch = keys.slice(start, start + 1000)
+        const result = await send('delete objects', () =>
+          client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }))
+        )
+        if (result.Errors && result.Errors.length > 0) {
+          const first = result.Errors[0]
+          throw Object.assign(new ApiError('STORAGE_ERROR', `Object storage refused to delete ${result.Errors.length} objects`), {
+            cause: new Error(`${first.Code}: ${first.Message} (${first.Key})`)
+          })
+        }
       }
     },
 

@@ -8,7 +8,7 @@ import type { FastifyInstance } from 'fastify'
 export default async function filesHooks(fastify: FastifyInstance) {
   fastify.addHook('onRoute', fastify.declareBearerAuth('tenant'))
   // The tenant migration that made the `files` table (0002_files): a tenant behind it is migrated first.
-  fastify.addHook('onRoute', fastify.requireTenantSchema(2))
+  fastify.addHook('onRoute', fastify.requireTenantSchema(3))
   fastify.addHook('onRequest', fastify.requireTenantAccess)
   fastify.addHook('onRoute', fastify.scopeToTenant)
 }

@@ -92,6 +92,8 @@ export function testConfig(database: TestDatabase, env: Record<string, string> =
     // Connections open as requests need them, not the whole pool at every start (the default,
     // which test/warm-connections.test.ts covers): test files run side by side on one server.
     PG_POOL_MIN: '0',
+    // No file sweep on a timer: tests that need one run it (test/storage-attacks.test.ts).
+    FILE_SWEEP_INTERVAL_MS: '0',
     ...env
   })
 }

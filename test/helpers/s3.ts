@@ -38,6 +38,8 @@ export interface TestS3 extends EmbeddedS3 {
    * serving them; the first `after` matching requests still go through.
    */
   failWhen(match: (request: SeenRequest) => boolean, options?: { after?: number; status?: number; code?: string }): InjectedFailure
+  /** Holds matching requests for `ms` before serving them (a slow store); `failed` counts the requests held, `clear()` stops holding later ones. */
+  delayWhen(match: (request: SeenRequest) => boolean, ms: number): InjectedFailure
 }
 
 const accessKeyId = 'S3RVER'
@@ -72,13 +74,23 @@ export async function startTestS3(): Promise<TestS3> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'tenant-service-test-s3-'))
   const requests: SeenRequest[] = []
   const rejected: TestS3['rejected'] = []
+  const delays: { match: (request: SeenRequest) => boolean; ms: number; delayed: number; active: boolean }[] = []
   const failures: { match: (request: SeenRequest) => boolean; after: number; status: number; code: string; failed: number; active: boolean }[] = []
 
-  const intercept = (request: http.IncomingMessage, response: http.ServerResponse): boolean => {
+  const intercept = (request: http.IncomingMessage, response: http.ServerResponse): boolean | Promise<boolean> => {
     const url = new URL(request.url ?? '/', 'http://localhost')
     const seen: SeenRequest = { method: request.method ?? 'GET', path: decodeURIComponent(url.pathname), query: url.searchParams }
     requests.push(seen)
     response.on('finish', () => (seen.status = response.statusCode))
+    const delay = delays.find((entry) => entry.active && entry.match(seen))
+    if (delay) {
+      delay.delayed++
+      return new Promise((resolve) => setTimeout(resolve, delay.ms)).then(() => check(request, response, seen))
+    }
+    return check(request, response, seen)
+  }
+
+  const check = (request: http.IncomingMessage, response: http.ServerResponse, seen: SeenRequest): boolean => {
     const refuse = (status: number, code: string, message: string) => {
       // The body is not wanted; reading it lets the client finish sending and see the answer.
       request.resume()
@@ -146,6 +158,18 @@ export async function startTestS3(): Promise<TestS3> {
     },
     async put(key, body, contentType = 'application/octet-stream') {
       await client.send(new PutObjectCommand({ Bucket: store.bucket, Key: key, Body: body, ContentType: contentType }))
+    },
+    delayWhen(match, ms) {
+      const delay = { match, ms, delayed: 0, active: true }
+      delays.push(delay)
+      return {
+        get failed() {
+          return delay.delayed
+        },
+        clear() {
+          delay.active = false
+        }
+      }
     },
     failWhen(match, options = {}) {
       const failure = { match, after: options.after ?? 0, status: options.status ?? 503, code: options.code ?? 'SlowDown', failed: 0, active: true }

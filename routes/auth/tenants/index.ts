@@ -13,7 +13,7 @@ import {
   updateTenant,
   type TenantRow
 } from '../../../lib/tenants/index.ts'
-import { deleteTenantObjects } from '../../../lib/files/index.ts'
+import { deleteTenantObjects, requestSweep } from '../../../lib/files/index.ts'
 import { hasPendingInvitation, inviteMember, removeTenantMembers, toUser } from '../../../lib/users/index.ts'
 
 /** Tenant lifecycle: the control plane. Each change is announced so every instance's cache drops the tenant. */
@@ -179,7 +179,15 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
           fastify.tenantDb.invalidate(tenant.id)
           // Members first: their logins stop working before anything else goes.
           if (fastify.userPool) await removeTenantMembers(pool, tenant, fastify.userPool)
-          if (fastify.storage) await deleteTenantObjects(fastify.storage, tenant.id)
+          if (fastify.storage) {
+            // Upload URLs signed before the deletion keep working until they expire: the file sweep
+            // visits the prefix until then (and once after), so that what they store is removed and
+            // never becomes a file of a tenant created later with the same id. Asked for first, so
+            // that a failure from here on cannot lose it.
+            const until = new Date(Date.now() + fastify.config.PRESIGN_EXPIRES_SECONDS * 1000)
+            await requestSweep(pool, tenant.id, new Date(), until)
+            await deleteTenantObjects(fastify.storage, tenant.id)
+          }
         }
       })
       fastify.tenantDb.invalidate(request.params.id)
