@@ -2,8 +2,8 @@ import { STATUS_CODES } from 'node:http'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 
 /**
- * The error catalogue: every code the API answers with, its one status, and what it means. The
- * README's table and the OpenAPI document's per-route lists are read from here.
+ * The error catalogue: every code the API answers with, its one status, and what it means.
+ * schemas/README.md's table (checked by test/openapi.test.ts) and the OpenAPI document's per-route lists are read from here.
  */
 export const ERROR_CATALOGUE = {
   // The tenant header, and the tenant it names

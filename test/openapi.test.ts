@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises'
 import SwaggerParser from '@apidevtools/swagger-parser'
 import t from 'tap'
 import { generateOpenApi, OPENAPI_FILE, serializeOpenApi, sortKeys } from '../scripts/openapi.ts'
+import { ERROR_CATALOGUE } from '../schemas/errors.ts'
 import { setupApp } from './helpers/app.ts'
 
 interface Operation {
@@ -126,4 +127,15 @@ t.test('the running service serves the committed contract', async (t) => {
   const { app } = await setupApp(t)
   const served = (await app.inject({ method: 'GET', url: '/docs/json' })).json()
   t.equal(serializeOpenApi(sortKeys(served)), serializeOpenApi(committed))
+})
+
+t.test('schemas/README.md lists every error code of the catalogue with its one status', async (t) => {
+  const readme = await readFile(new URL('../schemas/README.md', import.meta.url), 'utf8')
+  const documented = new Map<string, number>()
+  for (const line of readme.split('\n')) {
+    const row = /^\| ((?:`[A-Z_]+`(?:, )?)+) \| (\d{3}) \|/.exec(line)
+    if (!row) continue
+    for (const [, code] of row[1].matchAll(/`([A-Z_]+)`/g)) documented.set(code, Number(row[2]))
+  }
+  for (const [code, [status]] of Object.entries(ERROR_CATALOGUE)) t.equal(documented.get(code), status, code)
 })
