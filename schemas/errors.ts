@@ -3,7 +3,8 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox'
 
 /**
  * The error catalogue: every code the API answers with, its one status, and what it means.
- * schemas/README.md's table (checked by test/openapi.test.ts) and the OpenAPI document's per-route lists are read from here.
+ * The OpenAPI document's per-route lists are read from it; schemas/README.md's table is checked
+ * against it (test/openapi.test.ts).
  */
 export const ERROR_CATALOGUE = {
   // The tenant header, and the tenant it names
