@@ -223,7 +223,8 @@ t.test('deleting a tenant removes its usage; its counts not yet written are drop
 
 t.test('hour buckets, windows and retention, on a clock of the test’s', async (t) => {
   await createTenant(ctx, 'clock-co')
-  const today = Date.now() - (Date.now() % DAY_MS)
+  const started = Date.now()
+  const today = started - (started % DAY_MS)
   let now = today - DAY_MS + 10 * HOUR_MS + HOUR_MS - 1 // yesterday 10:59:59.999 UTC
   const usage = createTenantUsage(admin, { flushIntervalMs: HOUR_MS, isCitus: async () => false, now: () => now })
 
