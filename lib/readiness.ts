@@ -12,8 +12,8 @@ type Results = Record<string, { ok: boolean; detail?: string }>
 export interface ReadinessOptions {
   /** How long one evaluation answers every probe: probes are anonymous and must not cost a dependency call each. */
   cacheMs?: number
-  /** Told when a check starts or stops failing, with its detail. */
-  onChange?: (name: string, ok: boolean, detail: string | undefined) => void
+  /** Told when a check starts or stops failing, with its detail; `first` when it had never answered before. */
+  onChange?: (name: string, ok: boolean, detail: string | undefined, first: boolean) => void
 }
 
 /**
@@ -35,7 +35,7 @@ export function createReadiness(options: ReadinessOptions = {}) {
     for (const [i, name] of names.entries()) {
       const outcome = outcomes[i]
       results[name] = outcome
-      if (previous.get(name) !== outcome.ok && (previous.has(name) || !outcome.ok)) options.onChange?.(name, outcome.ok, outcome.detail)
+      if (previous.get(name) !== outcome.ok && (previous.has(name) || !outcome.ok)) options.onChange?.(name, outcome.ok, outcome.detail, !previous.has(name))
       previous.set(name, outcome.ok)
     }
     return results

@@ -21,9 +21,12 @@ declare module 'fastify' {
 export default fp(
   async function readiness(fastify: FastifyInstance) {
     const state = createReadiness({
-      // Probes do not log; a dependency that starts or stops failing does, once.
-      onChange: (name, ok, detail) => {
-        if (ok) fastify.log.info({ check: name, detail }, `readiness check "${name}" passes again`)
+      // Probes do not log; a dependency that starts or stops failing does, once. A check not
+      // passing yet at start (connections still opening) is told at info, a check that passed
+      // and then fails at warn.
+      onChange: (name, ok, detail, first) => {
+        if (ok) fastify.log.info({ check: name, detail }, `readiness check "${name}" passes`)
+        else if (first) fastify.log.info({ check: name, detail }, `readiness check "${name}" does not pass yet: ${detail}`)
         else fastify.log.warn({ check: name, detail }, `readiness check "${name}" fails: ${detail}`)
       }
     })
