@@ -151,9 +151,11 @@ t.test('SIGTERM under load: readiness 503 at once, new connections served until 
   })
   const probesAfter = probes.filter((probe) => (incoming.get(probe.id) ?? -1) > shutdown.index)
   t.ok(probesAfter.length > 0, `probes reached the draining service on the connection opened before (${probesAfter.length})`)
+  // The loop stops at the first probe that found that connection closed; when the service closed
+  // it before its listener, that probe got in on a new one, which is fine.
   t.ok(
-    probesAfter.every((probe) => probe.reusedSocket && probe.socket === probeSocket),
-    'all on that one connection'
+    probesAfter.slice(0, -1).every((probe) => probe.reusedSocket && probe.socket === probeSocket),
+    'all on that one connection, until it closed'
   )
   t.same(
     probesAfter.filter((probe) => probe.status !== 503).map((probe) => probe.status ?? probe.error),
