@@ -22,6 +22,7 @@ export type RuleCode =
   | 'SEARCH_PATH'
   | 'SCHEMA_DDL'
   | 'EXTENSION'
+  | 'STABLE_UPDATE'
 
 export interface Problem {
   file: string
@@ -529,6 +530,24 @@ function lintStatement(context: StatementContext, tokens: Token[]) {
   const isView = /^create( or replace)?( temp| temporary)?( recursive)?( materialized)? view\b/.test(head.join(' '))
   const onIsRelation = onNamesRelation(head)
   const inTableDdl = /^(create( global| local)?( temp| temporary| unlogged)? table|alter table)\b/.test(head.join(' '))
+
+  // Citus routes an UPDATE of a tenant table to its worker only when the STABLE functions it calls
+  // take no column: `created_at + interval '1 hour'` (timestamptz + interval is STABLE) is refused
+  // ("STABLE functions used in UPDATE queries cannot be called with column references"), and
+  // provisioning with it.
+  if (isWord(tokens[0], 'update')) {
+    for (let k = 1; k + 1 < tokens.length; k++) {
+      const column = tokens[k - 1]
+      const operand = column?.kind === 'word' && !isWord(column, 'now', 'set') ? column : null
+      if (operand && (isOp(tokens[k], '+') || isOp(tokens[k], '-')) && isWord(tokens[k + 1], 'interval')) {
+        context.report(
+          tokens[k].line,
+          'STABLE_UPDATE',
+          `UPDATE with ${operand.value} ${tokens[k].value} interval: timestamptz arithmetic is STABLE, and Citus refuses it on a column in an UPDATE; use now() or an IMMUTABLE expression`
+        )
+      }
+    }
+  }
 
   // Whole-statement rules.
   for (let k = 0; k < tokens.length; k++) {

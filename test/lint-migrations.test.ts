@@ -79,6 +79,23 @@ t.test('every rule is exercised by the bad fixtures', async (t) => {
   }
 })
 
+t.test('an UPDATE doing STABLE arithmetic on a column, which Citus refuses, is reported; now() is not a column', async (t) => {
+  const problems = lintTenantMigrations([
+    {
+      file: '0001_expiry.sql',
+      sql: [
+        "UPDATE files SET expires_at = created_at + interval '1 hour';",
+        "UPDATE files SET expires_at = now() + interval '1 hour';",
+        "UPDATE files SET expires_at = now() - interval '1 day' WHERE expires_at IS NULL;"
+      ].join('\n')
+    }
+  ])
+  t.same(
+    problems.map((problem) => [problem.line, problem.code]),
+    [[1, 'STABLE_UPDATE']]
+  )
+})
+
 t.test('a primary key is judged by the type an earlier migration gave the column', async (t) => {
   const problems = lintTenantMigrations([
     { file: '0001_events.sql', sql: 'CREATE TABLE events (id integer NOT NULL, body text);' },

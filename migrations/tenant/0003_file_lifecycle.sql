@@ -4,11 +4,12 @@
 -- has removed whatever a late PUT left under its key (lib/files/sweep.ts): the row keeps counting
 -- toward the quota meanwhile, so deleting a file and then using its URL cannot store more than the
 -- quota allows. upload_expires_at is when the file's presigned PUT stops working; rows from before
--- this column are given the longest lifetime a URL can have (PRESIGN_EXPIRES_SECONDS ≤ 3600).
+-- this column are given an hour from now, past any URL signed before (PRESIGN_EXPIRES_SECONDS ≤
+-- 3600). Not `created_at + interval`: that is STABLE on a column, which Citus refuses in an UPDATE.
 ALTER TABLE files DROP CONSTRAINT files_status_check;
 ALTER TABLE files ADD CONSTRAINT files_status_check CHECK (status IN ('pending', 'uploaded', 'deleted'));
 ALTER TABLE files ADD COLUMN upload_expires_at timestamptz;
-UPDATE files SET upload_expires_at = created_at + interval '1 hour';
+UPDATE files SET upload_expires_at = now() + interval '1 hour';
 -- The same for rows written by code that does not know the column yet (during a rolling deploy).
 ALTER TABLE files ALTER COLUMN upload_expires_at SET DEFAULT now() + interval '1 hour';
 ALTER TABLE files ALTER COLUMN upload_expires_at SET NOT NULL;
