@@ -23,6 +23,7 @@ export type RuleCode =
   | 'SCHEMA_DDL'
   | 'EXTENSION'
   | 'STABLE_UPDATE'
+  | 'ADD_COLUMN_CONSTRAINT'
 
 export interface Problem {
   file: string
@@ -501,6 +502,16 @@ function alterTable(context: StatementContext, tokens: Token[], tableAt: number)
       if (action[k]?.kind === 'word' && TABLE_CONSTRAINT_WORDS.has(action[k].value)) {
         tableKeyConstraint(context, named.name, action.slice(k), table)
       } else {
+        // Citus: "cannot execute ADD COLUMN command with PRIMARY KEY, UNIQUE, FOREIGN and CHECK
+        // constraints": every constraint of a distributed table needs a name of its own.
+        const inline = action.slice(k + 1).find((token) => isWord(token, 'check', 'unique', 'references', 'primary', 'constraint'))
+        if (inline) {
+          context.report(
+            inline.line,
+            'ADD_COLUMN_CONSTRAINT',
+            `ADD COLUMN with ${inline.value.toUpperCase()}: Citus refuses a constraint inside ADD COLUMN; add the column, then ADD CONSTRAINT <name>`
+          )
+        }
         columnDefinition(context, named.name, action.slice(k), table)
       }
     } else if (isWord(action[0], 'alter')) {

@@ -96,6 +96,28 @@ t.test('an UPDATE doing STABLE arithmetic on a column, which Citus refuses, is r
   )
 })
 
+t.test('a constraint inside ADD COLUMN, which Citus refuses, is reported; one added on its own is not', async (t) => {
+  const problems = lintTenantMigrations([
+    {
+      file: '0001_role.sql',
+      sql: [
+        'CREATE TABLE users (id uuid PRIMARY KEY);',
+        "ALTER TABLE users ADD COLUMN role text NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member'));",
+        'ALTER TABLE users ADD COLUMN sub text UNIQUE;',
+        "ALTER TABLE users ADD COLUMN status text NOT NULL DEFAULT 'active';",
+        "ALTER TABLE users ADD CONSTRAINT users_status_check CHECK (status IN ('active'));"
+      ].join('\n')
+    }
+  ])
+  t.same(
+    problems.map((problem) => [problem.line, problem.code]),
+    [
+      [2, 'ADD_COLUMN_CONSTRAINT'],
+      [3, 'ADD_COLUMN_CONSTRAINT']
+    ]
+  )
+})
+
 t.test('a primary key is judged by the type an earlier migration gave the column', async (t) => {
   const problems = lintTenantMigrations([
     { file: '0001_events.sql', sql: 'CREATE TABLE events (id integer NOT NULL, body text);' },

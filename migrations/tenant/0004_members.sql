@@ -5,6 +5,9 @@
 -- its sub recorded: a row left 'inviting' by a failure is finished by repeating the invitation,
 -- and tenant deletion looks such a pool user up by email.
 ALTER TABLE users ADD COLUMN sub text;
-ALTER TABLE users ADD COLUMN role text NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member'));
-ALTER TABLE users ADD COLUMN status text NOT NULL DEFAULT 'active' CHECK (status IN ('inviting', 'active'));
+-- Each constraint added on its own, named: Citus refuses a constraint inside ADD COLUMN.
+ALTER TABLE users ADD COLUMN role text NOT NULL DEFAULT 'member';
+ALTER TABLE users ADD CONSTRAINT users_role_check CHECK (role IN ('admin', 'member'));
+ALTER TABLE users ADD COLUMN status text NOT NULL DEFAULT 'active';
+ALTER TABLE users ADD CONSTRAINT users_status_check CHECK (status IN ('inviting', 'active'));
 CREATE UNIQUE INDEX users_sub_key ON users (sub);
