@@ -79,43 +79,30 @@ t.test('every rule is exercised by the bad fixtures', async (t) => {
   }
 })
 
+/** The line and rule of each problem in one migration made of `lines`. */
+const problemsIn = (lines: string[]) => lintTenantMigrations([{ file: '0001_case.sql', sql: lines.join('\n') }]).map((problem) => [problem.line, problem.code])
+
 t.test('an UPDATE doing STABLE arithmetic on a column, which Citus refuses, is reported; now() is not a column', async (t) => {
-  const problems = lintTenantMigrations([
-    {
-      file: '0001_expiry.sql',
-      sql: [
-        "UPDATE files SET expires_at = created_at + interval '1 hour';",
-        "UPDATE files SET expires_at = now() + interval '1 hour';",
-        "UPDATE files SET expires_at = now() - interval '1 day' WHERE expires_at IS NULL;"
-      ].join('\n')
-    }
+  const found = problemsIn([
+    "UPDATE files SET expires_at = created_at + interval '1 hour';",
+    "UPDATE files SET expires_at = now() + interval '1 hour';",
+    "UPDATE files SET expires_at = now() - interval '1 day' WHERE expires_at IS NULL;"
   ])
-  t.same(
-    problems.map((problem) => [problem.line, problem.code]),
-    [[1, 'STABLE_UPDATE']]
-  )
+  t.same(found, [[1, 'STABLE_UPDATE']])
 })
 
 t.test('a constraint inside ADD COLUMN, which Citus refuses, is reported; one added on its own is not', async (t) => {
-  const problems = lintTenantMigrations([
-    {
-      file: '0001_role.sql',
-      sql: [
-        'CREATE TABLE users (id uuid PRIMARY KEY);',
-        "ALTER TABLE users ADD COLUMN role text NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member'));",
-        'ALTER TABLE users ADD COLUMN sub text UNIQUE;',
-        "ALTER TABLE users ADD COLUMN status text NOT NULL DEFAULT 'active';",
-        "ALTER TABLE users ADD CONSTRAINT users_status_check CHECK (status IN ('active'));"
-      ].join('\n')
-    }
+  const found = problemsIn([
+    'CREATE TABLE users (id uuid PRIMARY KEY);',
+    "ALTER TABLE users ADD COLUMN role text NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member'));",
+    'ALTER TABLE users ADD COLUMN sub text UNIQUE;',
+    "ALTER TABLE users ADD COLUMN status text NOT NULL DEFAULT 'active';",
+    "ALTER TABLE users ADD CONSTRAINT users_status_check CHECK (status IN ('active'));"
   ])
-  t.same(
-    problems.map((problem) => [problem.line, problem.code]),
-    [
-      [2, 'ADD_COLUMN_CONSTRAINT'],
-      [3, 'ADD_COLUMN_CONSTRAINT']
-    ]
-  )
+  t.same(found, [
+    [2, 'ADD_COLUMN_CONSTRAINT'],
+    [3, 'ADD_COLUMN_CONSTRAINT']
+  ])
 })
 
 t.test('a primary key is judged by the type an earlier migration gave the column', async (t) => {

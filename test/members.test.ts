@@ -17,6 +17,9 @@ let cognito: TestCognito
 let operator: string
 
 const bearer = (token: string, tenant?: string) => ({ authorization: `Bearer ${token}`, ...(tenant ? { 'x-tenant-id': tenant } : {}) })
+/** POST /users as the caller of `token` in `tenant`: a plain user, or with `invite: true` a member invited into the pool. */
+const addUser = (token: string, tenant: string, user: Record<string, unknown>) =>
+  ctx.app.inject({ method: 'POST', url: '/users', headers: bearer(token, tenant), payload: user })
 const rowsOf = async (tenant: string) => (await ctx.admin.query(`SELECT email, role, status, sub FROM ${JSON.stringify(tenant)}.users ORDER BY email`)).rows
 
 /** Logs a pool user in with a password set as completing the invitation would, and returns its ID token. */
@@ -61,12 +64,7 @@ t.test('creating a tenant with an admin onboards that admin into the pool, bound
 })
 
 t.test('an admin member invites a member; the member logs in with a real token', async (t) => {
-  const response = await ctx.app.inject({
-    method: 'POST',
-    url: '/users',
-    headers: bearer(adminToken, ACME),
-    payload: { email: 'worker@acme.test', name: 'A Worker', invite: true }
-  })
+  const response = await addUser(adminToken, ACME, { email: 'worker@acme.test', name: 'A Worker', invite: true })
   t.equal(response.statusCode, 201, response.body)
   const user = response.json()
   memberId = user.id
@@ -91,33 +89,18 @@ t.test('an admin member invites a member; the member logs in with a real token',
 })
 
 t.test('repeating an invitation of an active member is a conflict; the pool is unchanged', async (t) => {
-  const response = await ctx.app.inject({
-    method: 'POST',
-    url: '/users',
-    headers: bearer(operator, ACME),
-    payload: { email: 'worker@acme.test', name: 'Again', invite: true }
-  })
+  const response = await addUser(operator, ACME, { email: 'worker@acme.test', name: 'Again', invite: true })
   t.equal(response.statusCode, 409)
   t.equal(response.json().code, 'USER_EMAIL_EXISTS')
   t.equal((await cognito.users()).size, 3)
 })
 
 t.test('an invitation with a temporary password (COGNITO_INVITE_MESSAGE_ACTION=SUPPRESS): the first login must set a new one', async (t) => {
-  const lonely = await ctx.app.inject({
-    method: 'POST',
-    url: '/users',
-    headers: bearer(adminToken, ACME),
-    payload: { email: 'temp@acme.test', name: 'Temp', temporaryPassword: 'Temp-Pass-42' }
-  })
+  const lonely = await addUser(adminToken, ACME, { email: 'temp@acme.test', name: 'Temp', temporaryPassword: 'Temp-Pass-42' })
   t.equal(lonely.statusCode, 400, 'a temporary password without an invitation is refused')
   t.equal(lonely.json().code, 'VALIDATION_ERROR')
 
-  const response = await ctx.app.inject({
-    method: 'POST',
-    url: '/users',
-    headers: bearer(adminToken, ACME),
-    payload: { email: 'temp@acme.test', name: 'Temp', invite: true, temporaryPassword: 'Temp-Pass-42' }
-  })
+  const response = await addUser(adminToken, ACME, { email: 'temp@acme.test', name: 'Temp', invite: true, temporaryPassword: 'Temp-Pass-42' })
   t.equal(response.statusCode, 201, response.body)
   const login = await cognito.client.send(
     new InitiateAuthCommand({
@@ -156,12 +139,7 @@ t.test("a member's token on another tenant is refused", async (t) => {
     const read = await ctx.app.inject({ method: 'GET', url: '/users', headers: bearer(token, GLOBEX) })
     t.equal(read.statusCode, 403)
     t.equal(read.json().code, 'TENANT_MISMATCH')
-    const write = await ctx.app.inject({
-      method: 'POST',
-      url: '/users',
-      headers: bearer(token, GLOBEX),
-      payload: { email: 'x@globex.test', name: 'X', invite: true }
-    })
+    const write = await addUser(token, GLOBEX, { email: 'x@globex.test', name: 'X', invite: true })
     t.equal(write.json().code, 'TENANT_MISMATCH')
   }
   t.same(await rowsOf(GLOBEX), [])
@@ -169,12 +147,7 @@ t.test("a member's token on another tenant is refused", async (t) => {
 })
 
 t.test('an email already bound to another tenant in the pool is refused with 409, and no row stays behind', async (t) => {
-  const response = await ctx.app.inject({
-    method: 'POST',
-    url: '/users',
-    headers: bearer(operator, GLOBEX),
-    payload: { email: 'worker@acme.test', name: 'Poacher', invite: true }
-  })
+  const response = await addUser(operator, GLOBEX, { email: 'worker@acme.test', name: 'Poacher', invite: true })
   t.equal(response.statusCode, 409)
   t.equal(response.json().code, 'MEMBER_IN_OTHER_TENANT')
   t.same(await rowsOf(GLOBEX), [])
@@ -184,24 +157,14 @@ t.test('an email already bound to another tenant in the pool is refused with 409
 t.test('an invitation interrupted after the row was written is finished by repeating it', async (t) => {
   // What a crash between the row and AdminCreateUser leaves behind.
   await ctx.admin.query(`INSERT INTO acme.users (email, name, status) VALUES ('late@acme.test', 'Late', 'inviting')`)
-  const response = await ctx.app.inject({
-    method: 'POST',
-    url: '/users',
-    headers: bearer(adminToken, ACME),
-    payload: { email: 'late@acme.test', name: 'Late Comer', invite: true }
-  })
+  const response = await addUser(adminToken, ACME, { email: 'late@acme.test', name: 'Late Comer', invite: true })
   t.equal(response.statusCode, 201, response.body)
   t.match(response.json(), { status: 'active', name: 'Late Comer' })
   t.equal((await cognito.users()).get('late@acme.test')!.attributes['custom:tenant_id'], ACME)
 
   // And one interrupted after AdminCreateUser: the pool user exists, the row is still inviting.
   await ctx.admin.query(`UPDATE acme.users SET status = 'inviting', sub = NULL WHERE email = 'late@acme.test'`)
-  const again = await ctx.app.inject({
-    method: 'POST',
-    url: '/users',
-    headers: bearer(adminToken, ACME),
-    payload: { email: 'late@acme.test', name: 'Late Comer', invite: true }
-  })
+  const again = await addUser(adminToken, ACME, { email: 'late@acme.test', name: 'Late Comer', invite: true })
   t.equal(again.statusCode, 201, again.body)
   t.equal(again.json().sub, (await cognito.users()).get('late@acme.test')!.attributes.sub, 'the existing pool user is adopted')
 })
@@ -236,13 +199,7 @@ t.test('an admin member changes a role; removing a member disables and deletes i
 })
 
 t.test('an invitation while the pool is down: 503, the row stays inviting; repeated once the pool is back, it is finished', async (t) => {
-  const invite = () =>
-    ctx.app.inject({
-      method: 'POST',
-      url: '/users',
-      headers: bearer(operator, GLOBEX),
-      payload: { email: 'patient@globex.test', name: 'Patient', invite: true }
-    })
+  const invite = () => addUser(operator, GLOBEX, { email: 'patient@globex.test', name: 'Patient', invite: true })
   await cognito.pause()
   const failed = await invite().finally(() => cognito.resume())
   t.equal(failed.statusCode, 503, failed.body)
@@ -259,12 +216,7 @@ t.test('an invitation while the pool is down: 503, the row stays inviting; repea
 })
 
 t.test('deleting a tenant removes the pool users of all its members, and only theirs', async (t) => {
-  await ctx.app.inject({
-    method: 'POST',
-    url: '/users',
-    headers: bearer(operator, GLOBEX),
-    payload: { email: 'hank@globex.test', name: 'Hank', invite: true }
-  })
+  await addUser(operator, GLOBEX, { email: 'hank@globex.test', name: 'Hank', invite: true })
   const response = await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: bearer(operator) })
   t.equal(response.statusCode, 204, response.body)
   const pool = await cognito.users()

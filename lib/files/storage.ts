@@ -10,7 +10,8 @@ import {
   S3Client
 } from '@aws-sdk/client-s3'
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner'
-import { ApiError, serviceUnavailable } from '../../schemas/errors.ts'
+import { ApiError } from '../../schemas/errors.ts'
+import { awsErrorClassifier } from '../aws-errors.ts'
 import type { UploadInstructions } from '../../schemas/file.ts'
 
 export interface StorageOptions {
@@ -22,34 +23,17 @@ export interface StorageOptions {
   presignExpiresSeconds: number
 }
 
-/** S3 error names that mean "not now" rather than "no". */
-const TRANSIENT = new Set([
-  'TimeoutError',
-  'RequestTimeout',
-  'RequestTimeTooSkewed',
-  'SlowDown',
-  'ServiceUnavailable',
-  'InternalError',
-  'ThrottlingException',
-  'CredentialsProviderError',
-  'AbortError'
-])
-
 /**
- * What an S3 failure means to a client. No answer, a 5xx, throttling or missing credentials is 503
+ * What an S3 failure means to a client: no answer, a 5xx, throttling or missing credentials is 503
  * `STORAGE_UNAVAILABLE` (worth retrying); any other refusal (access denied, no such bucket) is 502
- * `STORAGE_ERROR`. The S3 error stays attached as `cause`, for the log.
+ * `STORAGE_ERROR`.
  */
-export function storageError(error: unknown, action: string): ApiError {
-  if (error instanceof ApiError) return error
-  const failure = error as { name?: string; $metadata?: { httpStatusCode?: number } }
-  const status = failure?.$metadata?.httpStatusCode
-  const transient = status === undefined || status >= 500 || status === 429 || TRANSIENT.has(failure?.name ?? '')
-  const apiError = transient
-    ? serviceUnavailable('STORAGE_UNAVAILABLE', `Object storage is not available (${action}); retry shortly`)
-    : new ApiError('STORAGE_ERROR', `Object storage refused to ${action}`)
-  return Object.assign(apiError, { cause: error })
-}
+export const storageError = awsErrorClassifier({
+  unavailable: 'STORAGE_UNAVAILABLE',
+  refused: 'STORAGE_ERROR',
+  service: 'Object storage',
+  transient: ['RequestTimeout', 'RequestTimeTooSkewed', 'SlowDown', 'ServiceUnavailable', 'InternalError']
+})
 
 const isNotFound = (error: unknown) => {
   const failure = error as { name?: string; $metadata?: { httpStatusCode?: number } }
@@ -81,6 +65,22 @@ export function createStorage(options: StorageOptions) {
       return await operation()
     } catch (error) {
       throw storageError(error, action)
+    }
+  }
+
+  /** Deletes `keys` (any number), up to 1000 per DeleteObjects; gone already counts as deleted. */
+  async function deleteKeys(keys: readonly string[]): Promise<void> {
+    for (let start = 0; start < keys.length; start += 1000) {
+      const batch = keys.slice(start, start + 1000)
+      const result = await send('delete objects', () =>
+        client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }))
+      )
+      if (result.Errors && result.Errors.length > 0) {
+        const first = result.Errors[0]
+        throw Object.assign(new ApiError('STORAGE_ERROR', `Object storage refused to delete ${result.Errors.length} objects`), {
+          cause: new Error(`${first.Code}: ${first.Message} (${first.Key})`)
+        })
+      }
     }
   }
 
@@ -177,21 +177,7 @@ export function createStorage(options: StorageOptions) {
       } while (token)
     },
 
-    /** Deletes `keys` (any number), up to 1000 per DeleteObjects; gone already counts as deleted. */
-    async deleteKeys(keys: readonly string[]): Promise<void> {
-      for (let start = 0; start < keys.length; start += 1000) {
-        const batch = keys.slice(start, start + 1000)
-        const result = await send('delete objects', () =>
-          client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }))
-        )
-        if (result.Errors && result.Errors.length > 0) {
-          const first = result.Errors[0]
-          throw Object.assign(new ApiError('STORAGE_ERROR', `Object storage refused to delete ${result.Errors.length} objects`), {
-            cause: new Error(`${first.Code}: ${first.Message} (${first.Key})`)
-          })
-        }
-      }
-    },
+    deleteKeys,
 
     /** Succeeds when the object is already gone, as S3 does. */
     async deleteObject(key: string): Promise<void> {
@@ -213,18 +199,9 @@ export function createStorage(options: StorageOptions) {
           client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, MaxKeys: pageSize, ContinuationToken: token }))
         )
         const keys = (page.Contents ?? []).map((object) => object.Key).filter((key): key is string => !!key && key.startsWith(prefix))
-        if (keys.length > 0) {
-          const result = await send('delete objects', () =>
-            client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }))
-          )
-          if (result.Errors && result.Errors.length > 0) {
-            const first = result.Errors[0]
-            throw Object.assign(new ApiError('STORAGE_ERROR', `Object storage refused to delete ${result.Errors.length} objects`), {
-              cause: new Error(`${first.Code}: ${first.Message} (${first.Key})`)
-            })
-          }
-          deleted += keys.length
-        }
+        // One page is at most 1000 keys: one DeleteObjects.
+        await deleteKeys(keys)
+        deleted += keys.length
         token = page.IsTruncated ? page.NextContinuationToken : undefined
       } while (token)
       return deleted

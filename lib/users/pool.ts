@@ -6,7 +6,8 @@ import {
   CognitoIdentityProviderClient,
   DescribeUserPoolCommand
 } from '@aws-sdk/client-cognito-identity-provider'
-import { ApiError, serviceUnavailable } from '../../schemas/errors.ts'
+import { ApiError } from '../../schemas/errors.ts'
+import { awsErrorClassifier } from '../aws-errors.ts'
 
 export interface UserPoolOptions {
   region: string
@@ -18,31 +19,17 @@ export interface UserPoolOptions {
   maxAttempts?: number
 }
 
-/** Cognito error names that mean "not now" rather than "no". */
-const TRANSIENT = new Set([
-  'TimeoutError',
-  'TooManyRequestsException',
-  'ThrottlingException',
-  'InternalErrorException',
-  'CredentialsProviderError',
-  'AbortError'
-])
-
 /**
  * What a user-pool failure means to a client: no answer, a 5xx, throttling or no credentials is
  * 503 `USER_POOL_UNAVAILABLE` (worth retrying); any other refusal (access denied, no such pool)
- * is 502 `USER_POOL_ERROR`. The SDK's error stays attached as `cause`, for the log.
+ * is 502 `USER_POOL_ERROR`.
  */
-export function userPoolError(error: unknown, action: string): ApiError {
-  if (error instanceof ApiError) return error
-  const failure = error as { name?: string; $metadata?: { httpStatusCode?: number } }
-  const status = failure?.$metadata?.httpStatusCode
-  const transient = status === undefined || status >= 500 || status === 429 || TRANSIENT.has(failure?.name ?? '')
-  const apiError = transient
-    ? serviceUnavailable('USER_POOL_UNAVAILABLE', `The user pool is not available (${action}); retry shortly`)
-    : new ApiError('USER_POOL_ERROR', `The user pool refused to ${action}`)
-  return Object.assign(apiError, { cause: error })
-}
+export const userPoolError = awsErrorClassifier({
+  unavailable: 'USER_POOL_UNAVAILABLE',
+  refused: 'USER_POOL_ERROR',
+  service: 'The user pool',
+  transient: ['TooManyRequestsException', 'InternalErrorException']
+})
 
 const named = (error: unknown, name: string) => (error as { name?: string })?.name === name
 
