@@ -466,7 +466,21 @@ t.test('the network policy admits the API from the cluster, metrics from Prometh
   )
   const egressPorts = (policy: Resource) =>
     new Set((policy.spec.egress as Rule[]).flatMap((rule) => (rule.ports ?? []).map((entry) => `${entry.port}/${entry.protocol ?? 'TCP'}`)))
-  t.same([...egressPorts(api)].sort(), ['443/TCP', '53/TCP', '53/UDP', '5432/TCP', '6379/TCP'], 'out: DNS, PostgreSQL, Redis, HTTPS')
+  t.same(
+    [...egressPorts(api)].sort(),
+    ['4317/TCP', '4318/TCP', '443/TCP', '53/TCP', '53/UDP', '5432/TCP', '6379/TCP'],
+    'out: DNS, PostgreSQL, Redis, HTTPS, OTLP'
+  )
+  // An in-cluster OpenTelemetry collector listens on the OTLP ports, not 443: without them, a
+  // configured OTEL_EXPORTER_OTLP_ENDPOINT exports nothing.
+  for (const port of [4317, 4318]) {
+    t.ok(
+      (api.spec.egress as Rule[]).some(
+        (rule) => rule.to === undefined && rule.ports?.some((entry) => entry.port === port && (entry.protocol ?? 'TCP') === 'TCP')
+      ),
+      `out: OTLP ${port}/TCP to any collector address`
+    )
+  }
   const [migrateJob] = forPods(job.spec.template.metadata.labels)
   t.ok(migrateJob, 'a policy selects the migration pod')
   t.same(migrateJob?.spec.ingress, [], 'nothing reaches the migration pod')
