@@ -14,7 +14,7 @@ import { ConfigMap, Secret, Service, ServiceAccount } from 'kubernetes-models/v1
 import type { IContainer, IPodSpec, IProbe } from 'kubernetes-models/v1'
 import t from 'tap'
 import { parse, parseAllDocuments } from 'yaml'
-import { EnvSchema, loadConfig } from '../schemas/env.ts'
+import { cognitoIssuer, EnvSchema, loadConfig } from '../schemas/env.ts'
 import { main as migrate, parseOptions as migrateOptions } from '../scripts/migrate.ts'
 import { setupApp } from './helpers/app.ts'
 import { type Resource, render, resourceId } from './helpers/kustomize.ts'
@@ -363,6 +363,17 @@ t.test('configuration: a ConfigMap and a Secret that make a valid production con
       t.ok(known.has(key) || key.startsWith('AWS_'), `${name}: ${key} is a variable the service reads`)
     const config = loadConfig({ ...data, ...secretValues })
     t.equal(config.NODE_ENV, 'production', `${name}: loadConfig accepts the manifests’ configuration`)
+    // A Cognito pool, as deploy/README.md recommends: with its id, members are managed and the pool
+    // is checked at start; the issuer is derived from it, never written beside it (that would
+    // declare a pool not on AWS).
+    t.ok(config.COGNITO_REGION && config.COGNITO_USER_POOL_ID, `${name}: a Cognito user pool is configured, so members are on`)
+    t.notOk('JWT_ISSUER' in data, `${name}: the issuer is not set by hand`)
+    t.equal(config.JWT_ISSUER, cognitoIssuer(config.COGNITO_REGION!, config.COGNITO_USER_POOL_ID!), `${name}: the issuer is the pool’s`)
+    t.ok(config.JWT_CLIENT_ID, `${name}: tokens are checked against an app client`)
+  }
+  const [baseData, overlayData] = [renderings.base, renderings.overlay].map((resources) => oneOf(resources, 'ConfigMap').data as Record<string, string>)
+  for (const key of ['COGNITO_REGION', 'COGNITO_USER_POOL_ID', 'JWT_CLIENT_ID']) {
+    t.not(overlayData[key], baseData[key], `the overlay sets its own ${key}`)
   }
 })
 
