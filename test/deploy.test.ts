@@ -3,7 +3,7 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } f
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { isDeepStrictEqual, promisify } from 'node:util'
+import { promisify } from 'node:util'
 import { PrometheusRule, ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1'
 import { Deployment } from 'kubernetes-models/apps/v1'
 import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2'
@@ -126,43 +126,51 @@ t.test('every manifest of deploy/base is in its kustomization', async (t) => {
   t.same([...kustomization.resources].sort(), files.sort())
 })
 
-/** A kustomize to compare the renderer with, when the machine has one (neither Debian nor npm packages it). */
-const kustomizeTool = await (async () => {
-  const run = promisify(execFile)
-  for (const [command, args, version] of [
-    ['kustomize', ['build'], ['version']],
-    ['kubectl', ['kustomize'], ['version', '--client']]
-  ] as const) {
-    if (
-      await run(command, version, { timeout: 10_000 }).then(
-        () => true,
-        () => false
-      )
-    )
-      return { command, args }
-  }
-  return undefined
-})()
+/**
+ * The real kustomize, to hold the renderer to: kubectl's built-in one (`kubectl kustomize`, on
+ * this machine and CI's), and the standalone `kustomize` where it is installed. Each that is on
+ * PATH renders deploy/ and the example overlay, and must give exactly the renderer's objects.
+ */
+const kustomizeTools = [
+  { command: 'kubectl', args: ['kustomize'], version: ['version', '--client'] },
+  { command: 'kustomize', args: ['build'], version: ['version'] }
+] as const
+const run = promisify(execFile)
+const installed = async (command: string, args: readonly string[]) =>
+  run(command, [...args], { timeout: 10_000 }).then(
+    () => true,
+    () => false
+  )
 
-t.test(
-  'the renderer agrees with kustomize where a kustomize is installed',
-  { skip: kustomizeTool ? false : 'neither kustomize nor kubectl is installed: the renderer alone renders (test/helpers/kustomize.ts)' },
-  async (t) => {
-    const run = promisify(execFile)
-    const tool = kustomizeTool!
-    for (const [name, dir] of [
-      ['base', deployDir],
-      ['overlay', overlayDir]
-    ] as const) {
-      const { stdout } = await run(tool.command, [...tool.args, dir], { maxBuffer: 16 << 20 })
-      const theirs = new Map(parseAllDocuments(stdout).map((document) => [resourceId(document.toJS()), document.toJS() as Resource]))
-      t.same([...theirs.keys()].sort(), renderings[name].map(resourceId).sort(), `${name}: the same objects as ${tool.command}`)
-      for (const resource of renderings[name]) {
-        t.ok(isDeepStrictEqual(resource, theirs.get(resourceId(resource))), `${name}: ${resourceId(resource)} as ${tool.command} renders it`)
+for (const tool of kustomizeTools) {
+  const present = await installed(tool.command, tool.version)
+  t.test(
+    `\`${tool.command} ${tool.args.join(' ')}\` renders the same objects as the renderer`,
+    { skip: present ? false : `${tool.command} is not on PATH: the renderer alone renders (test/helpers/kustomize.ts)` },
+    async (t) => {
+      for (const [name, dir] of [
+        ['base', deployDir],
+        ['overlay', overlayDir]
+      ] as const) {
+        const { stdout } = await run(tool.command, [...tool.args, dir], { maxBuffer: 16 << 20 })
+        const parsed = parseAllDocuments(stdout)
+        t.same(
+          parsed.flatMap((document) => document.errors.map((error) => error.message)),
+          [],
+          `${name}: ${tool.command} printed valid YAML`
+        )
+        const documents = parsed.map((document) => document.toJS() as Resource)
+        const theirs = new Map(documents.map((resource) => [resourceId(resource), resource]))
+        t.equal(theirs.size, documents.length, `${name}: ${tool.command} renders each object once`)
+        // Order-insensitive: kustomize sorts by kind, the renderer keeps the kustomization's order.
+        t.same([...theirs.keys()].sort(), renderings[name].map(resourceId).sort(), `${name}: the same objects as ${tool.command}`)
+        for (const resource of renderings[name]) {
+          t.strictSame(resource, theirs.get(resourceId(resource)), `${name}: ${resourceId(resource)} as ${tool.command} renders it`)
+        }
       }
     }
-  }
-)
+  )
+}
 
 t.test('the renderer refuses what it does not implement, and applies the patches it does', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'tenant-service-kustomize-'))

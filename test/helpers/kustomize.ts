@@ -4,8 +4,10 @@ import { parse, parseAllDocuments } from 'yaml'
 
 /**
  * Renders a kustomization as `kubectl kustomize` (and so `kubectl apply -k`) does, for the part of
- * kustomize that deploy/ uses, so the tests can render and check the base and its overlays on a
- * machine without kustomize or kubectl (neither is packaged by Debian or npm). Supported:
+ * kustomize that deploy/ uses, so the tests can render and check the base and its overlays on any
+ * machine: npm packages neither kustomize nor kubectl, and not every machine has one. Where kubectl
+ * (or kustomize) is on PATH, as on this project's CI, test/deploy.test.ts renders with it too and
+ * requires the very same objects. Supported:
  *
  * - `resources`: manifest files, and directories holding a kustomization (rendered first);
  * - `patches`: each from `path` or inline `patch`, aimed by `target` (kind, name, group, version)
