@@ -12,8 +12,8 @@ import { eventually } from './helpers/wait.ts'
 
 /**
  * An upgrade as it happens: tenants at older schema versions, instances of the new code started on
- * the same database, requests arriving while `npm run migrate` runs. Routes need the version that
- * made their tables (GET / any, /users 0004, /files 0002), and a tenant behind is migrated by its
+ * the same database, requests arriving while `npm run migrate` runs. Routes need the version their
+ * SQL reads (GET / any, /users 0004, /files 0003), and a tenant behind is migrated by its
  * first request, or answered 503 TENANT_MIGRATING, never 500.
  */
 

@@ -7,7 +7,8 @@ import type { FastifyInstance } from 'fastify'
  */
 export default async function filesHooks(fastify: FastifyInstance) {
   fastify.addHook('onRoute', fastify.declareBearerAuth('tenant'))
-  // The tenant migration that made the `files` table (0002_files): a tenant behind it is migrated first.
+  // The tenant migration the routes' SQL needs: 0003_file_lifecycle (deleted files and
+  // `upload_expires_at`, on the `files` table of 0002_files). A tenant behind it is migrated first.
   fastify.addHook('onRoute', fastify.requireTenantSchema(3))
   fastify.addHook('onRequest', fastify.requireTenantAccess)
   fastify.addHook('onRoute', fastify.scopeToTenant)

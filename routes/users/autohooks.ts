@@ -7,7 +7,8 @@ import type { FastifyInstance } from 'fastify'
  */
 export default async function usersHooks(fastify: FastifyInstance) {
   fastify.addHook('onRoute', fastify.declareBearerAuth('tenant'))
-  // The tenant migration that made the `users` table (0001_users): a tenant behind it is migrated first.
+  // The tenant migration the routes' SQL needs: 0004_members (the `sub`, `role` and `status` of
+  // members, on the `users` table of 0001_users). A tenant behind it is migrated first.
   fastify.addHook('onRoute', fastify.requireTenantSchema(4))
   fastify.addHook('onRequest', fastify.requireTenantAccess)
   fastify.addHook('onRoute', fastify.scopeToTenant)
