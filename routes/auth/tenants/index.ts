@@ -11,6 +11,7 @@ import {
   provisionTenant,
   toTenant,
   updateTenant,
+  USAGE_TENANT_SCHEMA_VERSION,
   type TenantRow
 } from '../../../lib/tenants/index.ts'
 import { deleteTenantObjects, requestSweep } from '../../../lib/files/index.ts'
@@ -118,13 +119,18 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
           "included, another instance's last interval may be missing.",
         tags: ['tenants'],
         params: TenantParams,
-        response: { 200: ref(TenantUsage), ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND') }
-      }
+        response: { 200: ref(TenantUsage), ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND', 'TENANT_MIGRATING') }
+      },
+      // What its query reads; this route has no request.tenant, so the handler brings the tenant up to it.
+      config: { tenantSchemaVersion: USAGE_TENANT_SCHEMA_VERSION }
     },
     async (request) => {
       const { id } = request.params
       const tenant = checkTenantId(id) === null ? await fastify.tenantDb.lookup(id) : null
       if (!tenant) throw errors.tenantNotFound(id)
+      // A tenant whose schema predates the tables read is migrated first (or 503 TENANT_MIGRATING),
+      // as a tenant-scoped route's preHandler does for request.tenant.
+      await fastify.tenantCatchUp.ensure(tenant, USAGE_TENANT_SCHEMA_VERSION)
       // Its files and users are read through the tenant's own handle, read-only: in its schema, as its role.
       const db = fastify.tenantDb.open(tenant, true)
       try {
