@@ -1,5 +1,6 @@
 import { InitiateAuthCommand } from '@aws-sdk/client-cognito-identity-provider'
 import t from 'tap'
+import { loadMigrations, provisionTenant } from '../lib/tenants/index.ts'
 import { setupApp, type TestContext } from './helpers/app.ts'
 import { startTestCognito, TEST_PASSWORD, type TestCognito } from './helpers/cognito.ts'
 
@@ -21,6 +22,12 @@ const bearer = (token: string, tenant?: string) => ({ authorization: `Bearer ${t
 const addUser = (token: string, tenant: string, user: Record<string, unknown>) =>
   ctx.app.inject({ method: 'POST', url: '/users', headers: bearer(token, tenant), payload: user })
 const rowsOf = async (tenant: string) => (await ctx.admin.query(`SELECT email, role, status, sub FROM ${JSON.stringify(tenant)}.users ORDER BY email`)).rows
+
+/** A tenant as an older release made it: only the tenant migrations up to `version` (0: none, no users table). */
+async function provisionAt(id: string, version: number) {
+  const migrations = (await loadMigrations('tenant')).filter((migration) => migration.version <= version)
+  return provisionTenant(ctx.admin, { id, name: id }, { rolePrefix: ctx.config.TENANT_ROLE_PREFIX, migrations })
+}
 
 /** Logs a pool user in with a password set as completing the invitation would, and returns its ID token. */
 async function loginAs(email: string) {
@@ -264,4 +271,26 @@ t.test('a repeated tenant creation finishes an admin invitation that failed part
   await ctx.admin.query(`UPDATE initech.users SET status = 'inviting', sub = NULL`)
   t.equal((await ctx.app.inject({ method: 'DELETE', url: '/auth/tenants/initech', headers: bearer(operator) })).statusCode, 204)
   t.notOk((await cognito.users()).has('bill@initech.test'))
+})
+
+t.test('a repeated tenant creation with an admin, for a tenant whose schema predates members, is 409 TENANT_EXISTS', async (t) => {
+  const poolBefore = [...(await cognito.users()).keys()].sort()
+  // Version 0: no users table; version 1: users without the members' columns.
+  for (const [id, version] of [
+    ['hooli', 0],
+    ['umbrella', 1]
+  ] as const) {
+    await provisionAt(id, version)
+    const response = await ctx.app.inject({
+      method: 'POST',
+      url: '/auth/tenants',
+      headers: bearer(operator),
+      payload: { id, name: id, admin: { email: `boss@${id}.test`, name: 'Boss' } }
+    })
+    t.equal(response.statusCode, 409, `version ${version}: ${response.body}`)
+    t.match(response.json(), { code: 'TENANT_EXISTS', message: new RegExp(id) })
+    const { rows } = await ctx.admin.query('SELECT schema_version, status FROM public.tenants WHERE id = $1', [id])
+    t.same(rows, [{ schema_version: version, status: 'active' }], 'the tenant is left as it was')
+  }
+  t.same([...(await cognito.users()).keys()].sort(), poolBefore, 'nobody was invited into the pool')
 })

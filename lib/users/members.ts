@@ -124,6 +124,13 @@ export async function removePoolUserOf(userPool: UserPool, tenantId: string, row
   if (found?.tenant === tenantId) await userPool.remove(found.sub)
 }
 
+/**
+ * What reading members fails with on a tenant schema behind the members migration, which has none:
+ * 42703, no sub or status column (before 0004); 42P01, no users table (before 0001); 3F000, no schema.
+ */
+const BEHIND_MEMBERS_MIGRATION = new Set(['42703', '42P01', '3F000'])
+const isBehindMembersMigration = (error: unknown) => BEHIND_MEMBERS_MIGRATION.has((error as { code?: string }).code ?? '')
+
 /** Whether deleting this row also has to remove a pool user. */
 export const hasPoolUser = (row: Pick<UserRow, 'sub' | 'status'>) => row.sub !== null || row.status === 'inviting'
 
@@ -153,8 +160,7 @@ export async function removeTenantMembers(pool: pg.Pool, tenant: TenantRef, user
     )
     rows = result.rows
   } catch (error) {
-    // 42703: no sub column yet (schema behind 0004); 42P01: no users table.
-    if (['42703', '42P01', '3F000'].includes((error as { code?: string }).code ?? '')) return 0
+    if (isBehindMembersMigration(error)) return 0
     throw error
   }
   const failures: unknown[] = []
@@ -180,8 +186,7 @@ export async function hasPendingInvitation(pool: pg.Pool, tenant: TenantRef, ema
     const { rows } = await pool.query(sql, [email])
     return rows.length > 0
   } catch (error) {
-    // 42703: a schema behind the members migration has no invitations.
-    if ((error as { code?: string }).code === '42703') return false
+    if (isBehindMembersMigration(error)) return false
     throw error
   }
 }
