@@ -69,7 +69,7 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
       reply.code(201).header('location', `/auth/tenants/${row.id}`)
       if (!admin) return reply.send(toTenant(row))
       try {
-        const member = await inviteMember(pool, row, userPool!, { ...admin, role: 'admin' })
+        const member = await inviteMember(pool, row, userPool!, { ...admin, role: 'admin' }, request.log)
         return reply.send({ ...toTenant(row), admin: toUser(member) })
       } catch (error) {
         if (error instanceof ApiError && !resumed) error.message = `Tenant "${row.id}" was created, but its admin was not: ${error.message}`
@@ -169,7 +169,8 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
         description:
           "Disables and deletes its members' users in the Cognito user pool, deletes the tenant's files from object storage, " +
           'then drops its schema with all its data, its role and its registry row. If a pool user or a file cannot be deleted ' +
-          'the answer is 502/503, the tenant stays in status `deleting` (refusing requests) and repeating the DELETE finishes the job.',
+          'the answer is 502/503, the tenant stays in status `deleting` (refusing requests) and repeating the DELETE finishes the job. ' +
+          "The same holds while a member's invitation may still be creating its pool user (503, at most 2 minutes after it started; see Retry-After).",
         tags: ['tenants'],
         params: TenantParams,
         response: {
