@@ -1,5 +1,8 @@
-import { InitiateAuthCommand } from '@aws-sdk/client-cognito-identity-provider'
+import { AdminCreateUserCommand, InitiateAuthCommand } from '@aws-sdk/client-cognito-identity-provider'
 import t from 'tap'
+import { loadMigrations, provisionTenant } from '../lib/tenants/index.ts'
+import { inviteMember, type UserPool } from '../lib/users/index.ts'
+import { ApiError } from '../schemas/errors.ts'
 import { setupApp, type TestContext } from './helpers/app.ts'
 import { startTestCognito, TEST_PASSWORD, type TestCognito } from './helpers/cognito.ts'
 
@@ -21,6 +24,12 @@ const bearer = (token: string, tenant?: string) => ({ authorization: `Bearer ${t
 const addUser = (token: string, tenant: string, user: Record<string, unknown>) =>
   ctx.app.inject({ method: 'POST', url: '/users', headers: bearer(token, tenant), payload: user })
 const rowsOf = async (tenant: string) => (await ctx.admin.query(`SELECT email, role, status, sub FROM ${JSON.stringify(tenant)}.users ORDER BY email`)).rows
+
+/** A tenant as an older release made it: only the tenant migrations up to `version` (0: none, no users table). */
+async function provisionAt(id: string, version: number) {
+  const migrations = (await loadMigrations('tenant')).filter((migration) => migration.version <= version)
+  return provisionTenant(ctx.admin, { id, name: id }, { rolePrefix: ctx.config.TENANT_ROLE_PREFIX, migrations })
+}
 
 /** Logs a pool user in with a password set as completing the invitation would, and returns its ID token. */
 async function loginAs(email: string) {
@@ -264,4 +273,96 @@ t.test('a repeated tenant creation finishes an admin invitation that failed part
   await ctx.admin.query(`UPDATE initech.users SET status = 'inviting', sub = NULL`)
   t.equal((await ctx.app.inject({ method: 'DELETE', url: '/auth/tenants/initech', headers: bearer(operator) })).statusCode, 204)
   t.notOk((await cognito.users()).has('bill@initech.test'))
+})
+
+t.test('a repeated tenant creation with an admin, for a tenant whose schema predates members, is 409 TENANT_EXISTS', async (t) => {
+  const poolBefore = [...(await cognito.users()).keys()].sort()
+  // Version 0: no users table; version 1: users without the members' columns.
+  for (const [id, version] of [
+    ['hooli', 0],
+    ['umbrella', 1]
+  ] as const) {
+    await provisionAt(id, version)
+    const response = await ctx.app.inject({
+      method: 'POST',
+      url: '/auth/tenants',
+      headers: bearer(operator),
+      payload: { id, name: id, admin: { email: `boss@${id}.test`, name: 'Boss' } }
+    })
+    t.equal(response.statusCode, 409, `version ${version}: ${response.body}`)
+    t.match(response.json(), { code: 'TENANT_EXISTS', message: new RegExp(id) })
+    const { rows } = await ctx.admin.query('SELECT schema_version, status FROM public.tenants WHERE id = $1', [id])
+    t.same(rows, [{ schema_version: version, status: 'active' }], 'the tenant is left as it was')
+  }
+  t.same([...(await cognito.users()).keys()].sort(), poolBefore, 'nobody was invited into the pool')
+})
+
+t.test('a tenant deletion while an invitation may still be creating its pool user stops there, until that invitation is old', async (t) => {
+  const status = async (id: string) => (await ctx.admin.query('SELECT status FROM public.tenants WHERE id = $1', [id])).rows[0]?.status
+  const remove = (id: string) => ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${id}`, headers: bearer(operator) })
+  for (const id of ['wayne', 'stark']) {
+    const created = await ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: bearer(operator), payload: { id, name: id } })
+    t.equal(created.statusCode, 201, created.body)
+    // An invitation that has written its row and is waiting for AdminCreateUser: no pool user yet.
+    await ctx.admin.query(`INSERT INTO ${id}.users (email, name, status) VALUES ($1, 'Fresh', 'inviting')`, [`fresh@${id}.test`])
+    const stopped = await remove(id)
+    t.equal(stopped.statusCode, 503, stopped.body)
+    t.match(stopped.json(), { code: 'USER_POOL_UNAVAILABLE', message: /fresh@.*stays in status "deleting".*Repeat the DELETE/ })
+    t.match(stopped.headers['retry-after'], /^[1-9]\d*$/, 'with Retry-After')
+    t.equal(await status(id), 'deleting', `${id} stays deleting`)
+    t.equal((await rowsOf(id)).length, 1, 'with its list of members')
+  }
+
+  // wayne: the invitation never made its pool user. Once the row is older than any call in flight, the DELETE finishes.
+  await ctx.admin.query(`UPDATE wayne.users SET updated_at = now() - interval '1 hour'`)
+  const finished = await remove('wayne')
+  t.equal(finished.statusCode, 204, finished.body)
+  t.equal(await status('wayne'), undefined, 'wayne is gone')
+
+  // stark: AdminCreateUser lands after the failed DELETE (and the invitation could not delete it again). The repeat finds it by email.
+  await cognito.client.send(
+    new AdminCreateUserCommand({
+      UserPoolId: cognito.userPoolId,
+      Username: 'fresh@stark.test',
+      UserAttributes: [
+        { Name: 'email', Value: 'fresh@stark.test' },
+        { Name: 'custom:tenant_id', Value: 'stark' }
+      ],
+      MessageAction: 'SUPPRESS'
+    })
+  )
+  const repeated = await remove('stark')
+  t.equal(repeated.statusCode, 204, repeated.body)
+  t.equal(await status('stark'), undefined, 'stark is gone')
+  t.notOk((await cognito.users()).has('fresh@stark.test'), 'and no pool user is left bound to it')
+})
+
+t.test('an invitation whose tenant went away meanwhile deletes its pool user, and logs at error level when it cannot', async (t) => {
+  const created = await ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: bearer(operator), payload: { id: 'tyrell', name: 'Tyrell' } })
+  t.equal(created.statusCode, 201, created.body)
+  const { rows } = await ctx.admin.query('SELECT id, schema FROM public.tenants WHERE id = $1', ['tyrell'])
+  const lines: { level: string; obj: Record<string, unknown>; msg?: string }[] = []
+  const log = {
+    info: () => undefined,
+    warn: () => undefined,
+    error: (obj: object, msg?: string) => lines.push({ level: 'error', obj: obj as Record<string, unknown>, msg })
+  }
+  // A pool whose AdminCreateUser returns while a deletion marks the tenant, and which then cannot delete the user.
+  const userPool = {
+    invite: async () => {
+      await ctx.admin.query(`UPDATE public.tenants SET status = 'deleting' WHERE id = 'tyrell'`)
+      return 'sub-of-the-orphan'
+    },
+    remove: async () => {
+      throw new ApiError('USER_POOL_UNAVAILABLE', 'The user pool is not available (delete the user); retry shortly')
+    }
+  } as unknown as UserPool
+  const invited = inviteMember(ctx.admin, rows[0], userPool, { email: 'orphan@tyrell.test', name: 'Orphan' }, log)
+  await t.rejects(invited, { code: 'TENANT_DELETING' }, 'the invitation answers that the tenant is being deleted')
+  t.equal(lines.length, 1, 'one line')
+  t.match(lines[0], {
+    level: 'error',
+    obj: { sub: 'sub-of-the-orphan', email: 'orphan@tyrell.test', tenant: 'tyrell', err: { code: 'USER_POOL_UNAVAILABLE' } },
+    msg: /could not be deleted/
+  })
 })

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { createTenantCatchUp, latestVersion, loadMigrations, type Migration, provisionTenant } from '../lib/tenants/index.ts'
+import { createTenantCatchUp, latestVersion, loadMigrations, type Migration, provisionTenant, USAGE_TENANT_SCHEMA_VERSION } from '../lib/tenants/index.ts'
 import { LOCK_TENANT_SCHEMA } from '../lib/tenants/migrations.ts'
 import type { Config } from '../schemas/env.ts'
 import type { ApiError } from '../schemas/errors.ts'
@@ -13,8 +13,8 @@ import { eventually } from './helpers/wait.ts'
 /**
  * An upgrade as it happens: tenants at older schema versions, instances of the new code started on
  * the same database, requests arriving while `npm run migrate` runs. Routes need the version their
- * SQL reads (GET / any, /users 0004, /files 0003), and a tenant behind is migrated by its
- * first request, or answered 503 TENANT_MIGRATING, never 500.
+ * SQL reads (GET / any, /users 0004, /files 0003, an admin's usage 0002), and a tenant behind is
+ * migrated by its first request, or answered 503 TENANT_MIGRATING, never 500.
  */
 
 let ctx: TestContext
@@ -106,7 +106,7 @@ t.test('~40 tenants behind, two instances of the new code, requests during npm r
       const app = instances[(worker + i) % 2]
       // Any tenant, any route: every pairing of a version with a route that needs more comes up.
       const tenant = ids[Math.floor(Math.random() * ids.length)]
-      const kind = Math.floor(Math.random() * 4)
+      const kind = Math.floor(Math.random() * 5)
       const response =
         kind === 0
           ? await app.inject({
@@ -115,7 +115,10 @@ t.test('~40 tenants behind, two instances of the new code, requests during npm r
               headers: ctx.auth.tenantUser(tenant),
               payload: { email: `${randomUUID()}@example.com`, name: 'U' }
             })
-          : await get(app, tenant, kind === 1 ? '/users' : kind === 2 ? '/files' : '/')
+          : kind === 4
+            ? // An admin's route, with no request.tenant: it brings the tenant up to what it reads itself.
+              await app.inject({ method: 'GET', url: `/auth/tenants/${tenant}/usage`, headers: ctx.auth.admin() })
+            : await get(app, tenant, kind === 1 ? '/users' : kind === 2 ? '/files' : '/')
       sent++
       statuses.set(response.statusCode, (statuses.get(response.statusCode) ?? 0) + 1)
       if (response.statusCode >= 500) failures.push(`${tenant} ${kind}: ${response.statusCode} ${response.body}`)
@@ -211,6 +214,40 @@ t.test('TENANT_MIGRATIONS=job: a lagging tenant gets 503 TENANT_MIGRATING with R
   const migrate = await runScript('scripts/migrate.ts', [], serverEnv(ctx, { NODE_ENV: 'test' }))
   t.equal(migrate.code, 0)
   t.ok(await eventually(async () => (await get(app, 'job-a', '/files')).statusCode === 200, 5000), 'served once the job migrated it (heard by notification)')
+})
+
+t.test("an admin's GET /auth/tenants/:id/usage migrates a tenant behind the tables it reads, or answers 503 in job mode, never 500", async (t) => {
+  const usage = (app: FastifyInstance, tenant: string) => app.inject({ method: 'GET', url: `/auth/tenants/${tenant}/usage`, headers: ctx.auth.admin() })
+  await provisionAt(['usage-a'], 0)
+  await provisionAt(['usage-b'], 1)
+  await provisionAt(['usage-c'], USAGE_TENANT_SCHEMA_VERSION)
+
+  const job = await instance(t, { TENANT_MIGRATIONS: 'job' })
+  for (const id of ['usage-a', 'usage-b']) {
+    const refused = await usage(job, id)
+    t.equal(refused.statusCode, 503, `job mode: ${id} ${refused.body}`)
+    t.match(refused.json(), { statusCode: 503, code: 'TENANT_MIGRATING', message: new RegExp(id) })
+    t.match(refused.headers['retry-after'], /^[1-9]\d*$/, 'with Retry-After')
+  }
+  const served = await usage(job, 'usage-c')
+  t.equal(served.statusCode, 200, `job mode: a tenant at the version the usage reads is served (${served.body})`)
+  t.match(served.json(), { tenant: 'usage-c', users: 0, storage: { files: 0, bytes: 0 } })
+  t.match(
+    await registry(['usage-a', 'usage-b', 'usage-c']),
+    {
+      'usage-a': { schema_version: 0 },
+      'usage-b': { schema_version: 1 },
+      'usage-c': { schema_version: USAGE_TENANT_SCHEMA_VERSION }
+    },
+    'nothing migrated in job mode'
+  )
+
+  for (const id of ['usage-a', 'usage-b']) {
+    const response = await usage(ctx.app, id)
+    t.equal(response.statusCode, 200, `on request: ${id} ${response.body}`)
+    t.match(response.json(), { tenant: id, users: 0, storage: { files: 0, bytes: 0 } })
+    t.match((await registry([id]))[id], { schema_version: latest, migration_status: 'ok' }, `${id} migrated by the request`)
+  }
 })
 
 t.test('a request waiting on the lock another session holds gets 503 TENANT_MIGRATING after the wait', async (t) => {

@@ -19,4 +19,10 @@ export { provisionTenant } from './provisioning.ts'
 export { deleteTenant, findTenant, getTenant, listTenants, TENANT_CHANGED_CHANNEL, toTenant, updateTenant, type TenantRow } from './registry.ts'
 export { TenantSpares } from './spares.ts'
 export { assertValidTenantId, checkTenantId, tenantRoleName } from './sql.ts'
-export { createTenantUsage, USAGE_RETENTION_DAYS, type TenantQueryable, type TenantUsageCounter } from './usage.ts'
+export {
+  createTenantUsage,
+  USAGE_RETENTION_DAYS,
+  USAGE_TENANT_SCHEMA_VERSION,
+  type TenantQueryable,
+  type TenantUsageCounter
+} from './usage.ts'

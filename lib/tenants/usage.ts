@@ -57,6 +57,12 @@ const PRUNE = `DELETE FROM public.tenant_usage WHERE hour < now() - interval '${
 
 const STORED_REQUESTS = 'SELECT hour, requests::text AS requests FROM public.tenant_usage WHERE tenant_id = $1 AND hour >= $2'
 
+/**
+ * The tenant migration FILES_AND_USERS needs: `users` (0001) and `files.status` (0002). A tenant
+ * behind it is brought up to it before the query runs (the route calls tenantCatchUp.ensure).
+ */
+export const USAGE_TENANT_SCHEMA_VERSION = 2
+
 /** Run through the tenant's own handle: unqualified names, its schema and role. */
 const FILES_AND_USERS = `SELECT (SELECT count(*) FROM users)::text AS users, count(*)::text AS files, coalesce(sum(size), 0)::text AS bytes
   FROM files WHERE status = 'uploaded'`

@@ -1,11 +1,11 @@
 import pg from 'pg'
-import { ApiError, errors } from '../../schemas/errors.ts'
+import { ApiError, errors, serviceUnavailable } from '../../schemas/errors.ts'
 import type { MemberRole } from '../../schemas/user.ts'
 import type { Principal } from '../auth/index.ts'
 import type { Queryable } from '../tenant-db/index.ts'
 import { runInTransaction } from '../transaction.ts'
 import { memberBySub, USER_COLUMNS, type UserRow } from './index.ts'
-import type { UserPool } from './pool.ts'
+import { USER_POOL_CALL_MAX_MS, type UserPool } from './pool.ts'
 
 /**
  * Members: users of a tenant backed by a user of the Cognito pool, bound to the tenant by its
@@ -23,6 +23,13 @@ import type { UserPool } from './pool.ts'
  *   row and a repeat finishes (a pool user already gone counts as removed).
  * - Tenant deletion: every member's pool user goes while the tenant is `deleting` and its schema
  *   (the list of members) still exists; a failure stops the deletion there (see routes/auth/tenants).
+ *   An `inviting` row whose pool user is not found may be an invitation between (1) and (3), its
+ *   AdminCreateUser in flight: that pool user could appear after the look-up, bound to a dropped
+ *   tenant, and the invitation's own clean-up could fail or never run. So such a row younger than
+ *   INVITATION_IN_FLIGHT_MS stops the deletion too; the repeat finds the pool user by email, or
+ *   knows none can come. A leftover pool user would outlive even a tenant created again with the
+ *   same id: tokens issued before a tenant's `created_at` are refused (plugins/app/tenant-context.ts),
+ *   but that pool user could log in again, and its new token would be accepted.
  * - Steps (1) and (3) hold the registry row FOR SHARE and refuse a tenant being deleted: a
  *   deletion's mark waits for them, so it then sees the row they wrote, or they see the mark (and a
  *   pool user made in between is removed at once).
@@ -57,10 +64,23 @@ const emailTaken = (error: unknown): never => {
 }
 
 /**
+ * How long after its row was written (`updated_at`) an invitation may still be waiting for
+ * AdminCreateUser: the longest pool call, plus a margin for the row's own transaction and for
+ * fetching credentials.
+ */
+export const INVITATION_IN_FLIGHT_MS = USER_POOL_CALL_MAX_MS + 50_000
+
+/**
  * Invites a member: its row, its pool user (email, name, the tenant attribute), its sub. Repeating
  * an invitation whose row is still `inviting` finishes it (with this invitation's name and role).
  */
-export async function inviteMember(pool: pg.Pool, tenant: TenantRef, userPool: UserPool, input: MemberInvitation): Promise<UserRow> {
+export async function inviteMember(
+  pool: pg.Pool,
+  tenant: TenantRef,
+  userPool: UserPool,
+  input: MemberInvitation,
+  log?: { error(obj: object, msg?: string): void }
+): Promise<UserRow> {
   const role = input.role ?? 'member'
   const row = await inTenant(pool, tenant, async (db) => {
     const { rows } = await db.query<UserRow>(`SELECT ${USER_COLUMNS} FROM users WHERE lower(email) = lower($1) FOR UPDATE`, [input.email])
@@ -108,21 +128,42 @@ export async function inviteMember(pool: pg.Pool, tenant: TenantRef, userPool: U
     })
   } catch (error) {
     // The tenant, or the row, went away meanwhile: its pool user must not outlive it.
-    if (error instanceof ApiError && ['TENANT_DELETING', 'TENANT_NOT_FOUND', 'USER_NOT_FOUND'].includes(error.code)) await userPool.remove(sub)
+    if (error instanceof ApiError && ['TENANT_DELETING', 'TENANT_NOT_FOUND', 'USER_NOT_FOUND'].includes(error.code)) {
+      await userPool.remove(sub).catch((removal: unknown) => {
+        // The pool user stays bound to the tenant. A deleting tenant's repeated DELETE still finds it
+        // by email (the row is `inviting`); a tenant or row already gone leaves this line only.
+        log?.error(
+          { err: removal, sub, email: row.email, tenant: tenant.id, reason: error.code },
+          'the pool user of an invitation whose tenant or member went away meanwhile could not be deleted; delete it from the user pool'
+        )
+      })
+    }
     throw error
   }
 }
 
 /**
  * Removes the pool user of a member row: by sub, or, for an invitation that never recorded one, by
- * email when that pool user is bound to this tenant. Idempotent.
+ * email when that pool user is bound to this tenant. Idempotent. Resolves false when the row is an
+ * invitation whose pool user the pool does not hold (never made, or not yet).
  */
-export async function removePoolUserOf(userPool: UserPool, tenantId: string, row: Pick<UserRow, 'email' | 'sub' | 'status'>): Promise<void> {
-  if (row.sub) return userPool.remove(row.sub)
-  if (row.status !== 'inviting') return
+export async function removePoolUserOf(userPool: UserPool, tenantId: string, row: Pick<UserRow, 'email' | 'sub' | 'status'>): Promise<boolean> {
+  if (row.sub) {
+    await userPool.remove(row.sub)
+    return true
+  }
+  if (row.status !== 'inviting') return true
   const found = await userPool.find(row.email)
   if (found?.tenant === tenantId) await userPool.remove(found.sub)
+  return found !== null
 }
+
+/**
+ * What reading members fails with on a tenant schema behind the members migration, which has none:
+ * 42703, no sub or status column (before 0004); 42P01, no users table (before 0001); 3F000, no schema.
+ */
+const BEHIND_MEMBERS_MIGRATION = new Set(['42703', '42P01', '3F000'])
+const isBehindMembersMigration = (error: unknown) => BEHIND_MEMBERS_MIGRATION.has((error as { code?: string }).code ?? '')
 
 /** Whether deleting this row also has to remove a pool user. */
 export const hasPoolUser = (row: Pick<UserRow, 'sub' | 'status'>) => row.sub !== null || row.status === 'inviting'
@@ -143,31 +184,44 @@ export async function requireTenantAdmin(db: Queryable, caller: Principal): Prom
  * at a time by default: Cognito limits user updates per pool (and throttles past it), and
  * cognito-local, the development pool, keeps each pool in one JSON file that concurrent writes
  * corrupt. Every member is tried; if any fails, the error names how many and says how to finish.
+ * An invitation written less than INVITATION_IN_FLIGHT_MS ago whose pool user is not found counts
+ * as a failure (503, Retry-After: until it is that old): its AdminCreateUser may still be under way.
  * Returns how many rows had a pool user. A tenant schema older than the members migration has none.
  */
 export async function removeTenantMembers(pool: pg.Pool, tenant: TenantRef, userPool: UserPool, options: { concurrency?: number } = {}): Promise<number> {
-  let rows: UserRow[]
+  let rows: (UserRow & { age_ms: number })[]
   try {
-    const result = await pool.query<UserRow>(
-      `SELECT ${USER_COLUMNS} FROM ${pg.escapeIdentifier(tenant.schema)}.users WHERE sub IS NOT NULL OR status = 'inviting'`
+    // The row's age by the database's clock, which wrote updated_at.
+    const result = await pool.query<UserRow & { age_ms: number }>(
+      `SELECT ${USER_COLUMNS}, (extract(epoch FROM now() - updated_at) * 1000)::float8 AS age_ms
+         FROM ${pg.escapeIdentifier(tenant.schema)}.users WHERE sub IS NOT NULL OR status = 'inviting'`
     )
     rows = result.rows
   } catch (error) {
-    // 42703: no sub column yet (schema behind 0004); 42P01: no users table.
-    if (['42703', '42P01', '3F000'].includes((error as { code?: string }).code ?? '')) return 0
+    if (isBehindMembersMigration(error)) return 0
     throw error
   }
   const failures: unknown[] = []
   const queue = [...rows]
   const worker = async () => {
     for (let row = queue.shift(); row; row = queue.shift()) {
-      await removePoolUserOf(userPool, tenant.id, row).catch((error) => failures.push(error))
+      try {
+        const found = await removePoolUserOf(userPool, tenant.id, row)
+        const inFlightMs = INVITATION_IN_FLIGHT_MS - row.age_ms
+        if (!found && inFlightMs > 0) {
+          const seconds = Math.ceil(inFlightMs / 1000)
+          const message = `The invitation of ${row.email} may still be creating its pool user (for ${seconds} s at most)`
+          failures.push(serviceUnavailable('USER_POOL_UNAVAILABLE', message, seconds))
+        }
+      } catch (error) {
+        failures.push(error)
+      }
     }
   }
   await Promise.all(Array.from({ length: Math.min(options.concurrency ?? 1, rows.length) }, worker))
   if (failures.length > 0) {
     const first = failures[0] instanceof ApiError ? failures[0] : new ApiError('USER_POOL_ERROR', 'The user pool refused to delete a user')
-    const message = `Deleting the user-pool users of tenant "${tenant.id}" failed for ${failures.length} of ${rows.length}; the tenant stays in status "deleting" and refuses requests. Repeat the DELETE to finish`
+    const message = `Deleting the user-pool users of tenant "${tenant.id}" failed for ${failures.length} of ${rows.length} (${first.message}); the tenant stays in status "deleting" and refuses requests. Repeat the DELETE to finish`
     throw Object.assign(new ApiError(first.code, message, first.headers), { cause: (first as { cause?: unknown }).cause ?? failures[0] })
   }
   return rows.length
@@ -180,8 +234,7 @@ export async function hasPendingInvitation(pool: pg.Pool, tenant: TenantRef, ema
     const { rows } = await pool.query(sql, [email])
     return rows.length > 0
   } catch (error) {
-    // 42703: a schema behind the members migration has no invitations.
-    if ((error as { code?: string }).code === '42703') return false
+    if (isBehindMembersMigration(error)) return false
     throw error
   }
 }

@@ -15,9 +15,19 @@ export interface UserPoolOptions {
   /** The pool attribute that binds a user to a tenant, as tokens carry it (TENANT_CLAIM). */
   tenantAttribute: string
   inviteMessageAction: 'EMAIL' | 'SUPPRESS'
-  /** Attempts per call, retries of throttling and 5xx included (the SDK's standard retry). */
-  maxAttempts?: number
 }
+
+/** Attempts per call, retries of throttling and 5xx included (the SDK's standard retry). */
+const MAX_ATTEMPTS = 3
+/** One attempt is abandoned after this long, connecting included, and retried or answered 503. */
+const REQUEST_TIMEOUT_MS = 10_000
+/** The SDK's longest pause before a retry (MAXIMUM_RETRY_DELAY of its standard strategy). */
+const MAX_RETRY_DELAY_MS = 20_000
+/**
+ * The longest one call to the pool can take, every attempt and pause included: what an invitation
+ * that has written its row may still be waiting for (lib/users/members.ts, INVITATION_IN_FLIGHT_MS).
+ */
+export const USER_POOL_CALL_MAX_MS = MAX_ATTEMPTS * REQUEST_TIMEOUT_MS + (MAX_ATTEMPTS - 1) * MAX_RETRY_DELAY_MS
 
 /**
  * What a user-pool failure means to a client: no answer, a 5xx, throttling or no credentials is
@@ -61,7 +71,12 @@ export function describePoolFailure(error: unknown, options: Pick<UserPoolOption
  * caller that failed part-way repeats it (lib/users/members.ts).
  */
 export function createUserPool(options: UserPoolOptions) {
-  const client = new CognitoIdentityProviderClient({ region: options.region, maxAttempts: options.maxAttempts ?? 3 })
+  const client = new CognitoIdentityProviderClient({
+    region: options.region,
+    maxAttempts: MAX_ATTEMPTS,
+    // Without throwOnRequestTimeout the SDK only warns past requestTimeout: a call would have no end.
+    requestHandler: { connectionTimeout: 3000, requestTimeout: REQUEST_TIMEOUT_MS, throwOnRequestTimeout: true }
+  })
   const UserPoolId = options.userPoolId
 
   /** The pool user known by `username` (its email or its sub): its sub and tenant, or null when there is none. */

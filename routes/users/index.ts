@@ -69,7 +69,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       if (invite) {
         const userPool = requirePool()
         // Outside the request's transaction: the row must be committed before the pool user can exist.
-        user = toUser(await inviteMember(pool, request.tenant!, userPool, { ...fields, temporaryPassword }))
+        user = toUser(await inviteMember(pool, request.tenant!, userPool, { ...fields, temporaryPassword }, request.log))
       } else {
         user = await createUser(request.db!, fields)
       }

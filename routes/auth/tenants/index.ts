@@ -11,6 +11,7 @@ import {
   provisionTenant,
   toTenant,
   updateTenant,
+  USAGE_TENANT_SCHEMA_VERSION,
   type TenantRow
 } from '../../../lib/tenants/index.ts'
 import { deleteTenantObjects, requestSweep } from '../../../lib/files/index.ts'
@@ -68,7 +69,7 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
       reply.code(201).header('location', `/auth/tenants/${row.id}`)
       if (!admin) return reply.send(toTenant(row))
       try {
-        const member = await inviteMember(pool, row, userPool!, { ...admin, role: 'admin' })
+        const member = await inviteMember(pool, row, userPool!, { ...admin, role: 'admin' }, request.log)
         return reply.send({ ...toTenant(row), admin: toUser(member) })
       } catch (error) {
         if (error instanceof ApiError && !resumed) error.message = `Tenant "${row.id}" was created, but its admin was not: ${error.message}`
@@ -118,13 +119,18 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
           "included, another instance's last interval may be missing.",
         tags: ['tenants'],
         params: TenantParams,
-        response: { 200: ref(TenantUsage), ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND') }
-      }
+        response: { 200: ref(TenantUsage), ...errorResponses(...DATABASE_ERRORS, 'TENANT_NOT_FOUND', 'TENANT_MIGRATING') }
+      },
+      // What its query reads; this route has no request.tenant, so the handler brings the tenant up to it.
+      config: { tenantSchemaVersion: USAGE_TENANT_SCHEMA_VERSION }
     },
     async (request) => {
       const { id } = request.params
       const tenant = checkTenantId(id) === null ? await fastify.tenantDb.lookup(id) : null
       if (!tenant) throw errors.tenantNotFound(id)
+      // A tenant whose schema predates the tables read is migrated first (or 503 TENANT_MIGRATING),
+      // as a tenant-scoped route's preHandler does for request.tenant.
+      await fastify.tenantCatchUp.ensure(tenant, USAGE_TENANT_SCHEMA_VERSION)
       // Its files and users are read through the tenant's own handle, read-only: in its schema, as its role.
       const db = fastify.tenantDb.open(tenant, true)
       try {
@@ -163,7 +169,8 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
         description:
           "Disables and deletes its members' users in the Cognito user pool, deletes the tenant's files from object storage, " +
           'then drops its schema with all its data, its role and its registry row. If a pool user or a file cannot be deleted ' +
-          'the answer is 502/503, the tenant stays in status `deleting` (refusing requests) and repeating the DELETE finishes the job.',
+          'the answer is 502/503, the tenant stays in status `deleting` (refusing requests) and repeating the DELETE finishes the job. ' +
+          "The same holds while a member's invitation may still be creating its pool user (503, at most 2 minutes after it started; see Retry-After).",
         tags: ['tenants'],
         params: TenantParams,
         response: {
