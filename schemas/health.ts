@@ -35,5 +35,6 @@ export const Readiness = Type.Object({
       description: 'Each dependency check: for admin tokens, and on METRICS_PORT with ?verbose'
     })
   ),
-  migrations: Type.Optional(MigrationReport)
+  migrations: Type.Optional(MigrationReport),
+  requestId: Type.Optional(Type.String({ description: 'On 503 answers, as on every 5xx: the request id (also sent as X-Request-Id), to find its log lines' }))
 })

@@ -40,8 +40,10 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       // Details name the bucket, the issuer and what failed: for operators, not for the internet.
       const verbose = await fastify.callerIsAdmin(request)
       const answer = await fastify.readinessReport(verbose)
-      if (answer.status !== 'ready') reply.code(503).header('retry-after', '1')
-      return answer
+      if (answer.status === 'ready') return answer
+      // A 5xx body carries its request id, as errorBody's do, so a report can be matched to the log.
+      reply.code(503).header('retry-after', '1')
+      return { ...answer, requestId: request.id }
     }
   )
 }
