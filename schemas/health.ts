@@ -28,6 +28,10 @@ export const MigrationReport = Type.Object({
   )
 })
 
+export const ReadinessQuery = Type.Object({
+  verbose: Type.Optional(Type.String({ description: 'Present (any value, `?verbose` alone included): the checks and the migrations, to an admin token' }))
+})
+
 export const Readiness = Type.Object({
   status: Type.Union([Type.Literal('ready'), Type.Literal('unavailable')]),
   checks: Type.Optional(

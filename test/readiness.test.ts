@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { createReadiness } from '../lib/readiness.ts'
 import { setupApp } from './helpers/app.ts'
+import { createSigningKey, signToken } from './helpers/issuer.ts'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
@@ -60,7 +61,7 @@ t.test('a 503 from /health/ready carries its request id, in the body and in X-Re
   t.equal(echoed.headers['x-request-id'], 'probe-41')
   t.same(echoed.json(), { status: 'unavailable', requestId: 'probe-41' }, 'anonymous: the status and the request id, no checks')
 
-  const fresh = await ctx.app.inject({ method: 'GET', url: '/health/ready', headers: ctx.auth.admin() })
+  const fresh = await ctx.app.inject({ method: 'GET', url: '/health/ready?verbose', headers: ctx.auth.admin() })
   t.equal(fresh.statusCode, 503)
   const body = fresh.json()
   t.match(body.requestId, UUID, 'without an incoming id, a new one')
@@ -99,4 +100,40 @@ t.test('every answer of the METRICS_PORT listener carries X-Request-Id', async (
     t.match(response.headers.get('x-request-id'), UUID, `${method} ${path} carries one`)
     await response.text()
   }
+})
+
+t.test('/health/ready verifies a token only when details are asked for (?verbose)', async (t) => {
+  const ctx = await setupApp(t)
+  // Every verification the service asks of its verifier, counted.
+  let verifications = 0
+  const jwt = ctx.app.jwt as unknown as { verify: (...args: unknown[]) => unknown }
+  const verify = jwt.verify
+  jwt.verify = (...args) => {
+    verifications++
+    return verify.apply(jwt, args)
+  }
+  t.teardown(() => {
+    jwt.verify = verify
+  })
+  // Well formed, of the issuer's key id and claims, signed by a key of the attacker's own.
+  const forged = `Bearer ${signToken({ alg: 'RS256', kid: ctx.issuer.key.kid, typ: 'JWT' }, ctx.issuer.claims({ groups: [ctx.config.ADMIN_GROUP] }), { rsa: createSigningKey().privateKey })}`
+
+  const probes = await Promise.all(
+    Array.from({ length: 20 }, () => ctx.app.inject({ method: 'GET', url: '/health/ready', headers: { authorization: forged } }))
+  )
+  for (const probe of probes) t.same([probe.statusCode, probe.json()], [200, { status: 'ready' }])
+  t.equal(verifications, 0, 'without ?verbose, 20 forged tokens cost no verification')
+  const admin = await ctx.app.inject({ method: 'GET', url: '/health/ready', headers: ctx.auth.admin() })
+  t.same(admin.json(), { status: 'ready' }, "without ?verbose, even an admin's token gets the status only")
+  t.equal(verifications, 0, 'and is not verified')
+
+  const forgedVerbose = await ctx.app.inject({ method: 'GET', url: '/health/ready?verbose', headers: { authorization: forged } })
+  t.equal(forgedVerbose.statusCode, 200)
+  t.same(forgedVerbose.json(), { status: 'ready' }, 'with ?verbose, a forged token gets no details')
+  t.equal(verifications, 1, 'with ?verbose, the token is verified')
+  t.same((await ctx.app.inject({ method: 'GET', url: '/health/ready?verbose' })).json(), { status: 'ready' }, 'and no token none')
+
+  const details = await ctx.app.inject({ method: 'GET', url: '/health/ready?verbose', headers: ctx.auth.admin() })
+  t.equal(details.statusCode, 200)
+  t.match(details.json(), { status: 'ready', checks: { database: { ok: true }, jwks: { ok: true } }, migrations: { controlPlane: {} } })
 })
