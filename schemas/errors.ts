@@ -105,15 +105,32 @@ export type ErrorBody = Static<typeof ErrorBody>
 const ERROR_CODES_KEY = 'x-error-codes'
 
 /**
- * The response schema of one error status: the error body, with the codes a route answers with
- * under that status listed in its description (for readers) and in `x-error-codes` (for tools).
+ * The response headers of a 503 or a 429, as OpenAPI declares them (@fastify/swagger reads a
+ * response schema's `headers`): every one of them carries Retry-After (serviceUnavailable, the
+ * rate limit, readiness).
  */
-function errorResponse(codes: readonly string[]): TSchema {
+export const RETRY_AFTER_HEADERS = {
+  'Retry-After': { type: 'integer', minimum: 0, description: 'Seconds to wait before trying again' }
+} as const
+
+/** The statuses whose answers always carry Retry-After. */
+const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 503])
+
+/** A response schema that declares Retry-After: for a 503 whose body is not the error body (readiness). */
+export const withRetryAfter = <Schema extends TSchema>(schema: Schema) => ({ ...schema, headers: RETRY_AFTER_HEADERS })
+
+/**
+ * The response schema of one error status: the error body, with the codes a route answers with
+ * under that status listed in its description (for readers) and in `x-error-codes` (for tools),
+ * and Retry-After declared where the status always carries it.
+ */
+function errorResponse(status: number, codes: readonly string[]): TSchema {
   const sorted = [...new Set(codes)].sort()
   return Type.Unsafe<ErrorBody>({
     $ref: 'ErrorBody',
     description: sorted.map((code) => `\`${code}\``).join(', '),
-    [ERROR_CODES_KEY]: sorted
+    [ERROR_CODES_KEY]: sorted,
+    ...(RETRY_AFTER_STATUSES.has(status) && { headers: RETRY_AFTER_HEADERS })
   })
 }
 
@@ -130,7 +147,7 @@ export function errorResponses(...codes: ErrorCode[]): Record<number, TSchema> {
     const status = statusOf(code)
     byStatus.set(status, [...(byStatus.get(status) ?? []), code])
   }
-  return Object.fromEntries([...byStatus].map(([status, list]) => [status, errorResponse(list)]))
+  return Object.fromEntries([...byStatus].map(([status, list]) => [status, errorResponse(status, list)]))
 }
 
 /**
@@ -141,7 +158,7 @@ export function withErrorCodes(responses: Record<string, unknown> | undefined, .
   const merged: Record<string, unknown> = { ...responses }
   for (const [status, schema] of Object.entries(errorResponses(...codes))) {
     const listed = errorCodesOf(merged[status]) ?? []
-    merged[status] = errorResponse([...listed, ...(errorCodesOf(schema) ?? [])])
+    merged[status] = errorResponse(Number(status), [...listed, ...(errorCodesOf(schema) ?? [])])
   }
   return merged
 }

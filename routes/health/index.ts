@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { errorResponses, TRANSPORT_ERRORS } from '../../schemas/errors.ts'
+import { errorResponses, TRANSPORT_ERRORS, withRetryAfter } from '../../schemas/errors.ts'
 import { Liveness, Readiness, ReadinessQuery } from '../../schemas/health.ts'
 
 /** Kubernetes probes: liveness never touches a dependency, readiness checks them all. */
@@ -35,7 +35,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
         tags: ['health'],
         security: [],
         querystring: ReadinessQuery,
-        response: { 200: Readiness, 503: Readiness, ...errorResponses(...TRANSPORT_ERRORS) }
+        response: { 200: Readiness, 503: withRetryAfter(Readiness), ...errorResponses(...TRANSPORT_ERRORS) }
       }
     },
     async (request, reply) => {
