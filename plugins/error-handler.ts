@@ -1,11 +1,15 @@
-import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { REQUEST_ID_HEADER } from '../lib/http/request-id.ts'
 import { databaseFailure, RequestFinishedError, toApiError } from '../lib/tenant-db/index.ts'
-import { BODY_ERRORS, errorBody, withErrorCodes, type ErrorBody, type ErrorCode } from '../schemas/errors.ts'
+import { BODY_ERRORS, errorBody, statusOf, withErrorCodes, type ErrorBody, type ErrorCode } from '../schemas/errors.ts'
 
-/** Fastify's own client errors, renamed into our vocabulary. */
+/**
+ * The client errors of Fastify and of its plugins that reach this handler, by their code, each
+ * named in the catalogue. A method no route serves never gets here: Fastify answers it 404, through
+ * the not-found handler below, and Node's parser refuses a method it does not know (BAD_REQUEST).
+ * Request and header timeouts and oversized headers are Node's too (lib/http/client-errors.ts).
+ */
 const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
   FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
@@ -13,15 +17,27 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: 'INVALID_BODY',
   FST_ERR_CTP_INVALID_JSON_BODY: 'INVALID_BODY',
   FST_ERR_BAD_URL: 'INVALID_URL',
-  FST_ERR_ASYNC_CONSTRAINT: 'INVALID_REQUEST'
+  FST_ERR_ASYNC_CONSTRAINT: 'INVALID_REQUEST',
+  // A QUERY without Content-Type, refused before routing (RFC 10008 requires one).
+  FST_ERR_ROUTE_MISSING_CONTENT_TYPE: 'INVALID_REQUEST',
+  // @fastify/static, serving the files of /docs: a path out of its folder, or a hidden file.
+  FST_STATIC_FORBIDDEN_PATH: 'PATH_FORBIDDEN'
 }
 
-/** A Fastify client error the catalogue does not name: a code derived from its status, such as METHOD_NOT_ALLOWED. */
-const statusAsCode = (statusCode: number) =>
-  (STATUS_CODES[statusCode] ?? 'ERROR')
-    .toUpperCase()
-    .replace(/[^A-Z0-9]+/g, '_')
-    .replace(/^_|_$/g, '')
+/** Client errors with a status and no code: @fastify/send's (http-errors), for the files of /docs. */
+const UNNAMED_CODES: Partial<Record<number, ErrorCode>> = {
+  403: 'PATH_FORBIDDEN',
+  412: 'PRECONDITION_FAILED',
+  416: 'RANGE_NOT_SATISFIABLE'
+}
+
+/**
+ * The catalogue's code of a client error. One that nothing above names (a body whose stream broke
+ * off, a plugin's new error) is BAD_REQUEST: a code of the catalogue with its one status, never a
+ * code made up from the error's own status.
+ */
+const clientErrorCode = (error: FastifyError): ErrorCode =>
+  FASTIFY_CODES[error.code] ?? (error.code === undefined ? UNNAMED_CODES[error.statusCode!] : undefined) ?? 'BAD_REQUEST'
 
 /** The codes the error handler itself can answer a route with, from what the route declares. */
 function handlerCodes(route: RouteOptions): ErrorCode[] {
@@ -72,7 +88,8 @@ export default fp(
       } else if (error.validation) {
         payload = errorBody(400, 'VALIDATION_ERROR', error.message)
       } else if (typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
-        payload = errorBody(error.statusCode, FASTIFY_CODES[error.code] ?? statusAsCode(error.statusCode), error.message)
+        const code = clientErrorCode(error)
+        payload = errorBody(statusOf(code), code, error.message)
       } else {
         payload = errorBody(500, 'INTERNAL_ERROR', 'Something went wrong on our side', request.id)
       }
@@ -82,7 +99,8 @@ export default fp(
         const database = databaseFailure(apiError ?? error)
         request.log.error({ err: error, tenant: request.tenant?.id, code: payload.code, ...(database && { database }) }, 'request failed')
       } else {
-        request.log.info({ tenant: request.tenant?.id, code: payload.code, message: payload.message }, 'request rejected')
+        // The error's own code beside ours: a catch-all BAD_REQUEST says what the catalogue lacks.
+        request.log.info({ tenant: request.tenant?.id, code: payload.code, cause: error.code, message: payload.message }, 'request rejected')
       }
       return reply.code(payload.statusCode).type('application/json; charset=utf-8').send(payload)
     })

@@ -57,14 +57,18 @@ export const ERROR_CATALOGUE = {
   RATE_LIMITED: [429, 'more than RATE_LIMIT_MAX requests in RATE_LIMIT_WINDOW for this tenant (without a token: from this address); see Retry-After'],
   REQUEST_TIMEOUT: [408, 'the request did not arrive within REQUEST_TIMEOUT_MS (its headers within 10 s); the connection is closed'],
   HEADERS_TOO_LARGE: [431, 'the request headers exceed 16 KiB'],
-  BAD_REQUEST: [400, 'the request is not valid HTTP'],
+  BAD_REQUEST: [400, 'the request is not valid HTTP (a method Node does not know included), or is refused for a reason no other code names'],
   INVALID_URL: [400, 'a path segment is not correctly percent-encoded'],
   URI_TOO_LONG: [414, 'a path parameter is longer than 100 characters'],
   INVALID_BODY: [400, 'the body is not the JSON its Content-Type says (or carries a __proto__ or constructor key)'],
   UNSUPPORTED_MEDIA_TYPE: [415, 'a body in a Content-Type other than application/json'],
   INVALID_CONTENT_LENGTH: [400, 'Content-Length does not match the body'],
-  INVALID_REQUEST: [400, 'the request could not be routed (for example a malformed constrained header)'],
-  ROUTE_NOT_FOUND: [404, 'no such route'],
+  INVALID_REQUEST: [400, 'the request could not be routed (for example a malformed constrained header, or a QUERY without Content-Type)'],
+  ROUTE_NOT_FOUND: [404, 'no such route, or no route for this method on this path'],
+  // The files of /docs (Swagger UI's)
+  PATH_FORBIDDEN: [403, 'a /docs file path that leaves its folder or names a hidden file'],
+  PRECONDITION_FAILED: [412, "a /docs file's If-Match or If-Unmodified-Since does not hold"],
+  RANGE_NOT_SATISFIABLE: [416, 'a Range of a /docs file past its end'],
   // Dependencies
   DATABASE_BUSY: [503, 'no pooled connection became free within PG_ACQUIRE_TIMEOUT_MS; see Retry-After'],
   DATABASE_UNAVAILABLE: [503, 'the database cannot be reached; see Retry-After'],
@@ -101,15 +105,32 @@ export type ErrorBody = Static<typeof ErrorBody>
 const ERROR_CODES_KEY = 'x-error-codes'
 
 /**
- * The response schema of one error status: the error body, with the codes a route answers with
- * under that status listed in its description (for readers) and in `x-error-codes` (for tools).
+ * The response headers of a 503 or a 429, as OpenAPI declares them (@fastify/swagger reads a
+ * response schema's `headers`): every one of them carries Retry-After (serviceUnavailable, the
+ * rate limit, readiness).
  */
-function errorResponse(codes: readonly string[]): TSchema {
+export const RETRY_AFTER_HEADERS = {
+  'Retry-After': { type: 'integer', minimum: 0, description: 'Seconds to wait before trying again' }
+} as const
+
+/** The statuses whose answers always carry Retry-After. */
+const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 503])
+
+/** A response schema that declares Retry-After: for a 503 whose body is not the error body (readiness). */
+export const withRetryAfter = <Schema extends TSchema>(schema: Schema) => ({ ...schema, headers: RETRY_AFTER_HEADERS })
+
+/**
+ * The response schema of one error status: the error body, with the codes a route answers with
+ * under that status listed in its description (for readers) and in `x-error-codes` (for tools),
+ * and Retry-After declared where the status always carries it.
+ */
+function errorResponse(status: number, codes: readonly string[]): TSchema {
   const sorted = [...new Set(codes)].sort()
   return Type.Unsafe<ErrorBody>({
     $ref: 'ErrorBody',
     description: sorted.map((code) => `\`${code}\``).join(', '),
-    [ERROR_CODES_KEY]: sorted
+    [ERROR_CODES_KEY]: sorted,
+    ...(RETRY_AFTER_STATUSES.has(status) && { headers: RETRY_AFTER_HEADERS })
   })
 }
 
@@ -126,7 +147,7 @@ export function errorResponses(...codes: ErrorCode[]): Record<number, TSchema> {
     const status = statusOf(code)
     byStatus.set(status, [...(byStatus.get(status) ?? []), code])
   }
-  return Object.fromEntries([...byStatus].map(([status, list]) => [status, errorResponse(list)]))
+  return Object.fromEntries([...byStatus].map(([status, list]) => [status, errorResponse(status, list)]))
 }
 
 /**
@@ -137,7 +158,7 @@ export function withErrorCodes(responses: Record<string, unknown> | undefined, .
   const merged: Record<string, unknown> = { ...responses }
   for (const [status, schema] of Object.entries(errorResponses(...codes))) {
     const listed = errorCodesOf(merged[status]) ?? []
-    merged[status] = errorResponse([...listed, ...(errorCodesOf(schema) ?? [])])
+    merged[status] = errorResponse(Number(status), [...listed, ...(errorCodesOf(schema) ?? [])])
   }
   return merged
 }

@@ -28,6 +28,10 @@ export const MigrationReport = Type.Object({
   )
 })
 
+export const ReadinessQuery = Type.Object({
+  verbose: Type.Optional(Type.String({ description: 'Present (any value, `?verbose` alone included): the checks and the migrations, to an admin token' }))
+})
+
 export const Readiness = Type.Object({
   status: Type.Union([Type.Literal('ready'), Type.Literal('unavailable')]),
   checks: Type.Optional(
@@ -35,5 +39,6 @@ export const Readiness = Type.Object({
       description: 'Each dependency check: for admin tokens, and on METRICS_PORT with ?verbose'
     })
   ),
-  migrations: Type.Optional(MigrationReport)
+  migrations: Type.Optional(MigrationReport),
+  requestId: Type.Optional(Type.String({ description: 'On 503 answers, as on every 5xx: the request id (also sent as X-Request-Id), to find its log lines' }))
 })

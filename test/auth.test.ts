@@ -337,7 +337,7 @@ t.test('public routes need no token', async (t) => {
     t.equal(withGarbage.statusCode, 200, `GET ${url} ignores a bad token`)
   }
   t.same((await ctx.app.inject({ method: 'GET', url: '/health/ready' })).json(), { status: 'ready' }, 'anonymous callers get the status only')
-  const ready = await ctx.app.inject({ method: 'GET', url: '/health/ready', headers: ctx.auth.admin() })
+  const ready = await ctx.app.inject({ method: 'GET', url: '/health/ready?verbose', headers: ctx.auth.admin() })
   t.match(ready.json().checks.jwks, { ok: true }, 'readiness reports the signing keys to an admin')
   const docs = await ctx.app.inject({ method: 'GET', url: '/docs' })
   t.ok(docs.statusCode < 400, 'the Swagger UI')

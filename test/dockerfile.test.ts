@@ -351,7 +351,7 @@ t.test('npm run build produces what the image runs, and the compiled service wor
     const live = await compiled.inject({ method: 'GET', url: '/health/live' })
     t.equal(live.statusCode, 200)
     // Ready once its dependencies answer: on a loaded machine the first JWKS fetch may need its retry.
-    const probe = () => compiled!.inject({ method: 'GET', url: '/health/ready', headers: context.auth.admin() })
+    const probe = () => compiled!.inject({ method: 'GET', url: '/health/ready?verbose', headers: context.auth.admin() })
     await eventually(async () => (await probe()).statusCode === 200, 15_000, 200)
     const ready = await probe()
     if (ready.statusCode !== 200) t.comment(ready.body)

@@ -375,13 +375,13 @@ t.test('listing pages through the files', async (t) => {
 })
 
 t.test('readiness includes the bucket', async (t) => {
-  const ready = await app.inject({ method: 'GET', url: '/health/ready', headers: auth.admin() })
+  const ready = await app.inject({ method: 'GET', url: '/health/ready?verbose', headers: auth.admin() })
   t.equal(ready.statusCode, 200)
   t.match(ready.json(), { checks: { storage: { ok: true } } })
   const gone = s3.failWhen((request) => request.method === 'HEAD' && request.path.replace(/\/$/, '') === `/${s3.bucket}`, { status: 404, code: 'NoSuchBucket' })
   // Checks run at most once a second, whoever asks.
   await new Promise((resolve) => setTimeout(resolve, 1100))
-  const notReady = await app.inject({ method: 'GET', url: '/health/ready', headers: auth.admin() })
+  const notReady = await app.inject({ method: 'GET', url: '/health/ready?verbose', headers: auth.admin() })
   gone.clear()
   t.equal(notReady.statusCode, 503)
   t.match(notReady.json(), { checks: { storage: { ok: false, detail: /test-bucket/ } } })

@@ -82,3 +82,9 @@ t.test('outside lib/, a lib/ group is reached through its front door (index.ts)'
     t.same(behind, [], `${file} imports no group's private module`)
   }
 })
+
+t.test("lib/tenant-db's front door exports the handle's type, not its class", async (t) => {
+  const front = await import('../lib/tenant-db/index.ts')
+  t.notOk('TenantScopedDb' in front, 'nothing outside lib/tenant-db can construct a handle')
+  t.type(front.createTenantDb, 'function', 'handles come from createTenantDb(…).open')
+})

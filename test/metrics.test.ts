@@ -169,7 +169,7 @@ t.test('/metrics', async (t) => {
     t.equal(value(samples, 'tenant_service_readiness_check', { check: 'database' }), 1)
     t.equal(value(samples, 'tenant_service_readiness_check', { check: 'migrations' }), 1)
 
-    const ready = await app.inject({ method: 'GET', url: '/health/ready', headers: context.auth.admin() })
+    const ready = await app.inject({ method: 'GET', url: '/health/ready?verbose', headers: context.auth.admin() })
     t.equal(ready.statusCode, 200)
     t.same(ready.json().migrations, {
       controlPlane: { version: CONTROL_PLANE_LATEST, latest: CONTROL_PLANE_LATEST },
@@ -239,7 +239,7 @@ t.test('readiness fails while the control plane is older than the code, and reco
   const { rows } = await admin.query<{ version: number; name: string }>('SELECT version, name FROM public.schema_migrations')
   await admin.query('DELETE FROM public.schema_migrations')
 
-  const behind = await app.inject({ method: 'GET', url: '/health/ready', headers: context.auth.admin() })
+  const behind = await app.inject({ method: 'GET', url: '/health/ready?verbose', headers: context.auth.admin() })
   t.equal(behind.statusCode, 503)
   t.equal(behind.headers['retry-after'], '1')
   const body = behind.json()
@@ -256,7 +256,7 @@ t.test('readiness fails while the control plane is older than the code, and reco
   for (const row of rows) await admin.query('INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)', [row.version, row.name])
   // Readiness answers from checks at most a second old; the migration state itself is not cached while behind.
   await new Promise((resolve) => setTimeout(resolve, 1100))
-  const recovered = await app.inject({ method: 'GET', url: '/health/ready', headers: context.auth.admin() })
+  const recovered = await app.inject({ method: 'GET', url: '/health/ready?verbose', headers: context.auth.admin() })
   t.equal(recovered.statusCode, 200, 'ready again once the checks run again, within a second')
   t.same(recovered.json().migrations.controlPlane, { version: CONTROL_PLANE_LATEST, latest: CONTROL_PLANE_LATEST })
   t.equal((await app.inject({ method: 'GET', url: '/health/live' })).statusCode, 200)

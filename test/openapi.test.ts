@@ -8,7 +8,7 @@ import { setupApp } from './helpers/app.ts'
 interface Operation {
   parameters?: { in: string; name: string; required?: boolean; schema?: { format?: string } }[]
   requestBody?: unknown
-  responses: Record<string, { content?: Record<string, { schema?: Record<string, unknown> }> }>
+  responses: Record<string, { content?: Record<string, { schema?: Record<string, unknown> }>; headers?: Record<string, { schema?: { type?: string } }> }>
   security?: Record<string, string[]>[]
 }
 
@@ -65,6 +65,21 @@ t.test('every operation documents a typed success and the error body', async (t)
       `${name} documents an error response with the error body`
     )
   }
+})
+
+t.test('every 503 and 429 declares Retry-After, which the service sends with each of them', async (t) => {
+  let declared = 0
+  for (const { name, operation } of operations(committed)) {
+    for (const [status, response] of Object.entries(operation.responses)) {
+      if (status === '503' || status === '429') {
+        t.equal(response.headers?.['Retry-After']?.schema?.type, 'integer', `${name} ${status} declares Retry-After, in seconds`)
+        declared++
+      } else {
+        t.notOk(response.headers?.['Retry-After'], `${name} ${status} does not`)
+      }
+    }
+  }
+  t.ok(declared > 10, `${declared} responses declare it`)
 })
 
 t.test('the scrape endpoint and the docs themselves are not part of the contract', async (t) => {

@@ -31,6 +31,30 @@ t.test('semicolons inside strings, identifiers, comments and dollar quotes do no
   for (const [sql, expected] of cases) t.same(splitStatements(sql), expected, sql)
 })
 
+t.test('a quote or a semicolon inside a line comment, a dollar-quoted body or an e-string does not split or open a string', async (t) => {
+  const cases: [string, string[], string][] = [
+    // A line comment: its quote opens no string, its semicolon ends nothing.
+    ["-- it's the first one\nSELECT 1; SELECT 2", ['SELECT 1', 'SELECT 2'], 'a quote in a comment before a statement'],
+    ["SELECT 1; -- it's; not a statement\nSELECT 'a;b'", ['SELECT 1', "SELECT 'a;b'"], 'a quote and a semicolon in a comment between statements'],
+    ["SELECT 1 -- it's; inside\n, 2; SELECT 3", ["SELECT 1 -- it's; inside\n, 2", 'SELECT 3'], 'a quote and a semicolon in a comment inside a statement'],
+    // A dollar-quoted body: quotes and comment markers in it are text.
+    ["COMMENT ON TABLE t IS $$it's; here$$; SELECT 2", ["COMMENT ON TABLE t IS $$it's; here$$", 'SELECT 2'], 'an unbalanced quote in $$…$$'],
+    [
+      `DO $fn$ BEGIN RAISE NOTICE 'don''t; stop'; PERFORM 1; -- it's\nEND $fn$; SELECT 'x;y'`,
+      [`DO $fn$ BEGIN RAISE NOTICE 'don''t; stop'; PERFORM 1; -- it's\nEND $fn$`, "SELECT 'x;y'"],
+      'quotes, semicolons and a commented quote in a tagged body'
+    ],
+    ['SELECT $$a " b; -- c$$; SELECT 2', ['SELECT $$a " b; -- c$$', 'SELECT 2'], 'a double quote and a comment marker in $$…$$'],
+    // Lower-case e'…': backslash escapes, as E'…'.
+    ["SELECT e'it\\'s; fine'; SELECT 2", ["SELECT e'it\\'s; fine'", 'SELECT 2'], "e'…\\'…' with a semicolon after the escaped quote"],
+    ["SELECT e'\\\\'; SELECT ';'", ["SELECT e'\\\\'", "SELECT ';'"], 'an escaped backslash before the closing quote'],
+    ["SELECT e'a''b;c'; SELECT 2", ["SELECT e'a''b;c'", 'SELECT 2'], "a doubled quote in e'…'"],
+    // A word ending in e is a type name, not an E prefix: its string takes no backslash escapes.
+    ["SELECT some_type'a\\'; SELECT 2", ["SELECT some_type'a\\'", 'SELECT 2'], "type'…' is no e-string"]
+  ]
+  for (const [sql, expected, label] of cases) t.same(splitStatements(sql), expected, label)
+})
+
 t.test('a SQL-standard routine body (BEGIN ATOMIC … END) stays whole', async (t) => {
   const routine = `CREATE OR REPLACE FUNCTION add_one(n int) RETURNS int LANGUAGE sql
 BEGIN ATOMIC

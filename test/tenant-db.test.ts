@@ -90,6 +90,13 @@ t.test('a tenant as a request sees it carries no driver state', async (t) => {
   t.ok(Object.isFrozen(tenant))
   t.equal(await db.lookup('no-such-co'), null, 'an unknown id is null')
   t.throws(() => db.open({ ...tenant }, true), /not resolved by a tenant cache/, 'only a tenant from lookup can be opened')
+
+  // The context's Bind bytes and statement names stay inside lib/tenant-db: a route sees no scope.
+  const handle = db.open(tenant, true)
+  t.notOk('scope' in handle, 'a handle exposes no scope')
+  t.equal((handle as unknown as Record<string, unknown>).scope, undefined)
+  t.same(Object.keys(handle), [], 'nor any other own property')
+  handle.finish(false)
 })
 
 t.test('a read runs in its tenant, read-only, and leaves nothing on the connection', async (t) => {

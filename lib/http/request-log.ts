@@ -9,8 +9,8 @@ const loggedUrl = (url: string) => (url.includes('eyJ') ? url.replace(JWT_IN_URL
 /**
  * The request lines of Fastify's LogController (server.ts puts them on one): one line per request,
  * at completion, carrying the request id (Fastify adds it) and the tenant. The "incoming request"
- * line is demoted to debug: at thousands of requests per second it doubles the log volume and says
- * nothing the completion line does not.
+ * line is demoted to debug: it would double the log volume and says nothing the completion line
+ * does not.
  */
 export const requestLines = {
   incomingRequest(request: FastifyRequest) {

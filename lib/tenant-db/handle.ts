@@ -47,6 +47,7 @@ class HandleQuery extends ScopedQuery implements Settle {
 
   constructor(
     handle: TenantScopedDb,
+    scope: TenantScope,
     text: string,
     values: unknown[] | undefined,
     mode: ReturnType<typeof scopeMode>,
@@ -54,7 +55,7 @@ class HandleQuery extends ScopedQuery implements Settle {
     reject: Settle['reject'],
     isRetry: boolean
   ) {
-    super(text, values, handle.scope, mode)
+    super(text, values, scope, mode)
     this.handle = handle
     this.resolve = resolve
     this.reject = reject
@@ -108,8 +109,8 @@ export class TenantScopedDb {
   readonly #environment: HandleEnvironment
   readonly #lanes: ReadLanes | null
   readonly #tenantId: string
-  /** The tenant's context and statement names (private to lib/tenant-db). */
-  readonly scope: TenantScope
+  /** The tenant's context and statement names: private, so nothing outside lib/tenant-db can read them. */
+  readonly #scope: TenantScope
   readonly #readOnly: boolean
   #client: pg.PoolClient | null = null
   /** The read lane #client belongs to (shared: never released by this handle). */
@@ -134,7 +135,7 @@ export class TenantScopedDb {
     this.#environment = environment
     this.#tenantId = tenantId
     this.#lanes = readOnly ? environment.lanes : null
-    this.scope = scope
+    this.#scope = scope
     this.#readOnly = readOnly
   }
 
@@ -161,7 +162,7 @@ export class TenantScopedDb {
     this.#inflight++
 
     return new Promise<pg.QueryResult<Row>>((resolve, reject) => {
-      this.#submit(new HandleQuery(this, text, values, mode, resolve as Settle['resolve'], reject, false))
+      this.#submit(new HandleQuery(this, this.#scope, text, values, mode, resolve as Settle['resolve'], reject, false))
     })
   }
 
@@ -190,7 +191,7 @@ export class TenantScopedDb {
       // forgot it, so this one parses it afresh. A mutation's transaction, opened by this very
       // flight, is rolled back first.
       if (query.opensTransaction) this.#client!.query('ROLLBACK').catch(() => undefined)
-      return this.#submit(new HandleQuery(this, query.text, query.values, query.mode, query.resolve, query.reject, true))
+      return this.#submit(new HandleQuery(this, this.#scope, query.text, query.values, query.mode, query.resolve, query.reject, true))
     }
     if (error) {
       this.#acquiredAt = 0

@@ -16,7 +16,8 @@ import { createTenantCache, scopeOf, type ResolvedTenant } from './tenant-cache.
 import { TenantSlots } from './tenant-slots.ts'
 
 export { databaseFailure, toApiError } from './pg-errors.ts'
-export { RequestFinishedError, TenantScopedDb, type CallbackBinder, type ContextSwitchObserver } from './handle.ts'
+export { RequestFinishedError, type CallbackBinder, type ContextSwitchObserver } from './handle.ts'
+export type { TenantScopedDb } from './handle.ts'
 export type { ResolvedTenant } from './tenant-cache.ts'
 export { databaseKind, UNCACHED_WORKER_CONNECTIONS, type DatabaseKind } from './citus.ts'
 export { warmConnections } from './warm-connections.ts'

@@ -25,8 +25,8 @@ interface OpenLane extends Lane {
 const MAX_LANE_DEPTH = 32
 /**
  * A busy lane that has answered nothing for this long holds a slow query: new reads go elsewhere,
- * so that only the reads already queued behind it wait for it. Flights take well under a
- * millisecond; a healthy lane under load answers many per millisecond.
+ * so that only the reads already queued behind it wait for it. A read costs PostgreSQL tens of
+ * microseconds (BENCHMARKS.md, R1), so a healthy lane under load is never silent this long (C22).
  */
 export const STALL_MS = 20
 /** A lane not handed out for one to two sweeps goes back to the pool: an idle service holds none. */

@@ -2,6 +2,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { REQUEST_ID_HEADER, requestId } from '../../lib/http/request-id.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -26,8 +27,10 @@ export default fp(
     }
     const server = http.createServer((request, response) => {
       const url = new URL(request.url ?? '/', 'http://metrics')
+      // The same request id as the public port's answers: echoed when sane, else a new one.
+      const id = requestId(request)
       const answer = (status: number, type: string, body: string) => {
-        response.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' }).end(body)
+        response.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', [REQUEST_ID_HEADER]: id }).end(body)
       }
       if (request.method !== 'GET' && request.method !== 'HEAD') return answer(405, 'text/plain', 'Only GET\n')
       if (url.pathname === '/metrics') {
@@ -35,16 +38,18 @@ export default fp(
         registry.metrics().then(
           (body) => answer(200, registry.contentType, body),
           (error: Error) => {
-            fastify.log.error({ err: error }, 'collecting metrics failed')
+            fastify.log.error({ err: error, reqId: id }, 'collecting metrics failed')
             answer(500, 'text/plain', 'collecting metrics failed\n')
           }
         )
         return
       }
       if (url.pathname === '/health/ready') {
+        const json = 'application/json; charset=utf-8'
+        // A 503 body carries its request id, as every 5xx body of the service does.
         fastify.readinessReport(url.searchParams.has('verbose')).then(
-          (report) => answer(report.status === 'ready' ? 200 : 503, 'application/json; charset=utf-8', JSON.stringify(report)),
-          () => answer(503, 'application/json; charset=utf-8', '{"status":"unavailable"}')
+          (report) => (report.status === 'ready' ? answer(200, json, JSON.stringify(report)) : answer(503, json, JSON.stringify({ ...report, requestId: id }))),
+          () => answer(503, json, JSON.stringify({ status: 'unavailable', requestId: id }))
         )
         return
       }

@@ -49,31 +49,63 @@ export default fp(
       // On a Citus coordinator, no worker connection cached per tenant role (lib/tenant-db/citus.ts).
       // Not awaited: pg runs it before anything the connection is handed out for.
       if (tenantRoles) client.query(UNCACHED_WORKER_CONNECTIONS).catch(() => undefined)
+      // The database answered at last: what it is can now be said (a start that could not ask).
+      if (!kindKnown) detectDatabaseKind()
     })
 
-    // What the database is, and so what a worker's connections are bounded by, said once at start,
-    // on a connection of its own rather than one of the pool's. Not awaited: the start waits for
-    // nothing the database may be slow to give.
-    fastify.addHook('onReady', async () => {
+    // What the database is, and so what a worker's connections are bounded by, said once: at start,
+    // or, when the database could not be asked then, once the pool has connected. On a connection
+    // of its own rather than one of the pool's. Not awaited: the start waits for nothing the
+    // database may be slow to give.
+    let kindKnown = false
+    let detecting: pg.Client | null = null
+    let failures = 0
+    let closing = false
+    const detectDatabaseKind = () => {
+      if (detecting || closing) return
       const client = new pg.Client({ connectionString: directDatabaseUrl(fastify.config), connectionTimeoutMillis: 5000 })
+      detecting = client
       client.on('error', () => undefined)
-      void client
+      client
         .connect()
         .then(() => databaseKind(client))
-        .then(logDatabaseKind, () => undefined)
-        .finally(() => client.end().catch(() => undefined))
+        .then(
+          (kind) => {
+            kindKnown = true
+            logDatabaseKind(kind)
+          },
+          (error: Error & { code?: string }) => {
+            if (closing) return
+            // Warned once; the next connection of the pool asks again, and a failure then is only debug.
+            // An address tried over IPv6 and IPv4 fails with an AggregateError, whose message is empty.
+            const reason = error.message || error.code || error.name
+            const line = { err: { type: error.name, message: reason, code: error.code } }
+            const message = `database kind (PostgreSQL or Citus) not known: ${reason}; asked again once a connection succeeds`
+            if (failures++ === 0) fastify.log.warn(line, message)
+            else fastify.log.debug(line, message)
+          }
+        )
+        .finally(() => {
+          detecting = null
+          client.end().catch(() => undefined)
+        })
+    }
+    fastify.addHook('onReady', async () => detectDatabaseKind())
+    fastify.addHook('onClose', async () => {
+      closing = true
+      await detecting?.end().catch(() => undefined)
     })
     const logDatabaseKind = (kind: DatabaseKind) => {
       const { config } = fastify
       if (!kind.citus) {
-        fastify.log.info({ postgres: kind.postgres, isolation: config.TENANT_ISOLATION }, `database: PostgreSQL ${kind.postgres}`)
+        fastify.log.info({ kind: 'postgres', postgres: kind.postgres, isolation: config.TENANT_ISOLATION }, `database: PostgreSQL ${kind.postgres}`)
         return
       }
       const perWorker = tenantRoles
         ? `tenant roles on, worker connections not cached: at most PG_POOL_MAX (${config.PG_POOL_MAX}) per worker for each replica`
         : `TENANT_ISOLATION=search_path, worker connections cached for the service's role: at most PG_POOL_MAX (${config.PG_POOL_MAX}) per worker for each replica`
       fastify.log.info(
-        { postgres: kind.postgres, citus: kind.citus, workers: kind.workers, isolation: config.TENANT_ISOLATION },
+        { kind: 'citus', postgres: kind.postgres, citus: kind.citus, workers: kind.workers, isolation: config.TENANT_ISOLATION },
         `database: Citus ${kind.citus} coordinator with ${kind.workers} workers; ${perWorker}`
       )
     }
