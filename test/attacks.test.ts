@@ -5,10 +5,10 @@
  * their issue time, /metrics and readiness by anonymous callers, and bodies by values of the wrong
  * type. Each checks what the attacker got and that nothing was written.
  */
-import net, { type AddressInfo } from 'node:net'
-import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { createTenant, readinessDetails, setupApp, type TestContext } from './helpers/app.ts'
+import { trickle } from './helpers/trickle.ts'
 import { eventually } from './helpers/wait.ts'
 
 const ACME = 'acme-corp'
@@ -117,34 +117,6 @@ t.test("a mutation's transaction carries idle_in_transaction_session_timeout", a
   await handle.finish(false)
   t.equal(rows[0].timeout, '7s')
 })
-
-/**
- * Sends a POST's headers and the first half of its body on a socket, and answers a function that
- * sends the rest and resolves with the status code.
- */
-async function trickle(port: number, path: string, headers: Record<string, string>, body: string) {
-  const socket = net.connect(port, '127.0.0.1')
-  await once(socket, 'connect')
-  const lines = Object.entries({ ...headers, host: 'localhost', 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) })
-  let answer = ''
-  const answered = new Promise<void>((resolve) => {
-    socket.on('data', (chunk) => {
-      answer += chunk.toString()
-      // The whole answer: a JSON body after the headers, whose length they state.
-      const length = Number(/content-length: (\d+)/i.exec(answer)?.[1] ?? Number.NaN)
-      if (answer.length - answer.indexOf('\r\n\r\n') - 4 >= length) resolve()
-    })
-    socket.on('close', () => resolve())
-  })
-  socket.write(`POST ${path} HTTP/1.1\r\n${lines.map(([name, value]) => `${name}: ${value}\r\n`).join('')}\r\n${body.slice(0, 10)}`)
-  return async () => {
-    // Not end(): a client that half-closes has left, as far as Node is concerned.
-    socket.write(body.slice(10))
-    await answered
-    socket.destroy()
-    return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1]), body: answer.slice(answer.indexOf('\r\n\r\n') + 4) }
-  }
-}
 
 t.test('a write re-checks its tenant at its first query: suspended meanwhile is 403, deleted meanwhile is 404, never a 5xx', async (t) => {
   // Requests whose tenant was resolved, and whose body is now awaited.
