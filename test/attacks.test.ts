@@ -7,6 +7,7 @@
  */
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
+import { runInTransaction } from '../lib/transaction.ts'
 import { createTenant, readinessDetails, setupApp, type TestContext } from './helpers/app.ts'
 import { trickle } from './helpers/trickle.ts'
 import { eventually } from './helpers/wait.ts'
@@ -116,6 +117,27 @@ t.test("a mutation's transaction carries idle_in_transaction_session_timeout", a
   const { rows } = await handle.query<{ timeout: string }>("SELECT current_setting('idle_in_transaction_session_timeout') AS timeout")
   await handle.finish(false)
   t.equal(rows[0].timeout, '7s')
+})
+
+t.test('a control-plane transaction left idle is ended by PostgreSQL after PG_IDLE_IN_TRANSACTION_TIMEOUT_MS', async (t) => {
+  const ctx = await setupApp(t, { PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: '300' })
+  const sessionGone = (pid: number) => async () => (await ctx.admin.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount === 0
+  const stalled = runInTransaction(ctx.app.pg.pool, async (client) => {
+    const { rows } = await client.query<{ pid: number; timeout: string }>(
+      "SELECT pg_backend_pid() AS pid, current_setting('idle_in_transaction_session_timeout') AS timeout"
+    )
+    t.equal(rows[0].timeout, '300ms', 'set in the transaction')
+    // Whatever the work waits for outside the database, the server does not wait with it.
+    t.ok(await eventually(sessionGone(rows[0].pid), 5000, 50), 'PostgreSQL ended the idle session')
+    await client.query('SELECT 1')
+  })
+  await t.rejects(stalled, 'the stalled transaction fails; nothing of it is committed')
+  const { rows } = await ctx.admin.query(
+    `SELECT count(*)::int AS count FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`
+  )
+  t.equal(rows[0].count, 0, 'no session is left idle in a transaction')
+  await createTenant(ctx, ACME)
+  t.pass('and the control plane keeps working')
 })
 
 t.test('a write re-checks its tenant at its first query: suspended meanwhile is 403, deleted meanwhile is 404, never a 5xx', async (t) => {
