@@ -6,7 +6,9 @@
  * type. Each checks what the attacker got and that nothing was written.
  */
 import type { AddressInfo } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import { tenantRoleName } from '../lib/tenants/index.ts'
 import { runInTransaction } from '../lib/transaction.ts'
 import { createTenant, readinessDetails, setupApp, type TestContext } from './helpers/app.ts'
 import { trickle } from './helpers/trickle.ts'
@@ -18,6 +20,21 @@ const GLOBEX = 'globex'
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const userCount = async (ctx: TestContext, tenant: string) =>
   (await ctx.admin.query<{ count: number }>(`SELECT count(*)::int AS count FROM "${tenant}".users`)).rows[0].count
+
+/** POST /auth/tenants for `id` again, as a platform admin. */
+const recreate = (ctx: TestContext, id: string) =>
+  ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: ctx.auth.admin(), payload: { id, name: `${id} again` } })
+
+/** What exists of a tenant id: its registry row, its schema, its role. */
+async function traces(ctx: TestContext, id: string) {
+  const { rows } = await ctx.admin.query<{ row: boolean; schema: boolean; role: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM public.tenants WHERE id = $1) AS row,
+            EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS schema,
+            EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) AS role`,
+    [id, tenantRoleName(ctx.config.TENANT_ROLE_PREFIX, id)]
+  )
+  return rows[0]
+}
 
 /** Tallies answers by status. */
 function tally(statuses: number[]): Record<number, number> {
@@ -229,15 +246,47 @@ t.test('token issue times: required, not in the future, a lifetime within JWT_MA
   // A token of the tenant's earlier incarnation: issued, then the tenant deleted and created again.
   const earlier = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
   t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: earlier })).statusCode, 200, 'it works while its tenant lives')
-  await new Promise((resolve) => setTimeout(resolve, 2100))
   t.equal((await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin() })).statusCode, 204)
-  await createTenant(ctx, ACME)
+  // The id is taken again once the recreation interval (here 1 s: no tolerance) has passed.
+  t.ok(await eventually(async () => (await recreate(ctx, ACME)).statusCode === 201, 10_000, 100), 'the tenant is created again')
   const replayed = await ctx.app.inject({ method: 'POST', url: '/users', headers: earlier, payload: { email: 'ghost@acme.test', name: 'Ghost' } })
   t.equal(replayed.statusCode, 401, 'the old token is refused by the new tenant of the same id')
   t.match(replayed.json(), { code: 'TOKEN_INVALID', message: /before its tenant was created/ })
   t.equal(await userCount(ctx, ACME), 0, 'and wrote nothing')
   const fresh = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
   t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: fresh })).statusCode, 200, 'a token issued since is accepted')
+})
+
+t.test('a deleted tenant id is refused 409 TENANT_RECENTLY_DELETED until tokens of its two lives can be told apart; then old tokens are 401', async (t) => {
+  // The interval is 2 × JWT_CLOCK_TOLERANCE_MS + 1 s: 1.4 s here (11 s with the default 5 s).
+  const ctx = await setupApp(t, { JWT_CLOCK_TOLERANCE_MS: '200' })
+  await createTenant(ctx, ACME)
+  const earlier = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: earlier })).statusCode, 200, 'the token works while its tenant lives')
+  t.equal((await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin() })).statusCode, 204)
+
+  const refused = await recreate(ctx, ACME)
+  t.equal(refused.statusCode, 409, `created again at once: ${refused.body}`)
+  t.match(refused.json(), { code: 'TENANT_RECENTLY_DELETED', message: /retry in \d+ s/ })
+  const retryAfter = Number(refused.headers['retry-after'])
+  t.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 2, `Retry-After is the whole seconds left (${refused.headers['retry-after']})`)
+  t.same(await traces(ctx, ACME), { row: false, schema: false, role: false }, 'no registry row, schema or role was created')
+  const meanwhile = await ctx.app.inject({ method: 'POST', url: '/users', headers: earlier, payload: { email: 'ghost@acme.test', name: 'Ghost' } })
+  t.equal(meanwhile.statusCode, 404, 'the old token finds no tenant meanwhile')
+
+  await sleep(retryAfter * 1000)
+  const created = await recreate(ctx, ACME)
+  t.equal(created.statusCode, 201, `created again after Retry-After: ${created.body}`)
+  const read = await ctx.app.inject({ method: 'GET', url: '/users', headers: earlier })
+  t.equal(read.statusCode, 401, 'the old token is refused by the new tenant')
+  t.match(read.json(), { code: 'TOKEN_INVALID', message: /before its tenant was created/ })
+  const write = await ctx.app.inject({ method: 'POST', url: '/users', headers: earlier, payload: { email: 'ghost@acme.test', name: 'Ghost' } })
+  t.equal(write.statusCode, 401, 'and cannot write')
+  t.equal(await userCount(ctx, ACME), 0, 'nothing was written in the new tenant')
+  const fresh = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: fresh })).statusCode, 200, "the new tenant's tokens work")
+  const { rows } = await ctx.admin.query('SELECT count(*)::int AS count FROM public.tenant_tombstones WHERE tenant_id = $1', [ACME])
+  t.equal(rows[0].count, 0, 'the creation pruned the tombstone it outlived')
 })
 
 t.test('/metrics and readiness details are not for anonymous callers; per-tenant counts only count verified callers', async (t) => {
