@@ -289,6 +289,28 @@ t.test('a deleted tenant id is refused 409 TENANT_RECENTLY_DELETED until tokens 
   t.equal(rows[0].count, 0, 'the creation pruned the tombstone it outlived')
 })
 
+t.test('a write let in under a tenant that is deleted and created again before its body arrives lands nowhere: 404', async (t) => {
+  let awaitingBody = 0
+  // No tolerance: the id may be taken again 1 s after the deletion.
+  const ctx = await setupApp(
+    t,
+    { JWT_CLOCK_TOLERANCE_MS: '0' },
+    { beforeRegister: (app) => app.addHook('preParsing', async (request) => void (request.url === '/users' && awaitingBody++)) }
+  )
+  await createTenant(ctx, ACME)
+  await ctx.app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (ctx.app.server.address() as AddressInfo).port
+
+  const slowWrite = await trickle(port, '/users', ctx.auth.tenantUser(ACME), JSON.stringify({ email: 'ghost@acme.test', name: 'Ghost' }))
+  t.ok(await eventually(() => awaitingBody === 1), 'the write was let in; its body is on its way')
+  t.equal((await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin() })).statusCode, 204)
+  t.ok(await eventually(async () => (await recreate(ctx, ACME)).statusCode === 201, 10_000, 100), 'the id is taken again, same schema and role names')
+  const landed = await slowWrite()
+  t.equal(landed.status, 404, `the write of the earlier tenant is 404: ${landed.body}`)
+  t.match(JSON.parse(landed.body), { code: 'TENANT_NOT_FOUND' })
+  t.equal(await userCount(ctx, ACME), 0, 'nothing reached the new tenant')
+})
+
 t.test('/metrics and readiness details are not for anonymous callers; per-tenant counts only count verified callers', async (t) => {
   const ctx = await setupApp(t, {}, { s3: true })
   await createTenant(ctx, ACME)
