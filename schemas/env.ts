@@ -2,6 +2,9 @@ import { isIP } from 'node:net'
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 
+/** The largest JWT_CLOCK_TOLERANCE_MS accepted; a deleted tenant's id waits twice that, plus a second, before it is taken again. */
+export const MAX_JWT_CLOCK_TOLERANCE_MS = 300_000
+
 const Integer = (defaultValue: number, minimum = 0, maximum?: number) =>
   Type.Integer({ default: defaultValue, minimum, ...(maximum === undefined ? {} : { maximum }) })
 
@@ -163,7 +166,7 @@ export const EnvSchema = Type.Object({
   /** A token signed with a key the service does not know triggers at most one JWKS fetch per this interval. */
   JWKS_REFETCH_INTERVAL_MS: Integer(5000, 100),
   /** Leeway for `exp`, `nbf` and `iat`, for clocks that disagree a little. */
-  JWT_CLOCK_TOLERANCE_MS: Integer(5000, 0, 300_000),
+  JWT_CLOCK_TOLERANCE_MS: Integer(5000, 0, MAX_JWT_CLOCK_TOLERANCE_MS),
   /** The longest lifetime (`exp` − `iat`) a token may claim; longer-lived tokens are refused. */
   JWT_MAX_AGE: Type.String({ default: '24 hours', pattern: DURATION_PATTERN }),
 

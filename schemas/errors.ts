@@ -15,6 +15,10 @@ export const ERROR_CATALOGUE = {
   TENANT_SUSPENDED: [403, 'the tenant is suspended'],
   TENANT_DELETING: [403, 'the tenant is being deleted: it refuses requests and cannot be changed; repeat the DELETE to finish'],
   TENANT_EXISTS: [409, 'a tenant with that id already exists'],
+  TENANT_RECENTLY_DELETED: [
+    409,
+    "a tenant with that id was deleted less than 2 × JWT_CLOCK_TOLERANCE_MS + 1 s ago: its tokens could not be told from the new tenant's; see Retry-After"
+  ],
   TENANT_MIGRATING: [
     503,
     "the tenant's schema is older than the route needs and is being migrated (or waits for npm run migrate, or its migration failed); see Retry-After"

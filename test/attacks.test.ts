@@ -5,10 +5,13 @@
  * their issue time, /metrics and readiness by anonymous callers, and bodies by values of the wrong
  * type. Each checks what the attacker got and that nothing was written.
  */
-import net, { type AddressInfo } from 'node:net'
-import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import { tenantRoleName } from '../lib/tenants/index.ts'
+import { runInTransaction } from '../lib/transaction.ts'
 import { createTenant, readinessDetails, setupApp, type TestContext } from './helpers/app.ts'
+import { trickle } from './helpers/trickle.ts'
 import { eventually } from './helpers/wait.ts'
 
 const ACME = 'acme-corp'
@@ -17,6 +20,21 @@ const GLOBEX = 'globex'
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const userCount = async (ctx: TestContext, tenant: string) =>
   (await ctx.admin.query<{ count: number }>(`SELECT count(*)::int AS count FROM "${tenant}".users`)).rows[0].count
+
+/** POST /auth/tenants for `id` again, as a platform admin. */
+const recreate = (ctx: TestContext, id: string) =>
+  ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: ctx.auth.admin(), payload: { id, name: `${id} again` } })
+
+/** What exists of a tenant id: its registry row, its schema, its role. */
+async function traces(ctx: TestContext, id: string) {
+  const { rows } = await ctx.admin.query<{ row: boolean; schema: boolean; role: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM public.tenants WHERE id = $1) AS row,
+            EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS schema,
+            EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) AS role`,
+    [id, tenantRoleName(ctx.config.TENANT_ROLE_PREFIX, id)]
+  )
+  return rows[0]
+}
 
 /** Tallies answers by status. */
 function tally(statuses: number[]): Record<number, number> {
@@ -118,33 +136,26 @@ t.test("a mutation's transaction carries idle_in_transaction_session_timeout", a
   t.equal(rows[0].timeout, '7s')
 })
 
-/**
- * Sends a POST's headers and the first half of its body on a socket, and answers a function that
- * sends the rest and resolves with the status code.
- */
-async function trickle(port: number, path: string, headers: Record<string, string>, body: string) {
-  const socket = net.connect(port, '127.0.0.1')
-  await once(socket, 'connect')
-  const lines = Object.entries({ ...headers, host: 'localhost', 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) })
-  let answer = ''
-  const answered = new Promise<void>((resolve) => {
-    socket.on('data', (chunk) => {
-      answer += chunk.toString()
-      // The whole answer: a JSON body after the headers, whose length they state.
-      const length = Number(/content-length: (\d+)/i.exec(answer)?.[1] ?? Number.NaN)
-      if (answer.length - answer.indexOf('\r\n\r\n') - 4 >= length) resolve()
-    })
-    socket.on('close', () => resolve())
+t.test('a control-plane transaction left idle is ended by PostgreSQL after PG_IDLE_IN_TRANSACTION_TIMEOUT_MS', async (t) => {
+  const ctx = await setupApp(t, { PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: '300' })
+  const sessionGone = (pid: number) => async () => (await ctx.admin.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount === 0
+  const stalled = runInTransaction(ctx.app.pg.pool, async (client) => {
+    const { rows } = await client.query<{ pid: number; timeout: string }>(
+      "SELECT pg_backend_pid() AS pid, current_setting('idle_in_transaction_session_timeout') AS timeout"
+    )
+    t.equal(rows[0].timeout, '300ms', 'set in the transaction')
+    // Whatever the work waits for outside the database, the server does not wait with it.
+    t.ok(await eventually(sessionGone(rows[0].pid), 5000, 50), 'PostgreSQL ended the idle session')
+    await client.query('SELECT 1')
   })
-  socket.write(`POST ${path} HTTP/1.1\r\n${lines.map(([name, value]) => `${name}: ${value}\r\n`).join('')}\r\n${body.slice(0, 10)}`)
-  return async () => {
-    // Not end(): a client that half-closes has left, as far as Node is concerned.
-    socket.write(body.slice(10))
-    await answered
-    socket.destroy()
-    return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1]), body: answer.slice(answer.indexOf('\r\n\r\n') + 4) }
-  }
-}
+  await t.rejects(stalled, 'the stalled transaction fails; nothing of it is committed')
+  const { rows } = await ctx.admin.query(
+    `SELECT count(*)::int AS count FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`
+  )
+  t.equal(rows[0].count, 0, 'no session is left idle in a transaction')
+  await createTenant(ctx, ACME)
+  t.pass('and the control plane keeps working')
+})
 
 t.test('a write re-checks its tenant at its first query: suspended meanwhile is 403, deleted meanwhile is 404, never a 5xx', async (t) => {
   // Requests whose tenant was resolved, and whose body is now awaited.
@@ -235,15 +246,69 @@ t.test('token issue times: required, not in the future, a lifetime within JWT_MA
   // A token of the tenant's earlier incarnation: issued, then the tenant deleted and created again.
   const earlier = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
   t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: earlier })).statusCode, 200, 'it works while its tenant lives')
-  await new Promise((resolve) => setTimeout(resolve, 2100))
   t.equal((await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin() })).statusCode, 204)
-  await createTenant(ctx, ACME)
+  // The id is taken again once the recreation interval (here 1 s: no tolerance) has passed.
+  t.ok(await eventually(async () => (await recreate(ctx, ACME)).statusCode === 201, 10_000, 100), 'the tenant is created again')
   const replayed = await ctx.app.inject({ method: 'POST', url: '/users', headers: earlier, payload: { email: 'ghost@acme.test', name: 'Ghost' } })
   t.equal(replayed.statusCode, 401, 'the old token is refused by the new tenant of the same id')
   t.match(replayed.json(), { code: 'TOKEN_INVALID', message: /before its tenant was created/ })
   t.equal(await userCount(ctx, ACME), 0, 'and wrote nothing')
   const fresh = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
   t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: fresh })).statusCode, 200, 'a token issued since is accepted')
+})
+
+t.test('a deleted tenant id is refused 409 TENANT_RECENTLY_DELETED until tokens of its two lives can be told apart; then old tokens are 401', async (t) => {
+  // The interval is 2 × JWT_CLOCK_TOLERANCE_MS + 1 s: 1.4 s here (11 s with the default 5 s).
+  const ctx = await setupApp(t, { JWT_CLOCK_TOLERANCE_MS: '200' })
+  await createTenant(ctx, ACME)
+  const earlier = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: earlier })).statusCode, 200, 'the token works while its tenant lives')
+  t.equal((await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin() })).statusCode, 204)
+
+  const refused = await recreate(ctx, ACME)
+  t.equal(refused.statusCode, 409, `created again at once: ${refused.body}`)
+  t.match(refused.json(), { code: 'TENANT_RECENTLY_DELETED', message: /retry in \d+ s/ })
+  const retryAfter = Number(refused.headers['retry-after'])
+  t.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 2, `Retry-After is the whole seconds left (${refused.headers['retry-after']})`)
+  t.same(await traces(ctx, ACME), { row: false, schema: false, role: false }, 'no registry row, schema or role was created')
+  const meanwhile = await ctx.app.inject({ method: 'POST', url: '/users', headers: earlier, payload: { email: 'ghost@acme.test', name: 'Ghost' } })
+  t.equal(meanwhile.statusCode, 404, 'the old token finds no tenant meanwhile')
+
+  await sleep(retryAfter * 1000)
+  const created = await recreate(ctx, ACME)
+  t.equal(created.statusCode, 201, `created again after Retry-After: ${created.body}`)
+  const read = await ctx.app.inject({ method: 'GET', url: '/users', headers: earlier })
+  t.equal(read.statusCode, 401, 'the old token is refused by the new tenant')
+  t.match(read.json(), { code: 'TOKEN_INVALID', message: /before its tenant was created/ })
+  const write = await ctx.app.inject({ method: 'POST', url: '/users', headers: earlier, payload: { email: 'ghost@acme.test', name: 'Ghost' } })
+  t.equal(write.statusCode, 401, 'and cannot write')
+  t.equal(await userCount(ctx, ACME), 0, 'nothing was written in the new tenant')
+  const fresh = { ...bearer(ctx.issuer.token({ tenant: ACME })), 'x-tenant-id': ACME }
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/users', headers: fresh })).statusCode, 200, "the new tenant's tokens work")
+  const { rows } = await ctx.admin.query('SELECT count(*)::int AS count FROM public.tenant_tombstones WHERE tenant_id = $1', [ACME])
+  t.equal(rows[0].count, 0, 'the creation pruned the tombstone it outlived')
+})
+
+t.test('a write let in under a tenant that is deleted and created again before its body arrives lands nowhere: 404', async (t) => {
+  let awaitingBody = 0
+  // No tolerance: the id may be taken again 1 s after the deletion.
+  const ctx = await setupApp(
+    t,
+    { JWT_CLOCK_TOLERANCE_MS: '0' },
+    { beforeRegister: (app) => app.addHook('preParsing', async (request) => void (request.url === '/users' && awaitingBody++)) }
+  )
+  await createTenant(ctx, ACME)
+  await ctx.app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (ctx.app.server.address() as AddressInfo).port
+
+  const slowWrite = await trickle(port, '/users', ctx.auth.tenantUser(ACME), JSON.stringify({ email: 'ghost@acme.test', name: 'Ghost' }))
+  t.ok(await eventually(() => awaitingBody === 1), 'the write was let in; its body is on its way')
+  t.equal((await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${ACME}`, headers: ctx.auth.admin() })).statusCode, 204)
+  t.ok(await eventually(async () => (await recreate(ctx, ACME)).statusCode === 201, 10_000, 100), 'the id is taken again, same schema and role names')
+  const landed = await slowWrite()
+  t.equal(landed.status, 404, `the write of the earlier tenant is 404: ${landed.body}`)
+  t.match(JSON.parse(landed.body), { code: 'TENANT_NOT_FOUND' })
+  t.equal(await userCount(ctx, ACME), 0, 'nothing reached the new tenant')
 })
 
 t.test('/metrics and readiness details are not for anonymous callers; per-tenant counts only count verified callers', async (t) => {

@@ -1,3 +1,4 @@
+import type { AddressInfo } from 'node:net'
 import { AdminCreateUserCommand, InitiateAuthCommand } from '@aws-sdk/client-cognito-identity-provider'
 import t from 'tap'
 import { loadMigrations, provisionTenant } from '../lib/tenants/index.ts'
@@ -5,6 +6,8 @@ import { inviteMember, type UserPool } from '../lib/users/index.ts'
 import { ApiError } from '../schemas/errors.ts'
 import { setupApp, type TestContext } from './helpers/app.ts'
 import { startTestCognito, TEST_PASSWORD, type TestCognito } from './helpers/cognito.ts'
+import { trickle } from './helpers/trickle.ts'
+import { eventually } from './helpers/wait.ts'
 
 /**
  * Members backed by a real user pool (cognito-local), end to end: tenant creation with its admin,
@@ -18,6 +21,8 @@ const GLOBEX = 'globex'
 let ctx: TestContext
 let cognito: TestCognito
 let operator: string
+/** Requests to /users let in (tenant resolved) whose body is now awaited. */
+let awaitingBody = 0
 
 const bearer = (token: string, tenant?: string) => ({ authorization: `Bearer ${token}`, ...(tenant ? { 'x-tenant-id': tenant } : {}) })
 /** POST /users as the caller of `token` in `tenant`: a plain user, or with `invite: true` a member invited into the pool. */
@@ -40,7 +45,11 @@ async function loginAs(email: string) {
 t.before(async () => {
   cognito = await startTestCognito()
   t.teardown(() => cognito.stop())
-  ctx = await setupApp(t, { ...cognito.env, COGNITO_INVITE_MESSAGE_ACTION: 'SUPPRESS' })
+  ctx = await setupApp(
+    t,
+    { ...cognito.env, COGNITO_INVITE_MESSAGE_ACTION: 'SUPPRESS' },
+    { beforeRegister: (app) => app.addHook('preParsing', async (request) => void (request.url === '/users' && awaitingBody++)) }
+  )
   operator = await cognito.platformAdmin()
 })
 
@@ -161,6 +170,24 @@ t.test('an email already bound to another tenant in the pool is refused with 409
   t.equal(response.json().code, 'MEMBER_IN_OTHER_TENANT')
   t.same(await rowsOf(GLOBEX), [])
   t.equal((await cognito.users()).get('worker@acme.test')!.attributes['custom:tenant_id'], ACME, 'the pool user is untouched')
+})
+
+t.test("a platform admin's invitation whose tenant is suspended while its body arrives is 403, and neither a row nor a pool user is made", async (t) => {
+  await ctx.app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (ctx.app.server.address() as AddressInfo).port
+  const poolBefore = [...(await cognito.users()).keys()].sort()
+  const letIn = awaitingBody
+  const slowInvite = await trickle(port, '/users', bearer(operator, GLOBEX), JSON.stringify({ email: 'slow@globex.test', name: 'Slow', invite: true }))
+  t.ok(await eventually(() => awaitingBody === letIn + 1), 'the invitation was let in; its body is on its way')
+  const suspend = await ctx.app.inject({ method: 'PATCH', url: `/auth/tenants/${GLOBEX}`, headers: bearer(operator), payload: { status: 'suspended' } })
+  t.equal(suspend.statusCode, 200)
+  const answer = await slowInvite()
+  t.equal(answer.status, 403, answer.body)
+  t.match(JSON.parse(answer.body), { code: 'TENANT_SUSPENDED' })
+  t.same(await rowsOf(GLOBEX), [], 'no row was written into the suspended tenant')
+  t.same([...(await cognito.users()).keys()].sort(), poolBefore, 'and the pool was not asked to make a user')
+  const resumed = await ctx.app.inject({ method: 'PATCH', url: `/auth/tenants/${GLOBEX}`, headers: bearer(operator), payload: { status: 'active' } })
+  t.equal(resumed.statusCode, 200)
 })
 
 t.test('an invitation interrupted after the row was written is finished by repeating it', async (t) => {

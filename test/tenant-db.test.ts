@@ -74,13 +74,14 @@ t.test('the switch: one context statement, its values per tenant, and when it ri
   t.equal(scopeMode(false, false), 'begin', "a mutation's first query opens the transaction with the context")
   t.equal(scopeMode(false, true), 'none', 'its later queries ride in that transaction')
   const scope = createScope(
-    { id: 'acme-corp', schema: 'acme-corp', role: 't_acme-corp' },
+    { id: 'acme-corp', schema: 'acme-corp', role: 't_acme-corp', created_at: new Date() },
     { statementTimeoutMs: 1500, idleInTransactionTimeoutMs: 10_000, prepared: true, tenantRoles: true }
   )
   t.same(scope.values, ['"acme-corp"', 't_acme-corp', '1500'], 'search_path is the quoted schema only, then the role and the timeout')
   t.match(CONTEXT.text, /set_config\('search_path', \$1, true\).*set_config\('role', \$2, true\).*set_config\('statement_timeout', \$3, true\)/)
   t.match(CONTEXT_READ_ONLY.text, /set_config\('transaction_read_only', 'on', true\)/)
   t.notMatch(CONTEXT.text, /transaction_read_only/, 'a mutation is not read-only')
+  t.match(CONTEXT.text, /public\.tenant_accepts_writes\(\$5, \$6\)/, 'and asks the registry about the tenant it resolved: its id and its creation')
 })
 
 t.test('a tenant as a request sees it carries no driver state', async (t) => {

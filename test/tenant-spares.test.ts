@@ -154,6 +154,26 @@ t.test('a creation that fails puts its spare back', async (t) => {
   t.same(rows, [{ name: 'Original' }])
 })
 
+t.test('a creation refused for an id deleted moments ago takes no spare', async (t) => {
+  await createTenant(ctx, 'reborn-spare')
+  const deleted = await ctx.app.inject({ method: 'DELETE', url: '/auth/tenants/reborn-spare', headers: ctx.auth.admin() })
+  t.equal(deleted.statusCode, 204)
+  t.ok(await stocked())
+  const before = await spares()
+  const response = await post('reborn-spare', 'Too soon')
+  t.equal(response.statusCode, 409, response.body)
+  t.equal(response.json().code, 'TENANT_RECENTLY_DELETED')
+  t.ok(Number(response.headers['retry-after']) >= 1, 'with Retry-After')
+  const after = new Set((await spares()).map((spare) => spare.schema))
+  t.ok(
+    before.every((spare) => after.has(spare.schema)),
+    'every spare is still there, under its own name'
+  )
+  t.same(await exists({ schema: 'reborn-spare', role: `${ctx.config.TENANT_ROLE_PREFIX}reborn-spare` }), { schema: false, role: false })
+  const { rows } = await ctx.admin.query(`SELECT 1 FROM public.tenants WHERE id = 'reborn-spare'`)
+  t.same(rows, [], 'and no registry row')
+})
+
 t.test('concurrent creations take different spares, and more creations than spares all succeed', async (t) => {
   t.ok(await stocked())
   const ids = Array.from({ length: SPARES * 2 }, (_, i) => `burst-${i}`)

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { latestVersion, loadMigrations, provisionTenant } from '../lib/tenants/index.ts'
-import { createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
+import { ageTombstone, createTenant, setupApp, TENANT_ROLE_RIGHTS, tenantRoleRights, type TestContext } from './helpers/app.ts'
 
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 
@@ -179,6 +179,12 @@ t.test('DELETE drops the schema, the role and the row', async (t) => {
   t.equal(scoped.statusCode, 404, 'its requests are refused at once')
   t.equal(scoped.json().code, 'TENANT_NOT_FOUND')
 
+  const tooSoon = await post({ id: 'doomed', name: 'Reborn' })
+  t.equal(tooSoon.statusCode, 409, 'the id is not taken again at once')
+  t.equal(tooSoon.json().code, 'TENANT_RECENTLY_DELETED')
+  t.ok(Number(tooSoon.headers['retry-after']) >= 1, 'Retry-After says when it may be')
+  t.same(await traces('doomed'), { row: false, schema: false, role: false }, 'and nothing was created')
+  await ageTombstone(ctx.admin, 'doomed')
   const recreated = await post({ id: 'doomed', name: 'Reborn' })
   t.equal(recreated.statusCode, 201, 'the id can be used again')
   const { rows } = await ctx.admin.query(`SELECT count(*)::int AS count FROM "doomed".users`)

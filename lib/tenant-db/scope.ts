@@ -12,8 +12,10 @@ import { serialize } from 'pg-protocol'
  * and a released connection carries nothing. It also asks the registry whether the tenant still
  * takes writes (public.tenant_accepts_writes raises TS404 or TS403 otherwise): access was decided
  * when the headers arrived, and the body may have taken long enough for the tenant to be suspended
- * or deleted since. Prepared once per connection; the WHERE clause evaluates the calls and returns
- * no row, so there is nothing to describe or parse.
+ * or deleted since, or deleted and created again under the same id, with the same schema and role
+ * names: the registry row must still be the one resolved, created at the same instant.
+ * Prepared once per connection; the WHERE clause evaluates the calls and returns no row, so there
+ * is nothing to describe or parse.
  */
 export const CONTEXT = {
   name: 'tenant_context_w',
@@ -22,7 +24,7 @@ export const CONTEXT = {
     "set_config('statement_timeout', $3, true) || set_config('idle_in_transaction_session_timeout', $4, true)) IS NULL " +
     // OR, not AND: the settings are never NULL, so AND would stop before the check. Within one
     // expression PostgreSQL evaluates left to right: the context first, then the check.
-    'OR NOT public.tenant_accepts_writes($5)'
+    'OR NOT public.tenant_accepts_writes($5, $6)'
 } as const
 
 /**
@@ -48,7 +50,7 @@ export interface TenantScope {
    * that cannot carry named statements: every statement of a flight is then the unnamed one.
    */
   readonly prepared: boolean
-  /** search_path, role, statement timeout (the read context's values; a mutation's add two). */
+  /** search_path, role, statement timeout (the read context's values; a mutation's add three). */
   readonly values: readonly string[]
   readonly bindReadOnly: Buffer
   readonly bindReadWrite: Buffer
@@ -71,10 +73,14 @@ export interface ScopeOptions {
   tenantRoles: boolean
 }
 
-export function createScope(tenant: { id: string; schema: string; role: string }, options: ScopeOptions): TenantScope {
+/**
+ * `created_at` is the registry's, as read into the tenant cache: the write guard checks that the
+ * tenant a mutation writes to is still the one created then.
+ */
+export function createScope(tenant: { id: string; schema: string; role: string; created_at: Date }, options: ScopeOptions): TenantScope {
   const role = options.tenantRoles ? tenant.role : 'none'
   const values = [pg.escapeIdentifier(tenant.schema), role, String(Math.trunc(options.statementTimeoutMs))]
-  const writeValues = [...values, String(Math.trunc(options.idleInTransactionTimeoutMs)), tenant.id]
+  const writeValues = [...values, String(Math.trunc(options.idleInTransactionTimeoutMs)), tenant.id, tenant.created_at.toISOString()]
   const bind = (statement: string, values: string[]) => Buffer.concat([serialize.bind({ statement: options.prepared ? statement : '', values }), EXECUTE])
   return {
     prepared: options.prepared,

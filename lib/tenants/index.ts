@@ -18,6 +18,7 @@ export { createTenantCatchUp, type LaggingTenant, type TenantCatchUp, type Tenan
 export { provisionTenant } from './provisioning.ts'
 export { deleteTenant, findTenant, getTenant, listTenants, TENANT_CHANGED_CHANNEL, toTenant, updateTenant, type TenantRow } from './registry.ts'
 export { TenantSpares } from './spares.ts'
+export { recreationIntervalMs } from './tombstones.ts'
 export { assertValidTenantId, checkTenantId, tenantRoleName } from './sql.ts'
 export {
   createTenantUsage,

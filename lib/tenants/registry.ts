@@ -4,6 +4,7 @@ import type { Tenant, TenantStatus } from '../../schemas/tenant.ts'
 import { keysetSql, readPage } from '../pagination.ts'
 import { runInTransaction, sendEach } from '../transaction.ts'
 import { checkTenantId } from './sql.ts'
+import { recordTombstoneSql } from './tombstones.ts'
 
 /** Channel on which every instance hears that a tenant changed, so caches drop it at once. */
 export const TENANT_CHANGED_CHANNEL = 'tenant_changed'
@@ -78,7 +79,8 @@ export interface DeleteTenantOptions {
  * Deletes a tenant in two steps. First it is marked `deleting` (and announced, so every instance
  * refuses its requests from then on) and `beforeDrop` runs. Then its schema, role and registry row
  * are dropped in one transaction, the row locked first so that of two concurrent deletions only
- * one drops and the other finds nothing.
+ * one drops and the other finds nothing. That transaction also leaves the id's tombstone, which
+ * keeps it from being created again too soon (tombstones.ts).
  */
 export async function deleteTenant(pool: pg.Pool, id: string, options: DeleteTenantOptions = {}): Promise<void> {
   if (checkTenantId(id) !== null) throw errors.tenantNotFound(id)
@@ -105,6 +107,8 @@ export async function deleteTenant(pool: pg.Pool, id: string, options: DeleteTen
       // DROP OWNED revokes whatever the role was granted in this database, which DROP ROLE requires.
       `DROP OWNED BY ${role}`,
       `DROP ROLE ${role}`,
+      // The id may not be created again for a while (tombstones.ts).
+      recordTombstoneSql(id),
       `NOTIFY ${TENANT_CHANGED_CHANNEL}, ${pg.escapeLiteral(id)}`
     ])
   })

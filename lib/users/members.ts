@@ -47,12 +47,18 @@ export interface MemberInvitation {
   temporaryPassword?: string
 }
 
-/** Runs `work` in a transaction in the tenant's schema, while the tenant is neither deleting nor gone. */
+/**
+ * Runs `work` in a transaction in the tenant's schema, while the tenant is active. Access was
+ * decided when the request's headers arrived; its body may have taken long enough for the tenant
+ * to be suspended, marked for deletion or deleted since, and each is refused here as a request's
+ * own transaction refuses it (public.tenant_accepts_writes), before the pool is asked for anything.
+ */
 async function inTenant<T>(pool: pg.Pool, tenant: TenantRef, work: (db: pg.PoolClient) => Promise<T>): Promise<T> {
   return runInTransaction(pool, async (db) => {
     const { rows } = await db.query<{ status: string }>('SELECT status FROM public.tenants WHERE id = $1 FOR SHARE', [tenant.id])
     if (!rows[0]) throw errors.tenantNotFound(tenant.id)
     if (rows[0].status === 'deleting') throw errors.tenantDeleting(tenant.id)
+    if (rows[0].status !== 'active') throw errors.tenantSuspended(tenant.id)
     await db.query("SELECT set_config('search_path', $1, true)", [tenant.schema])
     return work(db)
   })

@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
 import { databaseKind, UNCACHED_WORKER_CONNECTIONS, type DatabaseKind } from '../../lib/tenant-db/index.ts'
+import { limitIdleTransactions } from '../../lib/transaction.ts'
 import { directDatabaseUrl, keptConnections } from '../../schemas/env.ts'
 
 /** The pool options derived from configuration. */
@@ -29,6 +30,8 @@ export default fp(
   async function postgres(fastify: FastifyInstance) {
     await fastify.register(fastifyPostgres, poolOptions(fastify))
     const pool = fastify.pg.pool
+    // The control plane's transactions are bounded as a request's are.
+    limitIdleTransactions(pool, fastify.config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS)
     // A connection the server dropped emits 'error' on its client, and when it was idle pg-pool
     // emits the same error on the pool too. Unhandled, either would crash the process; the pool
     // replaces the connection, and the loss is logged once.

@@ -9,6 +9,7 @@ import {
   getTenant,
   listTenants,
   provisionTenant,
+  recreationIntervalMs,
   toTenant,
   updateTenant,
   USAGE_TENANT_SCHEMA_VERSION,
@@ -28,7 +29,9 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
         operationId: 'createTenant',
         summary: 'Create a tenant',
         description:
-          'Creates the registry row, the tenant role and the schema at the latest migration, in one transaction. With `admin`, ' +
+          'Creates the registry row, the tenant role and the schema at the latest migration, in one transaction. An id deleted ' +
+          'less than 2 × JWT_CLOCK_TOLERANCE_MS + 1 s ago is refused (409 TENANT_RECENTLY_DELETED, with Retry-After), so that ' +
+          'no token of the deleted tenant is accepted by the new one. With `admin`, ' +
           "then invites the tenant's first member, with role admin, into the Cognito user pool (see POST /users). If that " +
           'invitation fails part-way the tenant stays created, the answer says so, and repeating the same request finishes it.',
         tags: ['tenants'],
@@ -40,6 +43,7 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
             'TENANT_ID_INVALID',
             'TENANT_ID_RESERVED',
             'TENANT_EXISTS',
+            'TENANT_RECENTLY_DELETED',
             'USER_POOL_NOT_CONFIGURED',
             'USER_POOL_UNAVAILABLE',
             'USER_POOL_ERROR',
@@ -57,7 +61,11 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
       let row: TenantRow
       let resumed = false
       try {
-        row = await provisionTenant(pool, input, { rolePrefix: fastify.config.TENANT_ROLE_PREFIX, spares: fastify.tenantSpares })
+        row = await provisionTenant(pool, input, {
+          rolePrefix: fastify.config.TENANT_ROLE_PREFIX,
+          spares: fastify.tenantSpares,
+          recreateAfterMs: recreationIntervalMs(fastify.config.JWT_CLOCK_TOLERANCE_MS)
+        })
       } catch (error) {
         // A repeat of a creation whose admin invitation failed part-way: the tenant is there, the invitation is finished below.
         const existing = admin && error instanceof ApiError && error.code === 'TENANT_EXISTS' ? await findTenant(pool, input.id) : undefined
