@@ -22,12 +22,17 @@ export function awsErrorClassifier(codes: AwsErrorCodes) {
   const transientNames = new Set([...TRANSIENT_EVERYWHERE, ...(codes.transient ?? [])])
   return function classify(error: unknown, action: string): ApiError {
     if (error instanceof ApiError) return error
-    const failure = error as { name?: string; $metadata?: { httpStatusCode?: number } }
+    const failure = error as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } }
     const status = failure?.$metadata?.httpStatusCode
     const transient = status === undefined || status >= 500 || status === 429 || transientNames.has(failure?.name ?? '')
-    const apiError = transient
-      ? serviceUnavailable(codes.unavailable, `${codes.service} is not available (${action}); retry shortly`)
-      : new ApiError(codes.refused, `${codes.service} refused to ${action}`)
+    // A connection or an answer that did not come within the client's timeouts: said so, so the log
+    // tells a store that hangs from one that refuses connections.
+    const timedOut = failure?.name === 'TimeoutError' || failure?.code === 'ETIMEDOUT'
+    const apiError = timedOut
+      ? serviceUnavailable(codes.unavailable, `${codes.service} did not answer in time (${action}); retry shortly`)
+      : transient
+        ? serviceUnavailable(codes.unavailable, `${codes.service} is not available (${action}); retry shortly`)
+        : new ApiError(codes.refused, `${codes.service} refused to ${action}`)
     return Object.assign(apiError, { cause: error })
   }
 }

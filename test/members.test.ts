@@ -1,10 +1,11 @@
+import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { AdminCreateUserCommand, InitiateAuthCommand } from '@aws-sdk/client-cognito-identity-provider'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { loadMigrations, provisionTenant } from '../lib/tenants/index.ts'
 import { inviteMember, type UserPool } from '../lib/users/index.ts'
 import { ApiError } from '../schemas/errors.ts'
-import { setupApp, type TestContext } from './helpers/app.ts'
+import { buildApp, setupApp, type TestContext } from './helpers/app.ts'
 import { startTestCognito, TEST_PASSWORD, type TestCognito } from './helpers/cognito.ts'
 import { trickle } from './helpers/trickle.ts'
 import { eventually } from './helpers/wait.ts'
@@ -40,6 +41,41 @@ async function provisionAt(id: string, version: number) {
 async function loginAs(email: string) {
   await cognito.setPassword(email, TEST_PASSWORD)
   return (await cognito.login(email, TEST_PASSWORD)).idToken
+}
+
+/**
+ * A slow user pool: an HTTP proxy in front of cognito-local that holds AdminDisableUser and
+ * AdminDeleteUser (the calls of a member's removal) until `release()`, and passes the rest.
+ */
+async function slowPool(target: string) {
+  const held: string[] = []
+  let release!: () => void
+  const released = new Promise<void>((resolve) => {
+    release = resolve
+  })
+  const server = http.createServer((request, response) => {
+    const forward = () => {
+      const upstream = http.request(new URL(request.url ?? '/', target), { method: request.method, headers: request.headers }, (answer) => {
+        response.writeHead(answer.statusCode ?? 502, answer.headers)
+        answer.pipe(response)
+      })
+      upstream.on('error', () => response.destroy())
+      request.pipe(upstream)
+    }
+    const operation = String(request.headers['x-amz-target'] ?? '')
+      .split('.')
+      .pop()!
+    if (operation !== 'AdminDisableUser' && operation !== 'AdminDeleteUser') return forward()
+    held.push(operation)
+    void released.then(forward)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    held,
+    release,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve()))
+  }
 }
 
 t.before(async () => {
@@ -232,6 +268,95 @@ t.test('an admin member changes a role; removing a member disables and deletes i
     'and its row'
   )
   await t.rejects(cognito.login('worker@acme.test', TEST_PASSWORD), 'the removed member can no longer log in')
+})
+
+/**
+ * A second instance of the service on the same database, reaching the pool through `slowPool`, with
+ * one connection per tenant: a removal holding it across the pool's calls would leave none to the
+ * tenant's other writes, which would wait PG_ACQUIRE_TIMEOUT_MS and answer 503 DATABASE_BUSY.
+ */
+async function slowPoolInstance(t: Test) {
+  const pool = await slowPool(cognito.endpoint)
+  const endpoint = process.env.AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER
+  process.env.AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER = pool.endpoint
+  const app = await buildApp({ ...ctx.config, TENANT_MAX_CONNECTIONS: 1, PG_ACQUIRE_TIMEOUT_MS: 1000 })
+  t.teardown(async () => {
+    pool.release()
+    await app.close()
+    await pool.close()
+  })
+  try {
+    // The SDK reads the endpoint variable once per client, at its first call.
+    await app.userPool!.describe()
+  } finally {
+    process.env.AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER = endpoint
+  }
+  return { app, pool }
+}
+
+t.test('removing a member while the pool is slow holds no database connection: the tenant keeps writing meanwhile', async (t) => {
+  const { app, pool } = await slowPoolInstance(t)
+  const invited = await addUser(adminToken, ACME, { email: 'leaver@acme.test', name: 'Leaver', invite: true })
+  t.equal(invited.statusCode, 201, invited.body)
+  const removal = app.inject({ method: 'DELETE', url: `/users/${invited.json().id}`, headers: bearer(adminToken, ACME) })
+  t.ok(await eventually(() => pool.held.length > 0), 'the removal waits on AdminDisableUser')
+
+  const writes = await Promise.all(
+    [1, 2, 3].map((n) =>
+      app.inject({ method: 'POST', url: '/users', headers: bearer(adminToken, ACME), payload: { email: `busy${n}@acme.test`, name: 'Busy' } })
+    )
+  )
+  t.same(
+    writes.map((write) => write.statusCode),
+    [201, 201, 201],
+    `the tenant's writes succeed while the pool is slow: ${writes.map((write) => write.body).join(' ')}`
+  )
+  t.equal(pool.held.length, 1, 'the removal was still waiting on the pool')
+
+  pool.release()
+  const removed = await removal
+  t.equal(removed.statusCode, 204, removed.body)
+  t.same(pool.held, ['AdminDisableUser', 'AdminDeleteUser'], 'the pool user was disabled, then deleted')
+  t.notOk((await cognito.users()).has('leaver@acme.test'), 'the pool user is gone')
+  t.notOk(
+    (await rowsOf(ACME)).some((row) => row.email === 'leaver@acme.test'),
+    'and its row'
+  )
+})
+
+t.test('an invitation that records its sub while the member is being removed: that pool user goes too, then the row', async (t) => {
+  const { app, pool } = await slowPoolInstance(t)
+  // An invitation between AdminCreateUser and recording the sub: its pool user exists, its row is still inviting.
+  const created = await cognito.client.send(
+    new AdminCreateUserCommand({
+      UserPoolId: cognito.userPoolId,
+      Username: 'racer@acme.test',
+      UserAttributes: [
+        { Name: 'email', Value: 'racer@acme.test' },
+        { Name: 'custom:tenant_id', Value: ACME }
+      ],
+      MessageAction: 'SUPPRESS'
+    })
+  )
+  const sub = created.User!.Attributes!.find((attribute) => attribute.Name === 'sub')!.Value!
+  const { rows } = await ctx.admin.query(`INSERT INTO acme.users (email, name, status) VALUES ('racer@acme.test', 'Racer', 'inviting') RETURNING id`)
+
+  const removal = app.inject({ method: 'DELETE', url: `/users/${rows[0].id}`, headers: bearer(adminToken, ACME) })
+  t.ok(await eventually(() => pool.held.length > 0), 'the removal waits on AdminDisableUser')
+  // The invitation's last step commits meanwhile (bounded: a removal holding the row's lock would block it).
+  await ctx.admin.query(
+    `BEGIN; SET LOCAL lock_timeout = '2s';
+     UPDATE acme.users SET sub = '${sub}', status = 'active' WHERE id = '${rows[0].id}'; COMMIT`
+  )
+  pool.release()
+  const removed = await removal
+  t.equal(removed.statusCode, 204, removed.body)
+  t.same(pool.held, ['AdminDisableUser', 'AdminDeleteUser', 'AdminDisableUser'], 'the pool user the row names now was removed too (already gone)')
+  t.notOk((await cognito.users()).has('racer@acme.test'), 'no pool user is left')
+  t.notOk(
+    (await rowsOf(ACME)).some((row) => row.email === 'racer@acme.test'),
+    'and no row'
+  )
 })
 
 t.test('an invitation while the pool is down: 503, the row stays inviting; repeated once the pool is back, it is finished', async (t) => {

@@ -1,4 +1,5 @@
 import { mkdtemp, rm } from 'node:fs/promises'
+import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
@@ -87,9 +88,72 @@ t.test('S3 failures map to 503 when transient and 502 otherwise', async (t) => {
   const denied = storageError(Object.assign(new Error('denied'), { name: 'AccessDenied', $metadata: { httpStatusCode: 403 } }), 'x')
   t.equal(denied.statusCode, 502)
   t.equal(denied.code, 'STORAGE_ERROR')
+  const timedOut = storageError(Object.assign(new Error('connect ETIMEDOUT'), { code: 'ETIMEDOUT' }), 'x')
+  t.match(timedOut, { statusCode: 503, code: 'STORAGE_UNAVAILABLE', message: 'did not answer in time (x)' }, 'a timeout is named as one')
   const kept = new ApiError('FILE_NOT_FOUND', 'y')
   t.equal(storageError(kept, 'x'), kept, 'client errors pass through')
 })
+
+t.test(
+  'an S3 that accepts connections and never answers: a call fails with 503 STORAGE_UNAVAILABLE, naming the timeout, instead of hanging',
+  { timeout: 8000 },
+  async (t) => {
+    // Reads the requests and never writes a byte back.
+    const sockets = new Set<net.Socket>()
+    const server = net.createServer((socket) => {
+      sockets.add(socket)
+      socket.on('error', () => undefined)
+      socket.resume()
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => {
+      for (const socket of sockets) socket.destroy()
+      server.close()
+    })
+    // Credentials, so the calls reach the network (without any the SDK fails before connecting).
+    for (const [name, value] of [
+      ['AWS_ACCESS_KEY_ID', 'silent'],
+      ['AWS_SECRET_ACCESS_KEY', 'silent']
+    ]) {
+      const before = process.env[name]
+      process.env[name] ??= value
+      t.teardown(() => {
+        if (before === undefined) delete process.env[name]
+      })
+    }
+    const storage = createStorage({
+      bucket: 'silent',
+      region: 'us-east-1',
+      endpoint: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+      forcePathStyle: true,
+      presignExpiresSeconds: 60,
+      timeouts: { connectionMs: 500, requestMs: 200 }
+    })
+    t.teardown(() => storage.close())
+
+    const attempts = async (call: () => Promise<unknown>) => {
+      const before = sockets.size
+      const failure = await call().then(
+        () => null,
+        (error: unknown) => error
+      )
+      return { failure, attempts: sockets.size - before }
+    }
+    for (const [action, call] of [
+      ['look up an object', () => storage.headObject('tenants/acme/x')],
+      ['delete an object', () => storage.deleteObject('tenants/acme/x')]
+    ] as const) {
+      const { failure, attempts: made } = await attempts(call)
+      t.type(failure, ApiError, action)
+      t.match(failure, { statusCode: 503, code: 'STORAGE_UNAVAILABLE', headers: { 'retry-after': '1' }, message: `did not answer in time (${action})` }, action)
+      t.match((failure as ApiError).cause, { name: 'TimeoutError', message: /200 ms requestTimeout/ }, `${action}: the SDK's timeout is the cause, for the log`)
+      t.equal(made, 3, `${action}: three attempts reached the store`)
+    }
+    // Readiness: the bucket check fails too, saying why.
+    const { failure } = await attempts(() => storage.checkBucket())
+    t.match(failure, { message: /bucket "silent" is not reachable: TimeoutError/ })
+  }
+)
 
 t.test('configuration', async (t) => {
   const base = { NODE_ENV: 'test', DATABASE_URL: 'postgres://u@localhost/db' }

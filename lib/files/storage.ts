@@ -21,6 +21,11 @@ export interface StorageOptions {
   endpoint?: string
   forcePathStyle?: boolean
   presignExpiresSeconds: number
+  /**
+   * How long one attempt may take to connect, and then to be answered, before it is abandoned
+   * (retried, 3 attempts in all, then 503 `STORAGE_UNAVAILABLE`). Defaults: 3000 and 10_000 ms.
+   */
+  timeouts?: { connectionMs?: number; requestMs?: number }
 }
 
 /**
@@ -56,8 +61,13 @@ export function createStorage(options: StorageOptions) {
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     maxAttempts: 3,
-    // An S3 that does not answer must become a 503 well within the request timeout.
-    requestHandler: { connectionTimeout: 3000, requestTimeout: 10_000 }
+    // An S3 that does not answer must become a 503, not hold the call (and its request) forever:
+    // without throwOnRequestTimeout the SDK only warns past requestTimeout and keeps waiting.
+    requestHandler: {
+      connectionTimeout: options.timeouts?.connectionMs ?? 3000,
+      requestTimeout: options.timeouts?.requestMs ?? 10_000,
+      throwOnRequestTimeout: true
+    }
   })
 
   async function send<T>(action: string, operation: () => Promise<T>): Promise<T> {

@@ -46,7 +46,6 @@ const LIST_USERS = keysetSql(`SELECT ${USER_COLUMNS} FROM users`, 'uuid')
 const USER_BY_ID = `SELECT ${USER_COLUMNS} FROM users WHERE id = $1`
 const UPDATE_USER = `UPDATE users SET email = coalesce($2, email), name = coalesce($3, name), role = coalesce($4, role), updated_at = date_trunc('milliseconds', now())
   WHERE id = $1 RETURNING ${USER_COLUMNS}`
-const DELETE_USER = 'DELETE FROM users WHERE id = $1'
 
 export async function createUser(db: Queryable, input: { email: string; name: string; role?: MemberRole }): Promise<User> {
   const { rows } = await db.query<UserRow>(INSERT_USER, [input.email, input.name, input.role ?? 'member']).catch(emailConflict)
@@ -80,19 +79,16 @@ export async function updateUser(db: Queryable, id: string, changes: { email?: s
   return toUser(rows[0])
 }
 
-export async function deleteUser(db: Queryable, id: string): Promise<void> {
-  const { rowCount } = await db.query(DELETE_USER, [id])
-  if (rowCount === 0) throw errors.userNotFound(id)
-}
-
 export {
   hasPendingInvitation,
   hasPoolUser,
   inviteMember,
+  removeMember,
   removePoolUserOf,
   removeTenantMembers,
   requireTenantAdmin,
   type MemberInvitation,
-  type TenantRef
+  type TenantRef,
+  type TenantTransaction
 } from './members.ts'
 export { createUserPool, describePoolFailure, userPoolError, type UserPool } from './pool.ts'

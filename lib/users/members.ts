@@ -4,7 +4,7 @@ import type { MemberRole } from '../../schemas/user.ts'
 import type { Principal } from '../auth/index.ts'
 import type { Queryable } from '../tenant-db/index.ts'
 import { runInTransaction } from '../transaction.ts'
-import { memberBySub, USER_COLUMNS, type UserRow } from './index.ts'
+import { getUserRow, memberBySub, USER_COLUMNS, type UserRow } from './index.ts'
 import { USER_POOL_CALL_MAX_MS, type UserPool } from './pool.ts'
 
 /**
@@ -20,7 +20,8 @@ import { USER_POOL_CALL_MAX_MS, type UserPool } from './pool.ts'
  *   `inviting` row that is visible, reported in the answer, and finished by repeating the
  *   invitation; a tenant deletion looks its pool user up by email.
  * - Remove: the pool user is disabled and deleted before the row goes, so a failure leaves the
- *   row and a repeat finishes (a pool user already gone counts as removed).
+ *   row and a repeat finishes (a pool user already gone counts as removed). No transaction is open
+ *   meanwhile (removeMember): the row goes only if it still names the pool user that was removed.
  * - Tenant deletion: every member's pool user goes while the tenant is `deleting` and its schema
  *   (the list of members) still exists; a failure stops the deletion there (see routes/auth/tenants).
  *   An `inviting` row whose pool user is not found may be an invitation between (1) and (3), its
@@ -162,6 +163,55 @@ export async function removePoolUserOf(userPool: UserPool, tenantId: string, row
   const found = await userPool.find(row.email)
   if (found?.tenant === tenantId) await userPool.remove(found.sub)
   return found !== null
+}
+
+/** Runs `work` in a short transaction of its own on the tenant, committed before it resolves. */
+export type TenantTransaction = <T>(work: (db: Queryable) => Promise<T>) => Promise<T>
+
+/**
+ * Rounds of removeMember before it answers 503. A row's pool identity changes at most once, when
+ * an invitation records its sub ((NULL, inviting) to (sub, active)), so a second round always
+ * settles; the bound only keeps a bug from looping.
+ */
+const REMOVAL_ROUNDS = 3
+
+/**
+ * Removes a member: its pool user, then its row. The pool is never called inside a transaction: a
+ * pool call may take USER_POOL_CALL_MAX_MS, and a transaction held that long would hold a pooled
+ * connection and one of the tenant's TENANT_MAX_CONNECTIONS (and lock the row), starving the
+ * tenant's other requests and the pool's other tenants. So the caller is authorized and the row
+ * read in one short transaction (the tenant must still accept writes: a suspended or deleting
+ * tenant's pool users are not touched), the pool user removed with none open, and the row deleted
+ * in another only while it still names the pool user removed (sub and status). If an invitation
+ * recorded its sub meanwhile, the new pool user is removed in turn rather than answering an error:
+ * the pool steps are idempotent and the client asked for exactly that. Either way no row outlives
+ * its pool user's removal unnoticed, and an invitation whose row went meanwhile deletes the pool
+ * user it made (inviteMember).
+ */
+export async function removeMember(
+  inTransaction: TenantTransaction,
+  tenantId: string,
+  id: string,
+  options: { authorize(db: Queryable): Promise<void>; userPool(): UserPool }
+): Promise<void> {
+  let row = await inTransaction(async (db) => {
+    await options.authorize(db)
+    return getUserRow(db, id)
+  })
+  for (let round = 1; ; round++) {
+    if (hasPoolUser(row)) await removePoolUserOf(options.userPool(), tenantId, row)
+    const identity = [row.sub, row.status]
+    const changed = await inTransaction(async (db) => {
+      const { rowCount } = await db.query('DELETE FROM users WHERE id = $1 AND sub IS NOT DISTINCT FROM $2 AND status = $3', [id, ...identity])
+      // Not deleted: the row changed or went meanwhile (404 then: another DELETE finished the job).
+      return rowCount === 0 ? getUserRow(db, id) : null
+    })
+    if (!changed) return
+    if (round === REMOVAL_ROUNDS) {
+      throw serviceUnavailable('USER_POOL_UNAVAILABLE', `User ${id} kept changing while its pool user was being removed; retry`, 1)
+    }
+    row = changed
+  }
 }
 
 /**

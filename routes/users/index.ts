@@ -2,18 +2,19 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import {
   createUser,
-  deleteUser,
   getUser,
   getUserRow,
   hasPoolUser,
   inviteMember,
   listUsers,
   memberBySub,
-  removePoolUserOf,
+  removeMember,
   requireTenantAdmin,
+  type TenantTransaction,
   toUser,
   updateUser
 } from '../../lib/users/index.ts'
+import type { Queryable } from '../../lib/tenant-db/index.ts'
 import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
 import { ApiError, DATABASE_ERRORS, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
 import { CreateUserBody, UpdateUserBody, User } from '../../schemas/user.ts'
@@ -39,6 +40,21 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     if (!fastify.userPool) throw new ApiError('USER_POOL_NOT_CONFIGURED', 'No user pool is configured (COGNITO_USER_POOL_ID): users cannot be invited')
     return fastify.userPool
   }
+  /** Short transactions of their own on the request's tenant, each committed before it resolves. */
+  const transactionsOf =
+    (request: FastifyRequest): TenantTransaction =>
+    async <T>(work: (db: Queryable) => Promise<T>) => {
+      const db = fastify.tenantDb.open(request.tenant!, false)
+      let result: T
+      try {
+        result = await work(db)
+      } catch (error) {
+        await db.finish(false)?.catch(() => undefined)
+        throw error
+      }
+      await db.finish(true)
+      return result
+    }
 
   fastify.post(
     '/',
@@ -174,10 +190,13 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     },
     async (request, reply) => {
-      await mayManageMembers(request)
-      const row = await getUserRow(request.db!, request.params.id, { lock: true })
-      if (hasPoolUser(row)) await removePoolUserOf(requirePool(), request.tenant!.id, row)
-      await deleteUser(request.db!, request.params.id)
+      // Not through request.db: its transaction would stay open across the pool's calls (see removeMember).
+      await removeMember(transactionsOf(request), request.tenant!.id, request.params.id, {
+        authorize: async (db) => {
+          if (fastify.userPool) await requireTenantAdmin(db, request.principal!)
+        },
+        userPool: requirePool
+      })
       return reply.code(204).send()
     }
   )
