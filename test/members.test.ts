@@ -5,7 +5,7 @@ import t, { type Test } from 'tap'
 import { loadMigrations, provisionTenant } from '../lib/tenants/index.ts'
 import { inviteMember, type UserPool } from '../lib/users/index.ts'
 import { ApiError } from '../schemas/errors.ts'
-import { buildApp, setupApp, type TestContext } from './helpers/app.ts'
+import { ageTombstone, buildApp, setupApp, type TestContext } from './helpers/app.ts'
 import { startTestCognito, TEST_PASSWORD, type TestCognito } from './helpers/cognito.ts'
 import { trickle } from './helpers/trickle.ts'
 import { eventually } from './helpers/wait.ts'
@@ -225,6 +225,28 @@ t.test("a platform admin's invitation whose tenant is suspended while its body a
   const resumed = await ctx.app.inject({ method: 'PATCH', url: `/auth/tenants/${GLOBEX}`, headers: bearer(operator), payload: { status: 'active' } })
   t.equal(resumed.statusCode, 200)
 })
+
+t.test(
+  'an invitation whose tenant is deleted and created again while its body arrives is 404, and the new tenant gets neither a row nor a pool user',
+  async (t) => {
+    const id = 'reborn'
+    t.equal((await ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: bearer(operator), payload: { id, name: 'First' } })).statusCode, 201)
+    if (!ctx.app.server.listening) await ctx.app.listen({ port: 0, host: '127.0.0.1' })
+    const port = (ctx.app.server.address() as AddressInfo).port
+    const poolBefore = [...(await cognito.users()).keys()].sort()
+    const letIn = awaitingBody
+    const slowInvite = await trickle(port, '/users', bearer(operator, id), JSON.stringify({ email: 'ghost@reborn.test', name: 'Ghost', invite: true }))
+    t.ok(await eventually(() => awaitingBody === letIn + 1), 'the invitation was let in; its body is on its way')
+    t.equal((await ctx.app.inject({ method: 'DELETE', url: `/auth/tenants/${id}`, headers: bearer(operator) })).statusCode, 204)
+    await ageTombstone(ctx.admin, id)
+    t.equal((await ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: bearer(operator), payload: { id, name: 'Second' } })).statusCode, 201)
+    const answer = await slowInvite()
+    t.equal(answer.status, 404, answer.body)
+    t.match(JSON.parse(answer.body), { code: 'TENANT_NOT_FOUND' })
+    t.same(await rowsOf(id), [], 'no row was written into the new tenant')
+    t.same([...(await cognito.users()).keys()].sort(), poolBefore, 'and the pool was not asked to make a user')
+  }
+)
 
 t.test('an invitation interrupted after the row was written is finished by repeating it', async (t) => {
   // What a crash between the row and AdminCreateUser leaves behind.

@@ -39,6 +39,11 @@ import { USER_POOL_CALL_MAX_MS, type UserPool } from './pool.ts'
 export interface TenantRef {
   id: string
   schema: string
+  /**
+   * When the tenant the caller resolved was created (ms since the epoch, as the tenant cache holds
+   * it). Given, a tenant of the same id deleted and created again since is refused as gone.
+   */
+  createdAt?: number
 }
 
 export interface MemberInvitation {
@@ -51,13 +56,15 @@ export interface MemberInvitation {
 /**
  * Runs `work` in a transaction in the tenant's schema, while the tenant is active. Access was
  * decided when the request's headers arrived; its body may have taken long enough for the tenant
- * to be suspended, marked for deletion or deleted since, and each is refused here as a request's
- * own transaction refuses it (public.tenant_accepts_writes), before the pool is asked for anything.
+ * to be suspended, marked for deletion or deleted (and perhaps created again) since, and each is
+ * refused here as a request's own transaction refuses it (public.tenant_accepts_writes), before the
+ * pool is asked for anything.
  */
 async function inTenant<T>(pool: pg.Pool, tenant: TenantRef, work: (db: pg.PoolClient) => Promise<T>): Promise<T> {
   return runInTransaction(pool, async (db) => {
-    const { rows } = await db.query<{ status: string }>('SELECT status FROM public.tenants WHERE id = $1 FOR SHARE', [tenant.id])
-    if (!rows[0]) throw errors.tenantNotFound(tenant.id)
+    const { rows } = await db.query<{ status: string; created_at: Date }>('SELECT status, created_at FROM public.tenants WHERE id = $1 FOR SHARE', [tenant.id])
+    // Both sides read created_at into a Date (whole milliseconds), so equal means the same tenant.
+    if (!rows[0] || (tenant.createdAt !== undefined && rows[0].created_at.getTime() !== tenant.createdAt)) throw errors.tenantNotFound(tenant.id)
     if (rows[0].status === 'deleting') throw errors.tenantDeleting(tenant.id)
     if (rows[0].status !== 'active') throw errors.tenantSuspended(tenant.id)
     await db.query("SELECT set_config('search_path', $1, true)", [tenant.schema])
