@@ -180,37 +180,75 @@ t.test('a write re-checks its tenant at its first query: suspended meanwhile is 
 })
 
 t.test('forged pagination cursors are 400 INVALID_CURSOR on every listing', async (t) => {
-  const ctx = await setupApp(t)
+  const ctx = await setupApp(t, {}, { s3: true })
   await createTenant(ctx, ACME)
   const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const uuid = '00000000-0000-0000-0000-000000000000'
+  const instant = '2024-01-01T00:00:00.000Z'
+  /** Refused on every listing, whatever its ids are. */
   const forged = [
-    encode(['-271821-04-20T00:00:00Z', '00000000-0000-0000-0000-000000000000']),
-    encode(['2024-01-01T00:00:00.000+14:30', '00000000-0000-0000-0000-000000000000']),
-    encode(['Mon Jan 01 2024 00:00:00 GMT+1400', '00000000-0000-0000-0000-000000000000']),
+    encode(['-271821-04-20T00:00:00Z', uuid]),
+    encode(['2024-01-01T00:00:00.000+14:30', uuid]),
+    encode(['Mon Jan 01 2024 00:00:00 GMT+1400', uuid]),
     encode(['+275760-09-13T00:00:00.000Z', 'acme-corp']),
+    encode(['+275760-09-13T00:00:00.000Z', uuid]),
     encode(['2024-02-30T00:00:00.000Z', 'acme-corp']),
-    encode(['2024-01-01T00:00:00.000Z', "x' OR 1=1 --"]),
-    encode(['2024-01-01T00:00:00.000Z', '00000000-0000-0000-0000-000000000000', 'extra']),
-    encode({ createdAt: '2024-01-01T00:00:00.000Z', id: 'acme-corp' }),
+    encode([instant, "x' OR 1=1 --"]),
+    // Wrong lengths and shapes.
+    encode([instant, uuid, 'extra']),
+    encode([instant]),
+    encode([]),
+    encode([[instant, uuid]]),
+    encode({ createdAt: instant, id: 'acme-corp' }),
+    encode(null),
+    encode(instant),
+    // Elements that are not strings.
+    encode([1704067200000, uuid]),
+    encode([instant, 42]),
+    encode([instant, null]),
+    encode([{ instant }, uuid]),
+    encode([instant, [uuid]]),
+    encode([true, 'acme-corp']),
+    encode(12),
+    // Years PostgreSQL cannot take, or not in the four digits the service writes.
+    encode(['0000-01-01T00:00:00.000Z', uuid]),
+    encode(['0000-01-01T00:00:00.000Z', 'acme-corp']),
+    encode(['10000-01-01T00:00:00.000Z', uuid]),
+    encode(['+010000-01-01T00:00:00.000Z', 'acme-corp']),
+    encode(['999999-01-01T00:00:00.000Z', uuid]),
+    encode(['-000001-01-01T00:00:00.000Z', 'acme-corp']),
+    // Ids that are neither a UUID nor a tenant id.
+    encode([instant, '00000000-0000-0000-0000-00000000000g']),
+    encode([instant, '00000000000000000000000000000000']),
+    encode([instant, '{00000000-0000-0000-0000-000000000000}']),
+    encode([instant, '00000000-0000-0000-0000-0000000000000']),
+    encode([instant, '00000000-0000-0000-0000-000000000000 ']),
+    encode([instant, '']),
     'bm90IGpzb24'
   ]
+  /** A tenant id where a UUID belongs, and a UUID where a tenant id does. */
+  const wrongKind = { uuid: [encode([instant, 'acme-corp']), encode(['9999-12-31T23:59:59.999Z', 'a-b'])], tenant: [encode([instant, uuid])] }
   const listings = [
-    { url: '/users', headers: ctx.auth.tenantUser(ACME) },
-    { url: '/auth/tenants', headers: ctx.auth.admin() }
-  ]
-  for (const { url, headers } of listings) {
-    for (const cursor of forged) {
+    { url: '/users', headers: ctx.auth.tenantUser(ACME), ids: 'uuid' },
+    { url: '/files', headers: ctx.auth.tenantUser(ACME), ids: 'uuid' },
+    { url: '/auth/tenants', headers: ctx.auth.admin(), ids: 'tenant' }
+  ] as const
+  for (const { url, headers, ids } of listings) {
+    for (const cursor of [...forged, ...wrongKind[ids]]) {
       const response = await ctx.app.inject({ method: 'GET', url: `${url}?cursor=${cursor}`, headers })
-      t.equal(response.statusCode, 400, `${url} with ${Buffer.from(cursor, 'base64url').toString()}`)
-      t.equal(response.json().code, 'INVALID_CURSOR')
+      const label = `${url} with ${Buffer.from(cursor, 'base64url').toString()}`
+      t.equal(response.statusCode, 400, label)
+      t.equal(response.json().code, 'INVALID_CURSOR', label)
     }
   }
-  const genuine = encode(['2024-01-01T00:00:00.000Z', '00000000-0000-0000-0000-000000000000'])
-  t.equal(
-    (await ctx.app.inject({ method: 'GET', url: `/users?cursor=${genuine}`, headers: ctx.auth.tenantUser(ACME) })).statusCode,
-    200,
-    'the form the service writes is accepted'
-  )
+  // The form the service writes, at the ends of the years it can write, is accepted.
+  for (const at of [instant, '0001-01-01T00:00:00.000Z', '9999-12-31T23:59:59.999Z']) {
+    for (const { url, headers, ids } of listings) {
+      const cursor = encode([at, ids === 'uuid' ? uuid : 'acme-corp'])
+      const response = await ctx.app.inject({ method: 'GET', url: `${url}?cursor=${cursor}`, headers })
+      t.equal(response.statusCode, 200, `${url} after ${at}`)
+    }
+  }
 })
 
 t.test('token issue times: required, not in the future, a lifetime within JWT_MAX_AGE, and never before the tenant', async (t) => {
