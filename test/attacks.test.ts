@@ -339,6 +339,73 @@ t.test('JSON bodies are validated strictly: no value is coerced into the type th
   }
   const files = await ctx.admin.query(`SELECT 1 FROM "${ACME}".files`)
   t.equal(files.rowCount, 0, 'no file was declared')
+
+  // The PATCH routes and the tenant creation: a value of the wrong type is refused, never coerced.
+  const admin = ctx.auth.admin()
+  const created = await ctx.app.inject({ method: 'POST', url: '/users', headers, payload: { email: 'ada@acme.test', name: 'Ada' } })
+  t.equal(created.statusCode, 201)
+  const user = created.json()
+  for (const payload of [
+    { name: 12 },
+    { name: true },
+    { name: ['Ada'] },
+    { name: null },
+    { email: ['ada@acme.test'] },
+    { email: 12 },
+    { role: ['admin'] },
+    { role: 1 },
+    { role: true },
+    { name: { toString: 'Eve' } }
+  ]) {
+    const response = await ctx.app.inject({ method: 'PATCH', url: `/users/${user.id}`, headers: { ...admin, 'x-tenant-id': ACME }, payload })
+    t.equal(response.statusCode, 400, `PATCH /users/:id ${JSON.stringify(payload)}`)
+    t.equal(response.json().code, 'VALIDATION_ERROR')
+  }
+  const stored = await ctx.admin.query(`SELECT email, name, role, updated_at FROM "${ACME}".users`)
+  t.same(
+    stored.rows.map(({ email, name, role }) => ({ email, name, role })),
+    [{ email: 'ada@acme.test', name: 'Ada', role: 'member' }],
+    'the user is unchanged'
+  )
+  t.equal(stored.rows[0].updated_at.toISOString(), user.updatedAt, 'and was not written at all')
+
+  const tenantBefore = (await ctx.admin.query('SELECT name, status, updated_at FROM public.tenants WHERE id = $1', [ACME])).rows[0]
+  for (const payload of [
+    { name: 12 },
+    { name: ['Acme'] },
+    { name: true },
+    { status: ['active'] },
+    { status: ['suspended'] },
+    { status: 1 },
+    { status: null },
+    { status: true }
+  ]) {
+    const response = await ctx.app.inject({ method: 'PATCH', url: `/auth/tenants/${ACME}`, headers: admin, payload })
+    t.equal(response.statusCode, 400, `PATCH /auth/tenants/:id ${JSON.stringify(payload)}`)
+    t.equal(response.json().code, 'VALIDATION_ERROR')
+  }
+  t.same((await ctx.admin.query('SELECT name, status, updated_at FROM public.tenants WHERE id = $1', [ACME])).rows[0], tenantBefore, 'the tenant is unchanged')
+
+  const tenantsBefore = (await ctx.admin.query('SELECT id FROM public.tenants ORDER BY id')).rows
+  for (const payload of [
+    { id: 'numbers', name: 12 },
+    { id: 'arrays', name: ['Arrays'] },
+    { id: 'booleans', name: true },
+    { id: ['wrapped'], name: 'Wrapped' },
+    { id: 12345, name: 'Digits' },
+    { id: 'admins', name: 'Admins', admin: { email: ['boss@admins.test'], name: 'Boss' } },
+    { id: 'admins', name: 'Admins', admin: { email: 'boss@admins.test', name: 7 } },
+    { id: 'admins', name: 'Admins', admin: [{ email: 'boss@admins.test', name: 'Boss' }] },
+    { id: 'admins', name: 'Admins', admin: 'boss@admins.test' }
+  ]) {
+    const response = await ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: admin, payload })
+    t.equal(response.statusCode, 400, `POST /auth/tenants ${JSON.stringify(payload)}`)
+    t.equal(response.json().code, 'VALIDATION_ERROR')
+  }
+  t.same((await ctx.admin.query('SELECT id FROM public.tenants ORDER BY id')).rows, tenantsBefore, 'no tenant was created')
+  const schemas = await ctx.admin.query(`SELECT nspname FROM pg_namespace WHERE nspname IN ('numbers', 'arrays', 'booleans', 'wrapped', '12345', 'admins')`)
+  t.same(schemas.rows, [], 'and no schema')
+
   const limit = await ctx.app.inject({ method: 'GET', url: '/users?limit=5', headers })
   t.equal(limit.statusCode, 200, 'query strings still read "5" as a number')
 })
