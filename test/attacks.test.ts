@@ -9,6 +9,7 @@ import net, { type AddressInfo } from 'node:net'
 import { once } from 'node:events'
 import t from 'tap'
 import { createTenant, readinessDetails, setupApp, type TestContext } from './helpers/app.ts'
+import { createSigningKey } from './helpers/issuer.ts'
 import { eventually } from './helpers/wait.ts'
 
 const ACME = 'acme-corp'
@@ -50,6 +51,80 @@ t.test('unknown tenant ids are rate limited before they are looked up, and each 
 
   const suspended = await ctx.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': ACME } })
   t.equal(suspended.statusCode, 429, "a suspended tenant's 403 is behind the same limit")
+})
+
+t.test('requests the guards refuse count against their address: a flood of forged tokens is 429 past the budget, and writes nothing', async (t) => {
+  const ctx = await setupApp(t, { RATE_LIMIT_MAX: '5' })
+  await createTenant(ctx, ACME)
+  await createTenant(ctx, GLOBEX)
+  // Signed with a stranger's key under the issuer's kid, each one different (no refusal is remembered).
+  const attacker = createSigningKey()
+  let forgeries = 0
+  const forged = () => ({
+    ...bearer(ctx.issuer.token({ tenant: ACME, key: attacker, header: { kid: ctx.issuer.key.kid }, claims: { jti: `forged-${forgeries++}` } })),
+    'x-tenant-id': ACME
+  })
+  const mismatched = { ...ctx.auth.tenantUser(GLOBEX), 'x-tenant-id': ACME }
+  const send = (headers: Record<string, string>, method: 'GET' | 'POST' = 'GET', url = '/users', remoteAddress?: string) =>
+    ctx.app.inject({
+      method,
+      url,
+      headers,
+      remoteAddress,
+      ...(method === 'POST' && {
+        payload: url === '/users' ? { email: 'eve@acme.test', name: 'Eve' } : { filename: 'a.bin', contentType: 'application/octet-stream', size: 1 }
+      })
+    })
+
+  // The budget of the address: five refusals, whatever refused them.
+  const first = [
+    await send(forged()),
+    await send(forged(), 'POST'),
+    await send(forged(), 'GET', '/files'),
+    await send(mismatched),
+    await send(ctx.auth.tenantUser(ACME), 'GET', '/auth/tenants')
+  ]
+  t.same(
+    first.map((response) => [response.statusCode, response.json().code]),
+    [
+      [401, 'TOKEN_INVALID'],
+      [401, 'TOKEN_INVALID'],
+      [401, 'TOKEN_INVALID'],
+      [403, 'TENANT_MISMATCH'],
+      [403, 'ADMIN_REQUIRED']
+    ],
+    'the first five refusals are answered as such'
+  )
+  t.equal(first[4].headers['x-ratelimit-remaining'], '0', 'and each spent the address budget')
+
+  const flood = [
+    ...(await Promise.all(Array.from({ length: 20 }, () => send(forged())))),
+    await send(forged(), 'POST'),
+    await send(forged(), 'POST', '/files'),
+    await send(mismatched),
+    await send(mismatched, 'POST'),
+    await send({ 'x-tenant-id': ACME }),
+    await send({ authorization: 'Bearer not-a-token', 'x-tenant-id': ACME }, 'GET', '/files')
+  ]
+  t.same(tally(flood.map((response) => response.statusCode)), { 429: 26 }, 'past the budget every refusal is 429')
+  t.match(flood[0].json(), { code: 'RATE_LIMITED', message: /from this address/ })
+  t.match(flood[0].headers['retry-after'], /^\d+$/)
+  t.equal(await userCount(ctx, ACME), 0, 'no user was written')
+  t.equal((await ctx.admin.query(`SELECT 1 FROM "${ACME}".files`)).rowCount, 0, 'no file was declared')
+
+  // The budget spent is the address's: anonymous requests from it are limited too ...
+  t.equal(
+    (await ctx.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': ACME } })).statusCode,
+    429,
+    'an anonymous GET / from the address is limited'
+  )
+  // ... while a verified caller there spends its tenant's budget, untouched by the flood: forged
+  // tokens from a shared address (a NAT, a proxy) cannot lock its genuine users out.
+  const genuine = await send(ctx.auth.tenantUser(ACME))
+  t.equal(genuine.statusCode, 200, "a valid token from the same address is served: it spends its tenant's budget")
+  t.equal(genuine.headers['x-ratelimit-remaining'], '4')
+  t.equal((await send(forged(), 'GET', '/users', '203.0.113.9')).statusCode, 401, 'another address has a budget of its own')
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/metrics' })).statusCode, 401, 'a route outside the limit (/metrics) is refused, never limited')
 })
 
 t.test("one caller spends at most RATE_LIMIT_CALLER_SHARE of its tenant's budget; the tenant's others and admins keep working", async (t) => {
