@@ -120,6 +120,43 @@ t.test('quota: delete then PUT anyway, 15 times, cannot store more than the quot
   }
 })
 
+t.test('quota: a completed file keeps its upload reservation while its URL works: complete, then PUT again, cannot store past the quota', async (t) => {
+  await createTenant(ctx, 'refill')
+  const bytes = Buffer.alloc(6000, 2)
+  const first = (await startUpload('refill', bytes.length)).json<Upload>()
+  t.equal((await put(first.upload, bytes)).status, 200)
+  t.equal((await complete('refill', first.file.id)).statusCode, 200)
+  const { rows } = await admin.query('SELECT key FROM refill.files WHERE id = $1', [first.file.id])
+  t.same(await s3.keys('tenants/refill/'), [rows[0].key], 'completing moved the bytes and deleted the staging object')
+
+  // The URL cannot be revoked: until it expires it refills the staging key. So the file counts
+  // twice meanwhile, and no new upload may take the room the refill can use.
+  t.equal((await put(first.upload, bytes)).status, 200, 'the URL still stores after the completion')
+  for (const size of [QUOTA - bytes.length, 1]) {
+    const refused = await startUpload('refill', size)
+    t.equal(refused.statusCode, 409, `an upload of ${size} bytes is refused while the URL works`)
+    t.equal(refused.json().code, 'QUOTA_EXCEEDED')
+    // Where the service let it in, its bytes land too: what the attack would store.
+    if (refused.statusCode === 201) await put(refused.json<Upload>().upload, Buffer.alloc(size, 3))
+  }
+  t.same(
+    (await rowsOf('refill')).map((row) => [row.id, row.status]),
+    [[first.file.id, 'uploaded']],
+    'no other file was declared'
+  )
+  const stored = await storedBytes('tenants/refill/')
+  t.ok(stored <= 2 * bytes.length, `the prefix holds the file and the refill its reservation covers, nothing more (${stored} bytes)`)
+  t.same(await s3.keys('tenants/refill/'), [`tenants/refill/${first.file.id}/.upload`, rows[0].key].sort())
+
+  // Once the URL has expired the sweep removes the refill, and the reservation is free again.
+  await afterExpiry([first])
+  t.equal((await put(first.upload, bytes)).status, 403, 'the expired URL stores nothing')
+  await sweep()
+  t.same(await s3.keys('tenants/refill/'), [rows[0].key], 'the late staging object is swept')
+  t.equal(await storedBytes('tenants/refill/'), bytes.length)
+  t.equal((await startUpload('refill', QUOTA - bytes.length)).statusCode, 201, 'the rest of the quota is free again')
+})
+
 t.test('a slow store holds no database connection: other tenants keep writing', async (t) => {
   await createTenant(ctx, 'slow')
   await createTenant(ctx, 'bystander')
