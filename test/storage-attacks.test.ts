@@ -1,3 +1,5 @@
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { sweepDue } from '../lib/files/index.ts'
 import { buildApp, createTenant, setupApp } from './helpers/app.ts'
@@ -268,6 +270,77 @@ t.test('concurrent completions: one copies, the others answer what it did; a del
     (await rowsOf('racing')).map((row) => row.status),
     ['uploaded', 'deleted']
   )
+})
+
+/** POST /files/:id/complete on the listening service, on a connection of its own; answers the ClientRequest (to drop it) and its outcome. */
+function completeOverHttp(tenant: string, id: string) {
+  const { port } = app.server.address() as AddressInfo
+  const request = http.request({ host: '127.0.0.1', port, method: 'POST', path: `/files/${id}/complete`, headers: auth.tenantUser(tenant), agent: false })
+  const outcome = new Promise<string>((resolve) => {
+    request.on('response', (response) => {
+      response.resume()
+      resolve(String(response.statusCode))
+    })
+    request.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'))
+  })
+  request.end()
+  return { request, outcome }
+}
+
+t.test('a completion whose client went away mid-copy is recorded; the retry answers 200 at once, and the file is uploaded once', async (t) => {
+  await createTenant(ctx, 'walkaway')
+  if (!app.server.listening) await app.listen({ port: 0, host: '127.0.0.1' })
+  const bytes = Buffer.from('bytes of a client that left')
+  const upload = (await startUpload('walkaway', bytes.length)).json<Upload>()
+  t.equal((await put(upload.upload, bytes)).status, 200)
+  const { rows } = await admin.query('SELECT key FROM walkaway.files WHERE id = $1', [upload.file.id])
+  const finalPath = `/${s3.bucket}/${rows[0].key}`
+
+  // The store answers the completion's calls slowly; the client gives up meanwhile.
+  const slow = s3.delayWhen((request) => request.path.startsWith(`/${s3.bucket}/tenants/walkaway/`), 1500)
+  const { request, outcome } = completeOverHttp('walkaway', upload.file.id)
+  t.ok(await eventually(() => slow.failed >= 1, 10_000), 'the completion is waiting for the store')
+  request.destroy()
+  t.equal(await outcome, 'ECONNRESET', 'the client left before any answer')
+  slow.clear()
+
+  const retried = await complete('walkaway', upload.file.id)
+  t.equal(retried.statusCode, 200, `the retry is answered, not held back by the abandoned claim: ${retried.body}`)
+  t.match(retried.json(), { id: upload.file.id, status: 'uploaded' })
+  const row = await admin.query('SELECT status, completion_claim FROM walkaway.files WHERE id = $1', [upload.file.id])
+  t.same(row.rows, [{ status: 'uploaded', completion_claim: null }], 'uploaded, and no claim left')
+  t.equal(s3.requests.filter((seen) => seen.method === 'PUT' && seen.path === finalPath).length, 1, 'the upload was copied once')
+  t.ok(await eventually(async () => (await s3.keys('tenants/walkaway/')).join() === rows[0].key), 'the staging object is deleted')
+  t.same(await s3.get(rows[0].key), bytes)
+})
+
+t.test('a completion that fails after its copy releases its claim: the retry completes at once', async (t) => {
+  await createTenant(ctx, 'unswept')
+  const bytes = Buffer.from('bytes whose sweep could not be asked for')
+  const upload = (await startUpload('unswept', bytes.length)).json<Upload>()
+  t.equal((await put(upload.upload, bytes)).status, 200)
+  // Asking for the sweep of this tenant's prefix fails, once the copy is made.
+  await admin.query(`CREATE FUNCTION public.refuse_sweep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no sweeps today'; END $$`)
+  await admin.query(
+    `CREATE TRIGGER refuse_sweep BEFORE INSERT OR UPDATE ON public.tenant_sweeps FOR EACH ROW WHEN (NEW.tenant_id = 'unswept') EXECUTE FUNCTION public.refuse_sweep()`
+  )
+  const failed = await complete('unswept', upload.file.id)
+  t.equal(failed.statusCode, 500, 'the completion fails')
+  t.same(
+    (await rowsOf('unswept')).map((row) => row.status),
+    ['pending'],
+    'and the file stays pending'
+  )
+  await admin.query('DROP TRIGGER refuse_sweep ON public.tenant_sweeps')
+  await admin.query('DROP FUNCTION public.refuse_sweep()')
+
+  const retried = await complete('unswept', upload.file.id)
+  t.equal(retried.statusCode, 200, `the retry is not held back by the failed completion's claim: ${retried.body}`)
+  t.match(retried.json(), { status: 'uploaded' })
+  const { rows } = await admin.query('SELECT key, status, completion_claim FROM unswept.files')
+  t.match(rows, [{ status: 'uploaded', completion_claim: null }])
+  t.same(await s3.keys('tenants/unswept/'), [rows[0].key])
+  t.same(await s3.get(rows[0].key), bytes)
 })
 
 t.test('a recreated tenant id: old upload URLs store nothing the new tenant can reach', async (t) => {
