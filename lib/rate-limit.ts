@@ -10,16 +10,20 @@ import type { Log } from './log.ts'
  * made-up tenant ids costs no database work past the budget. Only what a guard verified counts: a
  * token bound to a tenant spends that tenant's budget (and its caller's share of it, see
  * callerShareKey); an admin's token, or one bound to no tenant, its caller's own. Requests without
- * a verified token are counted per client address, never per the X-Tenant-ID they claim, so
- * nobody can spend another tenant's budget by naming it.
+ * a verified token, and requests a guard refused (see createRateLimit's countRefusal), are counted
+ * per client address, never per the X-Tenant-ID they claim, so nobody can spend another tenant's
+ * budget by naming it.
  */
 export function rateLimitKey(request: FastifyRequest): string {
   // Routes of plugins registered before the decorators (Swagger UI's) see them as undefined.
   const caller = request.principal ?? null
-  if (caller === null) return `ip:${clientAddressKey(request.ip)}`
+  if (caller === null) return addressKey(request)
   if (caller.tenant !== null && !caller.admin) return `tenant:${caller.tenant}`
   return `caller:${caller.subject}`
 }
+
+/** The budget of the request's client address: anonymous requests, and every request a guard refused. */
+export const addressKey = (request: FastifyRequest) => `ip:${clientAddressKey(request.ip)}`
 
 /** The key of a tenant-bound caller's own share of its tenant's budget; null for every other request. */
 export function callerShareKey(request: FastifyRequest): string | null {
@@ -228,12 +232,22 @@ export interface RateLimitSettings {
 }
 
 /**
- * The onRequest hook that counts a request against its key's budget: x-ratelimit-limit,
- * -remaining and -reset on every answer; past the budget, 429 RATE_LIMITED with Retry-After. A
- * store error lets the request through (fail open). Callback style: with counters in memory it
- * completes without a promise.
+ * The rate limit's two hooks.
+ *
+ * `rateLimit`, the onRequest hook that counts a request against its key's budget:
+ * x-ratelimit-limit, -remaining and -reset on every answer; past the budget, 429 RATE_LIMITED with
+ * Retry-After. A store error lets the request through (fail open). Callback style: with counters
+ * in memory it completes without a promise.
+ *
+ * `countRefusal`, for the requests a guard refused before `rateLimit` could run (a missing, bad or
+ * forged token, another tenant's, not an admin's): each is counted against its client address,
+ * the budget anonymous requests spend, whatever its token claims, since nothing it claims was
+ * verified. Within the budget the refusal is answered as it is; past it, 429. So a flood of forged
+ * tokens is limited like any other, while accepted requests pay nothing for it: they never reach
+ * this hook, and still spend their tenant's budget only, so refusals from an address shared with
+ * genuine users (a NAT, a proxy) cannot lock those users out.
  */
-export function createRateLimitHook(store: WindowStore, settings: RateLimitSettings) {
+export function createRateLimit(store: WindowStore, settings: RateLimitSettings) {
   const { max, windowMs, windowLabel } = settings
   const limit = String(max)
   const per = /^\d+$/.test(windowLabel) ? `${windowLabel} ms` : windowLabel
@@ -243,27 +257,41 @@ export function createRateLimitHook(store: WindowStore, settings: RateLimitSetti
     const resetSeconds = Math.max(1, Math.ceil(ttlMs / 1000))
     return new ApiError('RATE_LIMITED', `${message}; retry in ${formatSeconds(resetSeconds)}`, { 'retry-after': String(resetSeconds) })
   }
-  return function rateLimit(request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    const shareKey = shared ? callerShareKey(request) : null
-    const key = rateLimitKey(request)
-    store.incr(
-      key,
-      windowMs,
-      (error, current, ttlMs, overShare) => {
-        if (error) return done()
-        const resetSeconds = Math.max(0, Math.ceil(ttlMs / 1000))
-        reply.header('x-ratelimit-limit', limit)
-        reply.header('x-ratelimit-remaining', overShare ? 0 : max > current ? max - current : 0)
-        reply.header('x-ratelimit-reset', resetSeconds)
-        if (overShare) {
-          return done(refuse(`Too many requests from this caller: at most ${shareMax} of the tenant's ${max} per ${per}`, ttlMs))
-        }
-        if (current <= max) return done()
-        const whose = key.startsWith('ip:') ? 'from this address' : key.startsWith('tenant:') ? 'for this tenant' : 'from this caller'
-        done(refuse(`Too many requests ${whose}: at most ${max} per ${per}`, ttlMs))
-      },
-      shareKey === null ? null : { key: shareKey, max: shareMax }
-    )
+  const headers = (reply: FastifyReply, current: number, ttlMs: number, overShare: boolean) => {
+    reply.header('x-ratelimit-limit', limit)
+    reply.header('x-ratelimit-remaining', overShare ? 0 : max > current ? max - current : 0)
+    reply.header('x-ratelimit-reset', Math.max(0, Math.ceil(ttlMs / 1000)))
+  }
+  const whose = (key: string) => (key.startsWith('ip:') ? 'from this address' : key.startsWith('tenant:') ? 'for this tenant' : 'from this caller')
+
+  return {
+    rateLimit(request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+      const shareKey = shared ? callerShareKey(request) : null
+      const key = rateLimitKey(request)
+      store.incr(
+        key,
+        windowMs,
+        (error, current, ttlMs, overShare) => {
+          if (error) return done()
+          headers(reply, current, ttlMs, overShare)
+          if (overShare) {
+            return done(refuse(`Too many requests from this caller: at most ${shareMax} of the tenant's ${max} per ${per}`, ttlMs))
+          }
+          if (current <= max) return done()
+          done(refuse(`Too many requests ${whose(key)}: at most ${max} per ${per}`, ttlMs))
+        },
+        shareKey === null ? null : { key: shareKey, max: shareMax }
+      )
+    },
+
+    countRefusal(request: FastifyRequest, reply: FastifyReply, refusal: Error, done: HookHandlerDoneFunction): void {
+      store.incr(addressKey(request), windowMs, (error, current, ttlMs) => {
+        if (error) return done(refusal)
+        headers(reply, current, ttlMs, false)
+        if (current <= max) return done(refusal)
+        done(refuse(`Too many requests from this address: at most ${max} per ${per}`, ttlMs))
+      })
+    }
   }
 }
 

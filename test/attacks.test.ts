@@ -11,6 +11,7 @@ import t from 'tap'
 import { tenantRoleName } from '../lib/tenants/index.ts'
 import { runInTransaction } from '../lib/transaction.ts'
 import { createTenant, readinessDetails, setupApp, type TestContext } from './helpers/app.ts'
+import { createSigningKey } from './helpers/issuer.ts'
 import { trickle } from './helpers/trickle.ts'
 import { eventually } from './helpers/wait.ts'
 
@@ -68,6 +69,80 @@ t.test('unknown tenant ids are rate limited before they are looked up, and each 
 
   const suspended = await ctx.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': ACME } })
   t.equal(suspended.statusCode, 429, "a suspended tenant's 403 is behind the same limit")
+})
+
+t.test('requests the guards refuse count against their address: a flood of forged tokens is 429 past the budget, and writes nothing', async (t) => {
+  const ctx = await setupApp(t, { RATE_LIMIT_MAX: '5' })
+  await createTenant(ctx, ACME)
+  await createTenant(ctx, GLOBEX)
+  // Signed with a stranger's key under the issuer's kid, each one different (no refusal is remembered).
+  const attacker = createSigningKey()
+  let forgeries = 0
+  const forged = () => ({
+    ...bearer(ctx.issuer.token({ tenant: ACME, key: attacker, header: { kid: ctx.issuer.key.kid }, claims: { jti: `forged-${forgeries++}` } })),
+    'x-tenant-id': ACME
+  })
+  const mismatched = { ...ctx.auth.tenantUser(GLOBEX), 'x-tenant-id': ACME }
+  const send = (headers: Record<string, string>, method: 'GET' | 'POST' = 'GET', url = '/users', remoteAddress?: string) =>
+    ctx.app.inject({
+      method,
+      url,
+      headers,
+      remoteAddress,
+      ...(method === 'POST' && {
+        payload: url === '/users' ? { email: 'eve@acme.test', name: 'Eve' } : { filename: 'a.bin', contentType: 'application/octet-stream', size: 1 }
+      })
+    })
+
+  // The budget of the address: five refusals, whatever refused them.
+  const first = [
+    await send(forged()),
+    await send(forged(), 'POST'),
+    await send(forged(), 'GET', '/files'),
+    await send(mismatched),
+    await send(ctx.auth.tenantUser(ACME), 'GET', '/auth/tenants')
+  ]
+  t.same(
+    first.map((response) => [response.statusCode, response.json().code]),
+    [
+      [401, 'TOKEN_INVALID'],
+      [401, 'TOKEN_INVALID'],
+      [401, 'TOKEN_INVALID'],
+      [403, 'TENANT_MISMATCH'],
+      [403, 'ADMIN_REQUIRED']
+    ],
+    'the first five refusals are answered as such'
+  )
+  t.equal(first[4].headers['x-ratelimit-remaining'], '0', 'and each spent the address budget')
+
+  const flood = [
+    ...(await Promise.all(Array.from({ length: 20 }, () => send(forged())))),
+    await send(forged(), 'POST'),
+    await send(forged(), 'POST', '/files'),
+    await send(mismatched),
+    await send(mismatched, 'POST'),
+    await send({ 'x-tenant-id': ACME }),
+    await send({ authorization: 'Bearer not-a-token', 'x-tenant-id': ACME }, 'GET', '/files')
+  ]
+  t.same(tally(flood.map((response) => response.statusCode)), { 429: 26 }, 'past the budget every refusal is 429')
+  t.match(flood[0].json(), { code: 'RATE_LIMITED', message: /from this address/ })
+  t.match(flood[0].headers['retry-after'], /^\d+$/)
+  t.equal(await userCount(ctx, ACME), 0, 'no user was written')
+  t.equal((await ctx.admin.query(`SELECT 1 FROM "${ACME}".files`)).rowCount, 0, 'no file was declared')
+
+  // The budget spent is the address's: anonymous requests from it are limited too ...
+  t.equal(
+    (await ctx.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': ACME } })).statusCode,
+    429,
+    'an anonymous GET / from the address is limited'
+  )
+  // ... while a verified caller there spends its tenant's budget, untouched by the flood: forged
+  // tokens from a shared address (a NAT, a proxy) cannot lock its genuine users out.
+  const genuine = await send(ctx.auth.tenantUser(ACME))
+  t.equal(genuine.statusCode, 200, "a valid token from the same address is served: it spends its tenant's budget")
+  t.equal(genuine.headers['x-ratelimit-remaining'], '4')
+  t.equal((await send(forged(), 'GET', '/users', '203.0.113.9')).statusCode, 401, 'another address has a budget of its own')
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/metrics' })).statusCode, 401, 'a route outside the limit (/metrics) is refused, never limited')
 })
 
 t.test("one caller spends at most RATE_LIMIT_CALLER_SHARE of its tenant's budget; the tenant's others and admins keep working", async (t) => {
@@ -191,37 +266,75 @@ t.test('a write re-checks its tenant at its first query: suspended meanwhile is 
 })
 
 t.test('forged pagination cursors are 400 INVALID_CURSOR on every listing', async (t) => {
-  const ctx = await setupApp(t)
+  const ctx = await setupApp(t, {}, { s3: true })
   await createTenant(ctx, ACME)
   const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const uuid = '00000000-0000-0000-0000-000000000000'
+  const instant = '2024-01-01T00:00:00.000Z'
+  /** Refused on every listing, whatever its ids are. */
   const forged = [
-    encode(['-271821-04-20T00:00:00Z', '00000000-0000-0000-0000-000000000000']),
-    encode(['2024-01-01T00:00:00.000+14:30', '00000000-0000-0000-0000-000000000000']),
-    encode(['Mon Jan 01 2024 00:00:00 GMT+1400', '00000000-0000-0000-0000-000000000000']),
+    encode(['-271821-04-20T00:00:00Z', uuid]),
+    encode(['2024-01-01T00:00:00.000+14:30', uuid]),
+    encode(['Mon Jan 01 2024 00:00:00 GMT+1400', uuid]),
     encode(['+275760-09-13T00:00:00.000Z', 'acme-corp']),
+    encode(['+275760-09-13T00:00:00.000Z', uuid]),
     encode(['2024-02-30T00:00:00.000Z', 'acme-corp']),
-    encode(['2024-01-01T00:00:00.000Z', "x' OR 1=1 --"]),
-    encode(['2024-01-01T00:00:00.000Z', '00000000-0000-0000-0000-000000000000', 'extra']),
-    encode({ createdAt: '2024-01-01T00:00:00.000Z', id: 'acme-corp' }),
+    encode([instant, "x' OR 1=1 --"]),
+    // Wrong lengths and shapes.
+    encode([instant, uuid, 'extra']),
+    encode([instant]),
+    encode([]),
+    encode([[instant, uuid]]),
+    encode({ createdAt: instant, id: 'acme-corp' }),
+    encode(null),
+    encode(instant),
+    // Elements that are not strings.
+    encode([1704067200000, uuid]),
+    encode([instant, 42]),
+    encode([instant, null]),
+    encode([{ instant }, uuid]),
+    encode([instant, [uuid]]),
+    encode([true, 'acme-corp']),
+    encode(12),
+    // Years PostgreSQL cannot take, or not in the four digits the service writes.
+    encode(['0000-01-01T00:00:00.000Z', uuid]),
+    encode(['0000-01-01T00:00:00.000Z', 'acme-corp']),
+    encode(['10000-01-01T00:00:00.000Z', uuid]),
+    encode(['+010000-01-01T00:00:00.000Z', 'acme-corp']),
+    encode(['999999-01-01T00:00:00.000Z', uuid]),
+    encode(['-000001-01-01T00:00:00.000Z', 'acme-corp']),
+    // Ids that are neither a UUID nor a tenant id.
+    encode([instant, '00000000-0000-0000-0000-00000000000g']),
+    encode([instant, '00000000000000000000000000000000']),
+    encode([instant, '{00000000-0000-0000-0000-000000000000}']),
+    encode([instant, '00000000-0000-0000-0000-0000000000000']),
+    encode([instant, '00000000-0000-0000-0000-000000000000 ']),
+    encode([instant, '']),
     'bm90IGpzb24'
   ]
+  /** A tenant id where a UUID belongs, and a UUID where a tenant id does. */
+  const wrongKind = { uuid: [encode([instant, 'acme-corp']), encode(['9999-12-31T23:59:59.999Z', 'a-b'])], tenant: [encode([instant, uuid])] }
   const listings = [
-    { url: '/users', headers: ctx.auth.tenantUser(ACME) },
-    { url: '/auth/tenants', headers: ctx.auth.admin() }
-  ]
-  for (const { url, headers } of listings) {
-    for (const cursor of forged) {
+    { url: '/users', headers: ctx.auth.tenantUser(ACME), ids: 'uuid' },
+    { url: '/files', headers: ctx.auth.tenantUser(ACME), ids: 'uuid' },
+    { url: '/auth/tenants', headers: ctx.auth.admin(), ids: 'tenant' }
+  ] as const
+  for (const { url, headers, ids } of listings) {
+    for (const cursor of [...forged, ...wrongKind[ids]]) {
       const response = await ctx.app.inject({ method: 'GET', url: `${url}?cursor=${cursor}`, headers })
-      t.equal(response.statusCode, 400, `${url} with ${Buffer.from(cursor, 'base64url').toString()}`)
-      t.equal(response.json().code, 'INVALID_CURSOR')
+      const label = `${url} with ${Buffer.from(cursor, 'base64url').toString()}`
+      t.equal(response.statusCode, 400, label)
+      t.equal(response.json().code, 'INVALID_CURSOR', label)
     }
   }
-  const genuine = encode(['2024-01-01T00:00:00.000Z', '00000000-0000-0000-0000-000000000000'])
-  t.equal(
-    (await ctx.app.inject({ method: 'GET', url: `/users?cursor=${genuine}`, headers: ctx.auth.tenantUser(ACME) })).statusCode,
-    200,
-    'the form the service writes is accepted'
-  )
+  // The form the service writes, at the ends of the years it can write, is accepted.
+  for (const at of [instant, '0001-01-01T00:00:00.000Z', '9999-12-31T23:59:59.999Z']) {
+    for (const { url, headers, ids } of listings) {
+      const cursor = encode([at, ids === 'uuid' ? uuid : 'acme-corp'])
+      const response = await ctx.app.inject({ method: 'GET', url: `${url}?cursor=${cursor}`, headers })
+      t.equal(response.statusCode, 200, `${url} after ${at}`)
+    }
+  }
 })
 
 t.test('token issue times: required, not in the future, a lifetime within JWT_MAX_AGE, and never before the tenant', async (t) => {
@@ -366,6 +479,73 @@ t.test('JSON bodies are validated strictly: no value is coerced into the type th
   }
   const files = await ctx.admin.query(`SELECT 1 FROM "${ACME}".files`)
   t.equal(files.rowCount, 0, 'no file was declared')
+
+  // The PATCH routes and the tenant creation: a value of the wrong type is refused, never coerced.
+  const admin = ctx.auth.admin()
+  const created = await ctx.app.inject({ method: 'POST', url: '/users', headers, payload: { email: 'ada@acme.test', name: 'Ada' } })
+  t.equal(created.statusCode, 201)
+  const user = created.json()
+  for (const payload of [
+    { name: 12 },
+    { name: true },
+    { name: ['Ada'] },
+    { name: null },
+    { email: ['ada@acme.test'] },
+    { email: 12 },
+    { role: ['admin'] },
+    { role: 1 },
+    { role: true },
+    { name: { toString: 'Eve' } }
+  ]) {
+    const response = await ctx.app.inject({ method: 'PATCH', url: `/users/${user.id}`, headers: { ...admin, 'x-tenant-id': ACME }, payload })
+    t.equal(response.statusCode, 400, `PATCH /users/:id ${JSON.stringify(payload)}`)
+    t.equal(response.json().code, 'VALIDATION_ERROR')
+  }
+  const stored = await ctx.admin.query(`SELECT email, name, role, updated_at FROM "${ACME}".users`)
+  t.same(
+    stored.rows.map(({ email, name, role }) => ({ email, name, role })),
+    [{ email: 'ada@acme.test', name: 'Ada', role: 'member' }],
+    'the user is unchanged'
+  )
+  t.equal(stored.rows[0].updated_at.toISOString(), user.updatedAt, 'and was not written at all')
+
+  const tenantBefore = (await ctx.admin.query('SELECT name, status, updated_at FROM public.tenants WHERE id = $1', [ACME])).rows[0]
+  for (const payload of [
+    { name: 12 },
+    { name: ['Acme'] },
+    { name: true },
+    { status: ['active'] },
+    { status: ['suspended'] },
+    { status: 1 },
+    { status: null },
+    { status: true }
+  ]) {
+    const response = await ctx.app.inject({ method: 'PATCH', url: `/auth/tenants/${ACME}`, headers: admin, payload })
+    t.equal(response.statusCode, 400, `PATCH /auth/tenants/:id ${JSON.stringify(payload)}`)
+    t.equal(response.json().code, 'VALIDATION_ERROR')
+  }
+  t.same((await ctx.admin.query('SELECT name, status, updated_at FROM public.tenants WHERE id = $1', [ACME])).rows[0], tenantBefore, 'the tenant is unchanged')
+
+  const tenantsBefore = (await ctx.admin.query('SELECT id FROM public.tenants ORDER BY id')).rows
+  for (const payload of [
+    { id: 'numbers', name: 12 },
+    { id: 'arrays', name: ['Arrays'] },
+    { id: 'booleans', name: true },
+    { id: ['wrapped'], name: 'Wrapped' },
+    { id: 12345, name: 'Digits' },
+    { id: 'admins', name: 'Admins', admin: { email: ['boss@admins.test'], name: 'Boss' } },
+    { id: 'admins', name: 'Admins', admin: { email: 'boss@admins.test', name: 7 } },
+    { id: 'admins', name: 'Admins', admin: [{ email: 'boss@admins.test', name: 'Boss' }] },
+    { id: 'admins', name: 'Admins', admin: 'boss@admins.test' }
+  ]) {
+    const response = await ctx.app.inject({ method: 'POST', url: '/auth/tenants', headers: admin, payload })
+    t.equal(response.statusCode, 400, `POST /auth/tenants ${JSON.stringify(payload)}`)
+    t.equal(response.json().code, 'VALIDATION_ERROR')
+  }
+  t.same((await ctx.admin.query('SELECT id FROM public.tenants ORDER BY id')).rows, tenantsBefore, 'no tenant was created')
+  const schemas = await ctx.admin.query(`SELECT nspname FROM pg_namespace WHERE nspname IN ('numbers', 'arrays', 'booleans', 'wrapped', '12345', 'admins')`)
+  t.same(schemas.rows, [], 'and no schema')
+
   const limit = await ctx.app.inject({ method: 'GET', url: '/users?limit=5', headers })
   t.equal(limit.statusCode, 200, 'query strings still read "5" as a number')
 })

@@ -71,12 +71,16 @@ t.test('past RATE_LIMIT_MAX a tenant gets 429 RATE_LIMITED with Retry-After and 
 t.test('the key is the verified tenant: naming another tenant in X-Tenant-ID spends nothing of its budget', async (t) => {
   const ctx = await setupApp(t, { RATE_LIMIT_MAX: '5' })
   await tenants(ctx)
-  // A user of acme-corp forges the header of globex: refused by the guard, and not counted against globex.
+  // A user of acme-corp forges the header of globex: refused by the guard, and counted against its
+  // address (one of its own here), never against globex.
   const forged = { ...ctx.auth.tenantUser(ACME), 'x-tenant-id': GLOBEX }
-  t.same(await statuses(() => listUsers(ctx.app, forged), 20), { 403: 20 }, 'every forged request is 403 TENANT_MISMATCH')
+  const forgedFrom = (remoteAddress: string) => ctx.app.inject({ method: 'GET', url: '/users', headers: forged, remoteAddress })
+  t.same(await statuses(() => forgedFrom('203.0.113.50'), 20), { 403: 5, 429: 15 }, 'forged requests are 403 TENANT_MISMATCH, then their address is limited')
   const own = await listUsers(ctx.app, ctx.auth.tenantUser(GLOBEX))
   t.equal(own.statusCode, 200)
   t.equal(own.headers['x-ratelimit-remaining'], '4', "globex's budget is intact")
+  const acme = await listUsers(ctx.app, ctx.auth.tenantUser(ACME))
+  t.equal(acme.headers['x-ratelimit-remaining'], '4', "and so is acme's: a refused request spends no tenant's budget")
 
   // Requests without a token are counted per client address, whatever tenant they name.
   const anonymous = (tenant: string) => ctx.app.inject({ method: 'GET', url: '/', headers: { 'x-tenant-id': tenant } })

@@ -1,3 +1,5 @@
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { sweepDue } from '../lib/files/index.ts'
 import { ageTombstone, buildApp, createTenant, setupApp } from './helpers/app.ts'
@@ -120,6 +122,43 @@ t.test('quota: delete then PUT anyway, 15 times, cannot store more than the quot
   }
 })
 
+t.test('quota: a completed file keeps its upload reservation while its URL works: complete, then PUT again, cannot store past the quota', async (t) => {
+  await createTenant(ctx, 'refill')
+  const bytes = Buffer.alloc(6000, 2)
+  const first = (await startUpload('refill', bytes.length)).json<Upload>()
+  t.equal((await put(first.upload, bytes)).status, 200)
+  t.equal((await complete('refill', first.file.id)).statusCode, 200)
+  const { rows } = await admin.query('SELECT key FROM refill.files WHERE id = $1', [first.file.id])
+  t.same(await s3.keys('tenants/refill/'), [rows[0].key], 'completing moved the bytes and deleted the staging object')
+
+  // The URL cannot be revoked: until it expires it refills the staging key. So the file counts
+  // twice meanwhile, and no new upload may take the room the refill can use.
+  t.equal((await put(first.upload, bytes)).status, 200, 'the URL still stores after the completion')
+  for (const size of [QUOTA - bytes.length, 1]) {
+    const refused = await startUpload('refill', size)
+    t.equal(refused.statusCode, 409, `an upload of ${size} bytes is refused while the URL works`)
+    t.equal(refused.json().code, 'QUOTA_EXCEEDED')
+    // Where the service let it in, its bytes land too: what the attack would store.
+    if (refused.statusCode === 201) await put(refused.json<Upload>().upload, Buffer.alloc(size, 3))
+  }
+  t.same(
+    (await rowsOf('refill')).map((row) => [row.id, row.status]),
+    [[first.file.id, 'uploaded']],
+    'no other file was declared'
+  )
+  const stored = await storedBytes('tenants/refill/')
+  t.ok(stored <= 2 * bytes.length, `the prefix holds the file and the refill its reservation covers, nothing more (${stored} bytes)`)
+  t.same(await s3.keys('tenants/refill/'), [`tenants/refill/${first.file.id}/.upload`, rows[0].key].sort())
+
+  // Once the URL has expired the sweep removes the refill, and the reservation is free again.
+  await afterExpiry([first])
+  t.equal((await put(first.upload, bytes)).status, 403, 'the expired URL stores nothing')
+  await sweep()
+  t.same(await s3.keys('tenants/refill/'), [rows[0].key], 'the late staging object is swept')
+  t.equal(await storedBytes('tenants/refill/'), bytes.length)
+  t.equal((await startUpload('refill', QUOTA - bytes.length)).statusCode, 201, 'the rest of the quota is free again')
+})
+
 t.test('a slow store holds no database connection: other tenants keep writing', async (t) => {
   await createTenant(ctx, 'slow')
   await createTenant(ctx, 'bystander')
@@ -231,6 +270,77 @@ t.test('concurrent completions: one copies, the others answer what it did; a del
     (await rowsOf('racing')).map((row) => row.status),
     ['uploaded', 'deleted']
   )
+})
+
+/** POST /files/:id/complete on the listening service, on a connection of its own; answers the ClientRequest (to drop it) and its outcome. */
+function completeOverHttp(tenant: string, id: string) {
+  const { port } = app.server.address() as AddressInfo
+  const request = http.request({ host: '127.0.0.1', port, method: 'POST', path: `/files/${id}/complete`, headers: auth.tenantUser(tenant), agent: false })
+  const outcome = new Promise<string>((resolve) => {
+    request.on('response', (response) => {
+      response.resume()
+      resolve(String(response.statusCode))
+    })
+    request.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'))
+  })
+  request.end()
+  return { request, outcome }
+}
+
+t.test('a completion whose client went away mid-copy is recorded; the retry answers 200 at once, and the file is uploaded once', async (t) => {
+  await createTenant(ctx, 'walkaway')
+  if (!app.server.listening) await app.listen({ port: 0, host: '127.0.0.1' })
+  const bytes = Buffer.from('bytes of a client that left')
+  const upload = (await startUpload('walkaway', bytes.length)).json<Upload>()
+  t.equal((await put(upload.upload, bytes)).status, 200)
+  const { rows } = await admin.query('SELECT key FROM walkaway.files WHERE id = $1', [upload.file.id])
+  const finalPath = `/${s3.bucket}/${rows[0].key}`
+
+  // The store answers the completion's calls slowly; the client gives up meanwhile.
+  const slow = s3.delayWhen((request) => request.path.startsWith(`/${s3.bucket}/tenants/walkaway/`), 1500)
+  const { request, outcome } = completeOverHttp('walkaway', upload.file.id)
+  t.ok(await eventually(() => slow.failed >= 1, 10_000), 'the completion is waiting for the store')
+  request.destroy()
+  t.equal(await outcome, 'ECONNRESET', 'the client left before any answer')
+  slow.clear()
+
+  const retried = await complete('walkaway', upload.file.id)
+  t.equal(retried.statusCode, 200, `the retry is answered, not held back by the abandoned claim: ${retried.body}`)
+  t.match(retried.json(), { id: upload.file.id, status: 'uploaded' })
+  const row = await admin.query('SELECT status, completion_claim FROM walkaway.files WHERE id = $1', [upload.file.id])
+  t.same(row.rows, [{ status: 'uploaded', completion_claim: null }], 'uploaded, and no claim left')
+  t.equal(s3.requests.filter((seen) => seen.method === 'PUT' && seen.path === finalPath).length, 1, 'the upload was copied once')
+  t.ok(await eventually(async () => (await s3.keys('tenants/walkaway/')).join() === rows[0].key), 'the staging object is deleted')
+  t.same(await s3.get(rows[0].key), bytes)
+})
+
+t.test('a completion that fails after its copy releases its claim: the retry completes at once', async (t) => {
+  await createTenant(ctx, 'unswept')
+  const bytes = Buffer.from('bytes whose sweep could not be asked for')
+  const upload = (await startUpload('unswept', bytes.length)).json<Upload>()
+  t.equal((await put(upload.upload, bytes)).status, 200)
+  // Asking for the sweep of this tenant's prefix fails, once the copy is made.
+  await admin.query(`CREATE FUNCTION public.refuse_sweep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no sweeps today'; END $$`)
+  await admin.query(
+    `CREATE TRIGGER refuse_sweep BEFORE INSERT OR UPDATE ON public.tenant_sweeps FOR EACH ROW WHEN (NEW.tenant_id = 'unswept') EXECUTE FUNCTION public.refuse_sweep()`
+  )
+  const failed = await complete('unswept', upload.file.id)
+  t.equal(failed.statusCode, 500, 'the completion fails')
+  t.same(
+    (await rowsOf('unswept')).map((row) => row.status),
+    ['pending'],
+    'and the file stays pending'
+  )
+  await admin.query('DROP TRIGGER refuse_sweep ON public.tenant_sweeps')
+  await admin.query('DROP FUNCTION public.refuse_sweep()')
+
+  const retried = await complete('unswept', upload.file.id)
+  t.equal(retried.statusCode, 200, `the retry is not held back by the failed completion's claim: ${retried.body}`)
+  t.match(retried.json(), { status: 'uploaded' })
+  const { rows } = await admin.query('SELECT key, status, completion_claim FROM unswept.files')
+  t.match(rows, [{ status: 'uploaded', completion_claim: null }])
+  t.same(await s3.keys('tenants/unswept/'), [rows[0].key])
+  t.same(await s3.get(rows[0].key), bytes)
 })
 
 t.test('a recreated tenant id: old upload URLs store nothing the new tenant can reach', async (t) => {

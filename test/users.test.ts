@@ -141,11 +141,11 @@ t.test('bad list parameters are 400', async (t) => {
     t.equal(response.statusCode, 400, cursor)
     t.equal(response.json().code, 'INVALID_CURSOR')
   }
-  // Well-formed, but its id is not a user id (a tenant list cursor, say): PostgreSQL rejects it, still a 400.
+  // Well-formed, but its id is not a user id (a tenant list cursor, say): refused before any query.
   const foreign = Buffer.from(JSON.stringify([new Date().toISOString(), 'acme-corp'])).toString('base64url')
   const response = await ctx.app.inject({ method: 'GET', url: '/users', query: { cursor: foreign }, headers: ctx.auth.tenantUser(A) })
   t.equal(response.statusCode, 400)
-  t.equal(response.json().code, 'INVALID_INPUT')
+  t.equal(response.json().code, 'INVALID_CURSOR')
 
   for (const limit of ['0', '101', '-1', 'ten', '1.5']) {
     const bad = await ctx.app.inject({ method: 'GET', url: '/users', query: { limit }, headers: ctx.auth.tenantUser(A) })

@@ -15,6 +15,14 @@ const GUARD_CODES = {
 
 type VerifyToken = (token: string) => Promise<Record<string, unknown>>
 
+/**
+ * What becomes of a guard's refusal: `done(refusal)` answers it, `done(other)` answers something
+ * else instead (the rate limit's 429). Called only for refused requests.
+ */
+export type RefusalHook = (request: FastifyRequest, reply: FastifyReply, refusal: Error, done: HookHandlerDoneFunction) => void
+
+const answerRefusal: RefusalHook = (_request, _reply, refusal, done) => done(refusal)
+
 const isPublic = (request: FastifyRequest) => request.routeOptions.config.auth === false
 
 /**
@@ -58,30 +66,44 @@ export function createGuards(
     return verified(token).then((caller) => (request.principal = caller))
   }
 
+  let refused = answerRefusal
+
   /** A guard as an onRequest hook: `check` throws to refuse the caller. */
   function guard(check: (request: FastifyRequest, caller: Principal) => void) {
-    const checked = (request: FastifyRequest, caller: Principal, done: HookHandlerDoneFunction) => {
+    const checked = (request: FastifyRequest, reply: FastifyReply, caller: Principal, done: HookHandlerDoneFunction) => {
       try {
         check(request, caller)
       } catch (error) {
-        return done(error as Error)
+        return refused(request, reply, error as Error, done)
       }
       done()
     }
-    return function guardHook(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    return function guardHook(request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
       if (isPublic(request)) return done()
       let caller: Principal | Promise<Principal>
       try {
         caller = principal(request)
       } catch (error) {
-        return done(error as Error)
+        return refused(request, reply, error as Error, done)
       }
-      if (caller instanceof Promise) caller.then((known) => checked(request, known, done), done)
-      else checked(request, caller, done)
+      if (caller instanceof Promise) {
+        caller.then(
+          (known) => checked(request, reply, known, done),
+          (error: Error) => refused(request, reply, error, done)
+        )
+      } else checked(request, reply, caller, done)
     }
   }
 
   return {
+    /**
+     * Hands every refusal of the guards to `hook` before it is answered (the rate limit counts it
+     * there). Accepted requests never reach it.
+     */
+    onRefusal(hook: RefusalHook): void {
+      refused = hook
+    },
+
     authenticate: guard(() => undefined),
 
     /**

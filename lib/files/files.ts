@@ -212,10 +212,21 @@ export function checkUpload(
 }
 
 /**
+ * What the quota counts: every row once (uploaded and pending files, and deleted ones until the
+ * sweep has removed them, which it does only once their URL has expired, so a deleted file's URL
+ * cannot store bytes the quota no longer sees), and an uploaded file whose URL writes the staging
+ * key a second time until that URL expires: the URL cannot be revoked, so until then it can
+ * refill the staging key beside the file's bytes (the sweep removes what it stores). Completing a
+ * file keeps its upload reservation, and completing then PUTting again stores nothing the quota
+ * does not see.
+ */
+const QUOTA_USED = `SELECT (coalesce(sum(size), 0)
+         + coalesce(sum(size) FILTER (WHERE status = 'uploaded' AND staged AND upload_expires_at > now()), 0))::text AS used
+    FROM files`
+
+/**
  * Checks an upload request and records it as a `pending` file whose upload URL expires at
- * `uploadExpiresAt`. The quota counts every row: uploaded and pending files, and deleted ones
- * until the sweep has removed them, which it does only once their URL has expired (so a deleted
- * file's URL cannot store bytes the quota no longer sees). The sum runs after locking the one row
+ * `uploadExpiresAt`, if the tenant's usage (QUOTA_USED) leaves room for it. The sum runs after locking the one row
  * of the tenant's `file_quota_lock` table, in a statement of its own so that the sum's snapshot is
  * taken once the lock is held: concurrent uploads of one tenant queue there until the previous one
  * commits, and cannot both fit in the same remaining space. The lock is in the tenant's own schema,
@@ -226,12 +237,12 @@ export async function createPendingFile(db: Queryable, tenantId: string, upload:
 
   if (limits.quotaBytes > 0) {
     await db.query('SELECT id FROM file_quota_lock FOR UPDATE')
-    const { rows } = await db.query<{ used: string }>('SELECT coalesce(sum(size), 0)::text AS used FROM files')
+    const { rows } = await db.query<{ used: string }>(QUOTA_USED)
     const used = Number(rows[0].used)
     if (used + size > limits.quotaBytes) {
       throw new ApiError(
         'QUOTA_EXCEEDED',
-        `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use (a deleted file counts until its upload URL has expired)`
+        `This upload would exceed the tenant's storage quota: ${used} of ${limits.quotaBytes} bytes are in use or reserved (a deleted file counts until its upload URL has expired, a completed one twice until then)`
       )
     }
   }

@@ -44,7 +44,7 @@ export async function getTenant(db: pg.Pool, id: string): Promise<TenantRow> {
   return row
 }
 
-const LIST_TENANTS = keysetSql(`SELECT ${TENANT_COLUMNS} FROM public.tenants`, 'text')
+const LIST_TENANTS = keysetSql(`SELECT ${TENANT_COLUMNS} FROM public.tenants`, 'tenant')
 
 export const listTenants = (db: pg.Pool, page: { limit: number; cursor?: string }) => readPage(db, LIST_TENANTS, page, toTenant)
 

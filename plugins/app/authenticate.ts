@@ -20,6 +20,8 @@ declare module 'fastify' {
     callerIsAdmin: ReturnType<typeof createGuards>['callerIsAdmin']
     /** onRoute hook of a guarded folder: documents the bearer requirement and the guard's codes in OpenAPI. */
     declareBearerAuth: ReturnType<typeof createGuards>['declareBearerAuth']
+    /** Where the guards' refusals go before they are answered (the rate limit counts them). */
+    onGuardRefusal: ReturnType<typeof createGuards>['onRefusal']
   }
   interface FastifyRequest {
     /** The caller, once a guard accepted its token; null on public routes. */
@@ -53,6 +55,7 @@ export default fp(
     fastify.decorate('requireAdmin', guards.requireAdmin)
     fastify.decorate('declareBearerAuth', guards.declareBearerAuth)
     fastify.decorate('callerIsAdmin', guards.callerIsAdmin)
+    fastify.decorate('onGuardRefusal', guards.onRefusal)
 
     const keys = fastify.signingKeys
     if (!keys) {

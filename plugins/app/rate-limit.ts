@@ -1,7 +1,7 @@
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { durationMs } from '../../schemas/env.ts'
-import { createRateLimitHook, createRedis, MemoryStore, RedisStore } from '../../lib/rate-limit.ts'
+import { createRateLimit, createRedis, MemoryStore, RedisStore } from '../../lib/rate-limit.ts'
 import { withErrorCodes } from '../../schemas/errors.ts'
 
 declare module 'fastify' {
@@ -16,7 +16,9 @@ declare module 'fastify' {
  * so that every instance shares them. Each route gets the hook as a route-level onRequest hook,
  * which Fastify runs after its folder's hooks (the guards have verified the token) and before
  * tenant resolution (placed in front of `resolveTenant`, which route folders add at route level
- * too): a request refused for its tenant counts like any other, and the body is not read yet.
+ * too): a request refused for its tenant counts like any other, and the body is not read yet. A
+ * request the guards refuse never reaches that hook: the guards hand it to `countRefusal`, which
+ * counts it against its client address.
  * Health probes and /metrics opt out with `config: { rateLimit: false }`, and then carry no hook.
  */
 export default fp(
@@ -35,11 +37,17 @@ export default fp(
     }
     const windowLabel = config.RATE_LIMIT_WINDOW.trim()
     const store = redis ? new RedisStore(redis.redis, config.RATE_LIMIT_REDIS_PREFIX) : new MemoryStore()
-    const hook = createRateLimitHook(store, {
+    const { rateLimit: hook, countRefusal } = createRateLimit(store, {
       max: config.RATE_LIMIT_MAX,
       callerShare: config.RATE_LIMIT_CALLER_SHARE,
       windowMs: durationMs(windowLabel),
       windowLabel
+    })
+    // A guard's refusal ends the request before the route's hook runs: it is counted here, on a
+    // limited route, against its address.
+    fastify.onGuardRefusal((request, reply, refusal, done) => {
+      if (request.routeOptions.config.rateLimit === false) return done(refusal)
+      countRefusal(request, reply, refusal, done)
     })
 
     fastify.addHook('onRoute', (route: RouteOptions) => {
@@ -52,5 +60,5 @@ export default fp(
       if (route.schema?.response) route.schema = { ...route.schema, response: withErrorCodes(route.schema.response as Record<string, unknown>, 'RATE_LIMITED') }
     })
   },
-  { name: 'rate-limit' }
+  { name: 'rate-limit', dependencies: ['authenticate'] }
 )

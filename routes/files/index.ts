@@ -17,7 +17,8 @@ import {
   requestSweep,
   stagingKey,
   toFile,
-  type FileRow
+  type FileRow,
+  type LiveFileRow
 } from '../../lib/files/index.ts'
 import type { Queryable, ResolvedTenant } from '../../lib/tenant-db/index.ts'
 import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
@@ -42,8 +43,10 @@ const COMMIT_AFTER_ASKING_MS = 2_000
  *
  * No S3 call is made inside a database transaction: a slow store must not hold pooled connections
  * (or row locks) that other requests and tenants need. Where a route needs both, it reads the row
- * first (a read: no transaction), calls S3, then re-checks and writes in a short transaction of
- * the request's handle, committed explicitly, and calls S3 again only after the commit.
+ * first (a read: no transaction), calls S3, then re-checks and writes in a short transaction,
+ * committed explicitly, and calls S3 again only after the commit. `complete` writes through
+ * transactions of its own rather than the request's handle, which is rolled back if the client
+ * leaves: a copy it made is recorded, and its claim on the file never outlives it.
  */
 const files: FastifyPluginAsyncTypebox = async (fastify) => {
   const tags = ['files']
@@ -185,6 +188,11 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
       const staging = stagingKey(tenant.id, row.id)
       // A row from before staging was given a URL that writes its key: it is completed in place.
       const uploadedTo = row.staged ? staging : key
+      // From here on the claim is this completion's: it is either spent by the commit that marks
+      // the file uploaded or given back, both in transactions of their own. The request's handle
+      // is rolled back when its client leaves, and a claim left behind would hold every retry back
+      // for COMPLETION_CLAIM_MS.
+      let settled: { done: LiveFileRow | null; current: FileRow | null }
       try {
         const object = await storage.headObject(uploadedTo)
         if (!object) throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
@@ -197,19 +205,22 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
         if (row.staged && !(await storage.copyObject(staging, key, row.content_type))) {
           throw new ApiError('UPLOAD_MISSING', 'Nothing was uploaded for this file yet; PUT the bytes to the upload URL first')
         }
+        // The staging key can be refilled until the URL expires: the sweep removes what lands there.
+        await requestSweep(fastify.pg.pool, tenant.id, row.upload_expires_at)
+        // Recorded whether or not the client is still there: the copy is made.
+        settled = await inTransaction(tenant, async (db) => {
+          const done = await markUploaded(db, id, claim)
+          return { done, current: done ?? (await findFileRow(db, id)) }
+        })
       } catch (error) {
+        // Every failure gives the claim back (a no-op if the commit above went through after all).
         await inTransaction(tenant, (db) => releaseCompletion(db, id, claim)).catch(() => undefined)
         // The upload may be gone because the file was deleted meanwhile: then that is the answer.
         if (error instanceof ApiError && error.code === 'UPLOAD_MISSING') await readFile(tenant, id)
         throw error
       }
 
-      // The staging key can be refilled until the URL expires: the sweep removes what lands there.
-      await requestSweep(fastify.pg.pool, tenant.id, row.upload_expires_at)
-      const db = request.db!
-      const done = await markUploaded(db, id, claim)
-      const current = done ?? (await findFileRow(db, id))
-      await db.finish(true)
+      const { done, current } = settled
       if (done) {
         if (row.staged) await deleteAfterCommit(request, tenant.id, [staging])
         return toFile(done)
