@@ -78,11 +78,30 @@ export function createTenantDb(pool: pg.Pool, options: TenantDbOptions) {
     bindCallback: options.bindCallback ?? null
   }
 
+  const open = (tenant: ResolvedTenant, readOnly: boolean) => new TenantScopedDb(environment, tenant.id, scopeOf(tenant), readOnly)
+
   return {
     /** The tenant of an id: at once when cached (null: no such tenant), else once the registry answered. */
     lookup: cache.lookup,
     /** A request's handle on `tenant` (one `lookup` returned): reads are read-only, anything else one transaction. */
-    open: (tenant: ResolvedTenant, readOnly: boolean) => new TenantScopedDb(environment, tenant.id, scopeOf(tenant), readOnly),
+    open,
+    /**
+     * `work` in a short transaction of its own on `tenant`, committed before this resolves, rolled
+     * back if `work` throws: for what must not ride the request's transaction (a step between two
+     * calls to S3 or the user pool, or one that must stand when the client has gone).
+     */
+    async transaction<T>(tenant: ResolvedTenant, work: (db: Queryable) => Promise<T>): Promise<T> {
+      const db = open(tenant, false)
+      let result: T
+      try {
+        result = await work(db)
+      } catch (error) {
+        await db.finish(false)?.catch(() => undefined)
+        throw error
+      }
+      await db.finish(true)
+      return result
+    },
     /** Drops one tenant (this instance changed it and must not wait for its own notification). */
     invalidate: cache.invalidate,
     /** Starts listening for tenant changes. Resolves once listening, or once the first attempt failed. */

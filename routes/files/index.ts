@@ -20,7 +20,7 @@ import {
   type FileRow,
   type LiveFileRow
 } from '../../lib/files/index.ts'
-import type { Queryable, ResolvedTenant } from '../../lib/tenant-db/index.ts'
+import type { ResolvedTenant } from '../../lib/tenant-db/index.ts'
 import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
 import { ApiError, DATABASE_ERRORS, errors, serviceUnavailable, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
 import { CreatedFile, CreateFileBody, Download, File } from '../../schemas/file.ts'
@@ -69,19 +69,7 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }
 
-  /** `work` in a short transaction of its own on the tenant, committed before this resolves. */
-  async function inTransaction<T>(tenant: ResolvedTenant, work: (db: Queryable) => Promise<T>): Promise<T> {
-    const db = fastify.tenantDb.open(tenant, false)
-    let result: T
-    try {
-      result = await work(db)
-    } catch (error) {
-      await db.finish(false)?.catch(() => undefined)
-      throw error
-    }
-    await db.finish(true)
-    return result
-  }
+  const inTransaction = fastify.tenantDb.transaction
 
   /**
    * Removes objects after the change that made them unreachable has committed. What fails is left

@@ -14,7 +14,6 @@ import {
   toUser,
   updateUser
 } from '../../lib/users/index.ts'
-import type { Queryable } from '../../lib/tenant-db/index.ts'
 import { IdParams, Page, PageQuery, ref, TenantHeaders } from '../../schemas/common.ts'
 import { ApiError, DATABASE_ERRORS, errorResponses, TENANT_SCOPE_ERRORS, WRITE_ERRORS } from '../../schemas/errors.ts'
 import { CreateUserBody, UpdateUserBody, User } from '../../schemas/user.ts'
@@ -43,18 +42,8 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
   /** Short transactions of their own on the request's tenant, each committed before it resolves. */
   const transactionsOf =
     (request: FastifyRequest): TenantTransaction =>
-    async <T>(work: (db: Queryable) => Promise<T>) => {
-      const db = fastify.tenantDb.open(request.tenant!, false)
-      let result: T
-      try {
-        result = await work(db)
-      } catch (error) {
-        await db.finish(false)?.catch(() => undefined)
-        throw error
-      }
-      await db.finish(true)
-      return result
-    }
+    (work) =>
+      fastify.tenantDb.transaction(request.tenant!, work)
 
   fastify.post(
     '/',
